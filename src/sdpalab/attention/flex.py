@@ -1,0 +1,46 @@
+"""Compiled FlexAttention with cached BlockMasks.
+
+One compiled ``flex_attention`` serves the whole process, and one BlockMask per (mod, geometry,
+device): a sparse mask is skipped work, and nothing is rebuilt or re-traced between calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from sdpalab.attention.mods import Mod, make_mod
+
+
+@functools.cache
+def compiled_flex() -> Callable:
+    """The process-wide compiled ``flex_attention`` (compiled on first call, then reused)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=64)
+def block_mask_for(mod: Mod, q_len: int, kv_len: int, device: str):
+    """The BlockMask of a mask mod at one geometry (shared by all batches and heads)."""
+    if mod.mask_mod is None:
+        return None
+    return create_block_mask(mod.mask_mod, None, None, q_len, kv_len, device=device)
+
+
+def make_flex(mod_name: str, mod_args: dict) -> Callable:
+    def attend(q_BHSD, k_BHSD, v_BHSD):
+        q_len, kv_len, heads = q_BHSD.shape[2], k_BHSD.shape[2], q_BHSD.shape[1]
+        device = str(q_BHSD.device)
+        mod = make_mod(mod_name, mod_args, q_len=q_len, kv_len=kv_len, heads=heads, device=device)
+        return compiled_flex()(
+            q_BHSD,
+            k_BHSD,
+            v_BHSD,
+            score_mod=mod.score_mod,
+            block_mask=block_mask_for(mod, q_len, kv_len, device),
+            enable_gqa=q_BHSD.shape[1] != k_BHSD.shape[1],
+        )
+
+    return attend

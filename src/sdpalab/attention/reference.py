@@ -1,0 +1,44 @@
+"""The float64 oracle: plain attention, computed densely in float64 on the CPU.
+
+Grouped-query attention is handled by viewing the query heads as ``[B, H_kv, G, S, D]`` (query
+head ``h`` uses KV head ``h // G``, as SDPA's ``enable_gqa`` does). Mods are applied densely;
+causal masks align bottom-right when ``q_len < kv_len``. A query row that the mask leaves with
+no key gets an output of zeros (FlexAttention's convention).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdpalab.attention.mods import Mod, apply_dense, default_scale, make_mod
+
+
+def attention_ref(
+    q_BHSD: torch.Tensor,
+    k_BHSD: torch.Tensor,
+    v_BHSD: torch.Tensor,
+    mod: str | Mod = "none",
+    mod_args: dict | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Reference attention in float64. q ``[B, H_q, q_len, D]``, k/v ``[B, H_kv, kv_len, D]``.
+
+    Returns ``[B, H_q, q_len, D]`` in float64 on the CPU.
+    """
+    q = q_BHSD.detach().to("cpu", torch.float64)
+    k = k_BHSD.detach().to("cpu", torch.float64)
+    v = v_BHSD.detach().to("cpu", torch.float64)
+    batch, heads_q, q_len, head_dim = q.shape
+    heads_kv, kv_len = k.shape[1], k.shape[2]
+    if heads_q % heads_kv:
+        raise ValueError(f"query heads {heads_q} must be a multiple of kv heads {heads_kv}")
+    if isinstance(mod, str):
+        mod = make_mod(mod, mod_args or {}, q_len=q_len, kv_len=kv_len, heads=heads_q, device="cpu")
+    scale = default_scale(head_dim) if scale is None else scale
+    group = heads_q // heads_kv
+    q5 = q.view(batch, heads_kv, group, q_len, head_dim)
+    scores = torch.matmul(q5, k.unsqueeze(2).transpose(-1, -2)) * scale
+    scores = apply_dense(mod, scores.reshape(batch, heads_q, q_len, kv_len))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key → zeros
+    out = torch.matmul(probs.view(batch, heads_kv, group, q_len, kv_len), v.unsqueeze(2))
+    return out.reshape(batch, heads_q, q_len, head_dim)
