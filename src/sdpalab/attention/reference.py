@@ -20,9 +20,13 @@ def attention_ref(
     mod: str | Mod = "none",
     mod_args: dict | None = None,
     scale: float | None = None,
+    q_start: int | None = None,
 ) -> torch.Tensor:
     """Reference attention in float64. q ``[B, H_q, q_len, D]``, k/v ``[B, H_kv, kv_len, D]``.
 
+    ``q_start`` is the sequence position of the first query row; by default the queries are
+    the last ``q_len`` positions (bottom-right). Passing it lets a caller check a slice of the
+    rows of a long sequence without building the whole score matrix.
     Returns ``[B, H_q, q_len, D]`` in float64 on the CPU.
     """
     q = q_BHSD.detach().to("cpu", torch.float64)
@@ -33,7 +37,11 @@ def attention_ref(
     if heads_q % heads_kv:
         raise ValueError(f"query heads {heads_q} must be a multiple of kv heads {heads_kv}")
     if isinstance(mod, str):
-        mod = make_mod(mod, mod_args or {}, q_len=q_len, kv_len=kv_len, heads=heads_q, device="cpu")
+        start = kv_len - q_len if q_start is None else q_start
+        # make_mod aligns by offset = kv_len - q_len; choose the length that gives this start.
+        mod = make_mod(
+            mod, mod_args or {}, q_len=kv_len - start, kv_len=kv_len, heads=heads_q, device="cpu"
+        )
     scale = default_scale(head_dim) if scale is None else scale
     group = heads_q // heads_kv
     q5 = q.view(batch, heads_kv, group, q_len, head_dim)

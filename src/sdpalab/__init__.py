@@ -1,0 +1,36 @@
+"""sdpalab: find the attention configuration that fits your workload and budget.
+
+    import sdpalab as sl
+    wl = sl.Workload(phase="prefill", batch=2, heads_q=8, heads_kv=2, seq_q=1024, seq_kv=1024,
+                     head_dim=64, dtype="float32", device="cpu")
+    var = sl.Variant(backend="flex", mod="sliding_window", mod_args={"window": 256})
+    attn = sl.build(var, wl)        # attn(q, k, v) -> out, tensors [B, H, S, D]
+    res = sl.measure(var, wl)       # Result: latency, peak memory, error vs float64, ...
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from sdpalab.spec import Variant, Workload
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build": "sdpalab.build",
+    "measure": "sdpalab.measure.trial",
+    "Result": "sdpalab.measure.result",
+    "MeasureSettings": "sdpalab.measure.result",
+    "PerformanceAnalysis": "sdpalab.analysis",
+    "Unsupported": "sdpalab.attention.errors",
+    "attention_ref": "sdpalab.attention.reference",
+}
+
+__all__ = ["Variant", "Workload", *_LAZY]
+
+
+def __getattr__(name: str):
+    # Heavy pieces load on first use, so `import sdpalab` stays fast for the CLI.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sdpalab' has no attribute {name!r}")

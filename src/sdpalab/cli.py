@@ -1,0 +1,103 @@
+"""The ``sdpalab`` command line. Thin: parse, call one library function, render.
+
+Exit codes: 0 ok, 2 bad input (one line naming what is wrong and what is valid), 1 internal
+error (one line; ``SDPALAB_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find the attention configuration (kernel, mask, KV cache, quantization) that fits "
+    "your workload, measured against a float64 oracle.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class BadInput(Exception):
+    """Raised by commands for user errors; becomes exit code 2 with one line."""
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo-<time>).")] = None,
+    quick: Annotated[bool, typer.Option(help="Smaller sizes (seconds, for tests).")] = False,
+) -> None:
+    """Run a small preset on this machine: prefill and decode, every kernel it has."""
+    from sdpalab.demo import run_demo
+    from sdpalab.report.progress import progress_callback
+
+    with progress_callback(console) as on_result:
+        run = run_demo(out, quick=quick, on_result=on_result)
+    from sdpalab.report.console import render_run
+
+    render_run(console, run)
+
+
+@app.command()
+def doctor(
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    remeasure: Annotated[bool, typer.Option(help="Measure the ceilings again.")] = False,
+) -> None:
+    """What this machine can run, and its measured ceilings (matmul rate, copy bandwidth)."""
+    from sdpalab.doctor import doctor_report
+    from sdpalab.report.console import render_doctor
+
+    render_doctor(console, doctor_report(device, remeasure=remeasure))
+
+
+@app.command("list")
+def list_(
+    what: Annotated[str, typer.Argument(help="variants, mods or presets")] = "variants",
+) -> None:
+    """List the axes and their values, the mods with their parameters, or the presets."""
+    from sdpalab.report.console import render_listing
+
+    if what not in ("variants", "mods", "presets"):
+        raise BadInput(f"list {what!r} is not valid; choose one of: variants, mods, presets")
+    render_listing(console, what)
+
+
+def main() -> None:
+    """Entry point: run the app with the project's exit-code contract."""
+    try:
+        app(standalone_mode=False)
+    except (BadInput, ValueError, FileNotFoundError) as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as done:
+        sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)) or 0)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as err:  # internal error: one line, traceback on request
+        import click
+
+        if isinstance(err, click.exceptions.UsageError):
+            err_console.print(f"error: {err.format_message()}", markup=False, highlight=False)
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        if os.environ.get("SDPALAB_DEBUG"):
+            raise
+        err_console.print(
+            f"internal error: {type(err).__name__}: {err} (set SDPALAB_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The Result record: one trial's measurements, flat and unit-suffixed, serializable.
+
+Every measured quantity carries its unit in its name. A field is ``None`` when it was not
+measured (a failed trial, a non-cached variant's cache bytes): never a made-up number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+STATUSES = ("ok", "unsupported", "oom", "timeout", "crash", "numerical_fail", "error")
+FINAL_STATUSES = STATUSES
+"""Every status is final: a trial with any of them is not re-run by ``--resume``."""
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a trial is measured (part of the trial's identity)."""
+
+    warmup: int = 3
+    repeats: int = 20
+    timeout_s: float = 300.0
+    flush_l2: bool = False
+    check_accuracy: bool = True
+    memory: bool = True
+    decode_steps: int = 1
+    """decode: steps timed per sample (each step appends ``seq_q`` tokens; rolled back after)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("warmup", "decode_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"measure.{name}={value!r} must be a non-negative integer")
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"measure.repeats={self.repeats!r} must be a positive integer")
+        if self.decode_steps < 1:
+            raise ValueError(f"measure.decode_steps={self.decode_steps!r} must be at least 1")
+        if not self.timeout_s > 0:
+            raise ValueError(f"measure.timeout_s={self.timeout_s!r} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Result:
+    """One trial → one Result. See DESIGN.md, "What a measurement is"."""
+
+    variant: dict[str, Any]
+    workload: dict[str, Any]
+    status: str = "ok"
+    reason: str = ""
+    trial_id: str = ""
+    label: str = ""
+    # latency
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    latency_n: int | None = None
+    noisy: bool | None = None
+    # memory
+    peak_mem_bytes: int | None = None
+    peak_mem_total_bytes: int | None = None
+    memory_method: str | None = None
+    input_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    kv_cache_bytes_model: int | None = None
+    step_bytes: int | None = None
+    # accuracy against the float64 oracle
+    max_abs_err: float | None = None
+    rel_fro_err: float | None = None
+    cosine: float | None = None
+    tolerance: float | None = None
+    # throughput
+    flops: int | None = None
+    bytes_moved: int | None = None
+    allowed_fraction: float | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    frac_peak_flops: float | None = None
+    frac_peak_bw: float | None = None
+    # what ran
+    kernel: str | None = None
+    compile_s: float | None = None
+    build_s: float | None = None
+    wall_s: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat row for tables and CSV: variant and workload fields prefixed, metrics as is."""
+        row: dict[str, Any] = {"trial_id": self.trial_id, "label": self.label, "status": self.status}
+        for key, value in self.workload.items():
+            row[f"wl_{key}"] = value
+        for key, value in self.variant.items():
+            row[f"v_{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+        for f in dataclasses.fields(self):
+            if f.name not in ("variant", "workload", "provenance", "settings", "trial_id", "label",
+                              "status"):
+                row[f.name] = getattr(self, f.name)
+        return row
+
+    def summary(self) -> str:
+        """One line for humans."""
+        if not self.ok:
+            return f"{self.label}: {self.status} ({self.reason})"
+        mem = "?" if self.peak_mem_bytes is None else f"{self.peak_mem_bytes / 2**20:.1f} MiB"
+        err = "?" if self.rel_fro_err is None else f"{self.rel_fro_err:.1e}"
+        return (
+            f"{self.label}: {self.latency_ms:.3f} ms (IQR {self.latency_iqr_ms:.3f}, "
+            f"n={self.latency_n}{', noisy' if self.noisy else ''}), peak +{mem}, rel err {err}, "
+            f"kernel {self.kernel}"
+        )

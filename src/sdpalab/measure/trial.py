@@ -1,0 +1,226 @@
+"""``sl.measure(variant, workload)``: one trial, end to end, into one Result.
+
+Build the variant, make seeded inputs, run once (compile included) and check that output
+against the float64 oracle, then time it, take its peak memory, see which kernel ran, and
+derive throughput. Every failure becomes a status on the Result; nothing here raises for a
+trial that cannot run.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+import torch
+
+from sdpalab.attention.errors import Unsupported
+from sdpalab.attention.mods import allowed_fraction
+from sdpalab.attention.reference import attention_ref
+from sdpalab.measure.accuracy import compare, tolerance
+from sdpalab.measure.memory import peak_memory
+from sdpalab.measure.profiler import kernels_ran
+from sdpalab.measure.provenance import provenance
+from sdpalab.measure.result import MeasureSettings, Result
+from sdpalab.measure.roofline import attention_bytes, attention_flops, load_ceilings, throughput
+from sdpalab.measure.timing import time_fn
+from sdpalab.spec import SDPA_BACKENDS, Variant, Workload, trial_id
+
+ORACLE_MAX_ELEMENTS = 1 << 25
+"""Largest float64 score matrix the oracle builds; longer problems are checked on a slice of
+query rows from each end of the sequence (rows are independent given their positions)."""
+
+
+@functools.cache
+def _provenance(device: str) -> dict:
+    return provenance(device)
+
+
+def _inputs(workload: Workload, seed: int):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    wl = workload
+
+    def rand(heads: int, length: int) -> torch.Tensor:
+        x = torch.randn(wl.batch, heads, length, wl.head_dim, generator=gen)
+        return x.to(wl.device, wl.torch_dtype)
+
+    return rand(wl.heads_q, wl.seq_q), rand(wl.heads_kv, wl.seq_kv), rand(wl.heads_kv, wl.seq_kv)
+
+
+def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 expected output for the checked query rows, and those rows' indices."""
+    from sdpalab.build import oracle_mod
+
+    mod, args = oracle_mod(variant)
+    batch, heads_q, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    budget = max(2, ORACLE_MAX_ELEMENTS // (batch * heads_q * kv_len))
+    if q_len > budget:
+        rows = torch.cat([torch.arange(budget // 2), torch.arange(q_len - budget // 2, q_len)])
+    else:
+        rows = torch.arange(q_len)
+    blocks = rows.split(max(1, budget // 2))  # each block is a contiguous run of rows
+    first = kv_len - q_len
+
+    def ref_rows(q_rows, kk, vv):
+        parts, at = [], 0
+        for block in blocks:
+            sub = q_rows[:, :, at : at + len(block)]
+            at += len(block)
+            parts.append(attention_ref(sub, kk, vv, mod, args, q_start=first + int(block[0])))
+        return torch.cat(parts, dim=2)
+
+    q_rows = q[:, :, rows]
+    if variant.projections:
+        from sdpalab.attention.projections import projected_ref
+
+        weights = attn.reference_weights
+        return projected_ref(weights, ref_rows, q_rows, k, v, heads_q, k.shape[1]), rows
+    return ref_rows(q_rows, k, v), rows
+
+
+def _classify(err: BaseException) -> tuple[str, str]:
+    text = f"{type(err).__name__}: {err}".strip()
+    if isinstance(err, Unsupported):
+        return "unsupported", str(err)
+    if isinstance(err, torch.OutOfMemoryError) or isinstance(err, MemoryError):
+        return "oom", text
+    if isinstance(err, RuntimeError) and (
+        "out of memory" in str(err).lower() or "can't allocate memory" in str(err)
+    ):
+        return "oom", text
+    return "error", text.splitlines()[0] if text else type(err).__name__
+
+
+def measure(
+    variant: Variant, workload: Workload, settings: MeasureSettings | None = None
+) -> Result:
+    """Measure one variant on one workload. Never raises for a trial that fails: the Result's
+    ``status`` says what happened (``ok``, ``unsupported``, ``oom``, ``numerical_fail``, ``error``).
+    """
+    settings = settings or MeasureSettings()
+    result = Result(
+        variant=variant.to_dict(),
+        workload=workload.to_dict(),
+        trial_id=trial_id(variant, workload, settings.to_dict()),
+        label=variant.label(),
+        settings=settings.to_dict(),
+        provenance=_provenance(workload.device),
+    )
+    started = time.perf_counter()
+    try:
+        _measure_into(result, variant, workload, settings)
+    except Exception as err:  # a failed trial is a result, never the end of a run
+        result.status, result.reason = _classify(err)
+    finally:
+        if torch.device(workload.device).type == "cuda":
+            torch.cuda.synchronize(workload.device)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _measure_into(result: Result, variant: Variant, workload: Workload, settings) -> None:
+    from sdpalab.build import build, oracle_mod
+
+    t0 = time.perf_counter()
+    attn = build(variant, workload)
+    result.build_s = time.perf_counter() - t0
+    q, k, v = _inputs(workload, settings.seed)
+    cached = variant.kv_cache != "none"
+    prefix = workload.seq_kv - workload.seq_q
+    with torch.inference_mode():
+        if cached:
+            inner = getattr(attn, "attn", attn)  # projections wrap the cache
+            if prefix:  # fill the cache with the context (queries of the prefix are not checked)
+                q_prefix = torch.randn(q.shape[0], q.shape[1], prefix, q.shape[3]).to(q)
+                attn(q_prefix, k[:, :, :prefix], v[:, :, :prefix])
+
+            def setup() -> None:
+                inner.rollback(prefix)
+
+            step: Callable = lambda: attn(q, k[:, :, prefix:], v[:, :, prefix:])  # noqa: E731
+        else:
+            setup = None
+            step = lambda: attn(q, k, v)  # noqa: E731
+
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        out = step()
+        if torch.device(workload.device).type == "cuda":
+            torch.cuda.synchronize(workload.device)
+        result.compile_s = time.perf_counter() - t0
+
+        if not torch.isfinite(out).all():
+            result.status, result.reason = "numerical_fail", "output contains NaN or Inf"
+            return
+        if settings.check_accuracy:
+            expected, rows = _oracle(attn, variant, q, k, v)
+            acc = compare(out[:, :, rows], expected)
+            result.max_abs_err, result.rel_fro_err, result.cosine = (
+                acc.max_abs_err, acc.rel_fro_err, acc.cosine,
+            )
+            result.tolerance = tolerance(workload.torch_dtype)
+
+        if cached:
+            result.kv_cache_bytes = int(inner.cache_bytes())
+            result.kv_cache_bytes_model = _cache_model(variant, workload)
+        input_bytes = sum(t.numel() * t.element_size() for t in (q, k, v))
+        result.input_bytes = input_bytes
+
+        timing = time_fn(
+            step, device=workload.device, warmup=settings.warmup, repeats=settings.repeats,
+            flush_l2=settings.flush_l2, setup=setup,
+        )
+        result.latency_ms, result.latency_iqr_ms = timing.latency_ms, timing.latency_iqr_ms
+        result.latency_n, result.noisy = timing.latency_n, timing.noisy
+
+        if settings.memory:
+            if setup:
+                setup()
+            held = input_bytes + (result.kv_cache_bytes or 0)
+            peak = peak_memory(step, device=workload.device, baseline_bytes=held)
+            result.peak_mem_bytes, result.peak_mem_total_bytes = (
+                peak.peak_mem_bytes, peak.peak_mem_total_bytes,
+            )
+            result.memory_method = peak.method
+
+        if variant.backend in SDPA_BACKENDS:
+            if setup:
+                setup()
+            ran = kernels_ran(step, device=workload.device)
+            result.kernel = ",".join(ran) or "unknown"
+        else:
+            result.kernel = variant.backend
+
+    mod, args = oracle_mod(variant)
+    wl = workload
+    result.allowed_fraction = allowed_fraction(mod, args, wl.seq_q, wl.seq_kv)
+    result.flops = attention_flops(
+        batch=wl.batch, heads_q=wl.heads_q, q_len=wl.seq_q, kv_len=wl.seq_kv,
+        head_dim=wl.head_dim, allowed_fraction=result.allowed_fraction,
+    )
+    result.bytes_moved = attention_bytes(
+        batch=wl.batch, heads_q=wl.heads_q, heads_kv=wl.heads_kv, q_len=wl.seq_q,
+        kv_len=wl.seq_kv, head_dim=wl.head_dim, elem_bytes=q.element_size(),
+        kv_bytes=result.kv_cache_bytes,
+    )
+    if cached:
+        result.step_bytes = result.bytes_moved
+    rates = throughput(result.flops, result.bytes_moved, result.latency_ms,
+                       load_ceilings(wl.device))
+    result.tflops, result.gbps = rates["tflops"], rates["gbps"]
+    result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
+
+
+def _cache_model(variant: Variant, workload: Workload) -> int | None:
+    try:
+        from sdpalab.attention.kvplan import cache_bytes_model
+    except ImportError:
+        return None
+    return cache_bytes_model(
+        kv_cache=variant.kv_cache, kv_quant=variant.kv_quant, batch=workload.batch,
+        heads_kv=workload.heads_kv, head_dim=workload.head_dim, tokens=workload.seq_kv,
+        dtype_bytes=torch.empty((), dtype=workload.torch_dtype).element_size(),
+        **variant.kv_args,
+    )
