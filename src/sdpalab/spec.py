@@ -97,11 +97,13 @@ class Workload:
 
     def __post_init__(self) -> None:
         _choice("phase", self.phase, PHASES)
+        for name in ("batch", "heads_q", "seq_kv", "head_dim"):
+            _positive_int(name, getattr(self, name))
         if self.heads_kv is None:
             object.__setattr__(self, "heads_kv", self.heads_q)
         if self.seq_q is None:
             object.__setattr__(self, "seq_q", self.seq_kv if self.phase == "prefill" else 1)
-        for name in ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim"):
+        for name in ("heads_kv", "seq_q"):
             _positive_int(name, getattr(self, name))
         if self.heads_q % self.heads_kv:
             raise ValueError(

@@ -1,0 +1,43 @@
+# Fresh machine: `make demo` or `make test` does all the set-up itself.
+# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export SDPALAB_CACHE_DIR := $(CURDIR)/.cache/sdpalab
+
+.PHONY: demo test lint gpu-test clean setup browser
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[all,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Headless Chromium for the HTML report test (Debian's package); skipped when apt is unavailable.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	  echo "chromium not installed: the browser test will be skipped")
+
+demo: $(STAMP)
+	$(BIN)/sdpalab demo
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+gpu-test: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .cache runs
