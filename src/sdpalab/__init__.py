@@ -11,10 +11,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 from sdpalab.spec import Variant, Workload
 
 __version__ = "0.1.0"
+
+# The CPU profiler (used for peak memory) prints two lines per session at kineto's default log
+# level; level 6 keeps them out of users' terminals. An explicit setting wins.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 _LAZY = {
     "build": "sdpalab.build",

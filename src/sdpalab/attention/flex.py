@@ -21,12 +21,18 @@ def compiled_flex() -> Callable:
     return torch.compile(flex_attention, dynamic=False)
 
 
+def _full(b, h, q_idx, kv_idx):
+    return q_idx >= 0
+
+
 @functools.lru_cache(maxsize=64)
 def block_mask_for(mod: Mod, q_len: int, kv_len: int, device: str):
-    """The BlockMask of a mask mod at one geometry (shared by all batches and heads)."""
-    if mod.mask_mod is None:
-        return None
-    return create_block_mask(mod.mask_mod, None, None, q_len, kv_len, device=device)
+    """The BlockMask of a mod at one geometry (shared by all batches and heads).
+
+    Unmasked mods get an explicit full mask: with ``block_mask=None`` flex builds a default
+    one on every call, which on the CPU was measured to cost ~6x more peak memory.
+    """
+    return create_block_mask(mod.mask_mod or _full, None, None, q_len, kv_len, device=device)
 
 
 def make_flex(mod_name: str, mod_args: dict) -> Callable:

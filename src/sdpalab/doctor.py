@@ -1,0 +1,57 @@
+"""``sdpalab doctor``: what this machine can run, and its measured ceilings.
+
+Each backend is tried on a tiny problem in each dtype the device supports; a refusal is
+reported with torch's reason. The ceilings (matmul rate, copy bandwidth) are measured once and
+cached, and every later Result's fraction-of-peak figures are taken against them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.errors import Unsupported
+from sdpalab.measure.provenance import provenance
+from sdpalab.measure.roofline import device_name, load_ceilings, measure_ceilings, save_ceilings
+from sdpalab.spec import BACKENDS, DTYPES, resolve_device, supported_dtypes
+
+
+def probe_backend(backend: str, device: str, dtype: str) -> str:
+    """``ok`` or ``unsupported: <reason>`` for one backend on a tiny GQA causal problem."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = ((1, 4, 16, 64), (1, 2, 16, 64), (1, 2, 16, 64))
+    q, k, v = (torch.randn(s, generator=gen).to(device, DTYPES[dtype]) for s in shapes)
+    try:
+        make_attend(backend, "causal", {})(q, k, v)
+    except Unsupported as err:
+        return f"unsupported: {err}"
+    except Exception as err:  # report, don't die: doctor is for finding out what breaks
+        return f"error: {type(err).__name__}: {err}".splitlines()[0]
+    return "ok"
+
+
+def doctor_report(device: str = "auto", *, remeasure: bool = False) -> dict[str, Any]:
+    """Backends × dtypes this device runs, its ceilings (measured and cached), provenance."""
+    device = resolve_device(device)
+    dtypes = supported_dtypes(device)
+    backends = {
+        f"{backend}/{dtype}": probe_backend(backend, device, dtype)
+        for backend in BACKENDS
+        if backend != "flex" or dtype == dtypes[0]  # flex compiles: probe once
+        for dtype in dtypes
+    }
+    ceilings = None if remeasure else load_ceilings(device)
+    if ceilings is None:
+        ceilings = measure_ceilings(device)
+        save_ceilings(ceilings)
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "dtypes": list(dtypes),
+        "backends": backends,
+        "ceilings": dataclasses.asdict(ceilings),
+        "provenance": provenance(device),
+    }
