@@ -23,7 +23,6 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 _LAZY = {
     "build": "sdpalab.build",
-    "measure": "sdpalab.measure.trial",
     "Result": "sdpalab.measure.result",
     "MeasureSettings": "sdpalab.measure.result",
     "PerformanceAnalysis": "sdpalab.analysis",
@@ -31,10 +30,12 @@ _LAZY = {
     "attention_ref": "sdpalab.attention.reference",
 }
 
-__all__ = ["Variant", "Workload", *_LAZY]
+__all__ = ["Variant", "Workload", "measure", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "measure":  # the package is callable: sl.measure(variant, workload)
+        return importlib.import_module("sdpalab.measure")
     # Heavy pieces load on first use, so `import sdpalab` stays fast for the CLI.
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
