@@ -1,0 +1,127 @@
+"""Latency: warm up, time each call, summarize once.
+
+On a GPU each call is bracketed by a pair of CUDA events (the device's own clock, so the host's
+launch overhead and Python do not leak in as long as the GPU stays busy); all events are read
+after one synchronize at the end. On the CPU each call is timed with the monotonic
+``time.perf_counter_ns``. Statistics (median, IQR, noise flag) are computed here and nowhere
+else in the project.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NOISE_THRESHOLD = 0.10
+"""A timing is flagged noisy when IQR / median exceeds this."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of one latency measurement; every field in milliseconds unless named otherwise."""
+
+    latency_ms: float
+    """Median of the samples."""
+    latency_iqr_ms: float
+    """Interquartile range (75th minus 25th percentile, linear interpolation)."""
+    latency_n: int
+    """Number of timed samples."""
+    noisy: bool
+    """IQR / median > 10 %: the number is less trustworthy than it looks."""
+    samples_ms: tuple[float, ...]
+    """Every sample, in the order taken."""
+
+
+def summarize(samples_ms: Sequence[float]) -> Timing:
+    """Median, IQR and noise flag of latency samples in milliseconds.
+
+    Quartiles use linear interpolation between order statistics (numpy's default), so
+    ``[1, 2, 3, 4]`` has quartiles 1.75 and 3.25 and IQR 1.5. One sample has IQR 0.
+    """
+    samples = tuple(float(s) for s in samples_ms)
+    if not samples:
+        raise ValueError("summarize() needs at least one latency sample")
+    median = statistics.median(samples)
+    if len(samples) > 1:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        iqr = q3 - q1
+    else:
+        iqr = 0.0
+    return Timing(
+        latency_ms=median,
+        latency_iqr_ms=iqr,
+        latency_n=len(samples),
+        noisy=iqr > NOISE_THRESHOLD * median,
+        samples_ms=samples,
+    )
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    device: str,
+    warmup: int = 3,
+    repeats: int = 20,
+    flush_l2: bool = False,
+    setup: Callable[[], Any] | None = None,
+) -> Timing:
+    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
+
+    ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ``setup`` (e.g. rolling a KV cache
+    back) runs before every call, warm-up included, outside the timed region. ``flush_l2``
+    (CUDA only) overwrites a buffer twice the size of the L2 cache before each call, outside
+    the timed region, so every call starts with a cold cache.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=} {warmup=}")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            return summarize(_time_cuda(fn, dev, warmup, repeats, flush_l2, setup))
+    return summarize(_time_cpu(fn, warmup, repeats, setup))
+
+
+def _time_cpu(fn, warmup, repeats, setup) -> list[float]:
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        start = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    return samples
+
+
+def _time_cuda(fn, dev, warmup, repeats, flush_l2, setup) -> list[float]:
+    scratch = None
+    if flush_l2:
+        l2_bytes = torch.cuda.get_device_properties(dev).L2_cache_size
+        scratch = torch.empty(2 * l2_bytes, dtype=torch.int8, device=dev)
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    torch.cuda.synchronize(dev)
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(repeats)
+    ]
+    for start, end in events:
+        if setup is not None:
+            setup()
+        if scratch is not None:
+            scratch.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize(dev)
+    return [start.elapsed_time(end) for start, end in events]
