@@ -9,6 +9,7 @@ additive score mods. A backend that refuses raises :class:`Unsupported` with tor
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Callable
 
@@ -55,6 +56,16 @@ def sdpa_arguments(mod_name: str, mod_args: dict, q: torch.Tensor, k: torch.Tens
     return {"attn_mask": _materialized(mod, heads, q_len, kv_len, str(q.device), q.dtype)}
 
 
+def _reasons(messages) -> str:
+    """torch's refusal warnings, minus source locations and notes about other backends."""
+    kept = []
+    for message in messages:
+        text = re.sub(r"\s*\(Triggered internally at [^)]*\)\.?", "", message).strip()
+        if text and not text.endswith("because:") and "runtime disabled" not in text:
+            kept.append(text)
+    return "; ".join(dict.fromkeys(kept))
+
+
 def make_sdpa(backend: str, mod_name: str, mod_args: dict) -> Callable:
     """Attention through ``F.scaled_dot_product_attention`` restricted to one backend."""
     kernels = SDPA_KERNELS[backend]
@@ -76,9 +87,7 @@ def make_sdpa(backend: str, mod_name: str, mod_args: dict) -> Callable:
             except RuntimeError as err:
                 if "No viable backend" not in str(err) and "No available kernel" not in str(err):
                     raise
-                reasons = "; ".join(
-                    dict.fromkeys(str(w.message).strip() for w in caught if w.message)
-                )
+                reasons = _reasons(str(w.message) for w in caught)
                 raise Unsupported(
                     f"SDPA backend {backend!r} cannot run this on {q_BHSD.device.type} "
                     f"({q_BHSD.dtype}, mod {mod_name})"
