@@ -1,0 +1,390 @@
+"""Stateful attention over a KV cache: each call appends its k, v and attends its q to everything
+cached so far, causal and bottom-right aligned (query i of an n-token call sits at position
+``length_before + i``). Prefill of any length, single tokens and chunks, in any order, give the
+same outputs as causal attention over the whole sequence.
+
+Layouts (all ``[B, H_kv, S, D]``; ``kv_args`` from the Variant):
+
+- ``dynamic`` — grows by ``torch.cat``.
+- ``static`` — preallocated to ``max_len`` tokens (default ``workload.seq_kv``, which for a
+  decode workload already counts the step's own tokens), written with ``index_copy_``, attended
+  through a view; nothing is reallocated while decoding, and it traces under ``torch.compile``.
+- ``sliding`` — a ring of the last ``window`` = W positions; the semantics are sliding-window
+  causal attention of width W over the whole sequence (the oracle's ``sliding_window`` mod).
+  Each call attends ``[the W-1 positions before it] + its own tokens`` with the sliding-window
+  mask, so a chunk's earliest queries see keys older than the last W of the chunk.
+- ``paged`` — fixed-size pages in a shared pool with a page table per batch row (``paged.py``);
+  with backend ``flex`` attention reads the pool through a BlockMask built from the page table,
+  other backends gather the pages in order first.
+
+KV quantization (``kvquant``) works with every layout for ``int8``, ``int4`` and ``fp8``
+(dequantize, then attend: the baseline path). ``kivi2``/``kivi4`` work with ``dynamic`` and
+``static``: the recent tokens stay in full precision in a ring, and keys and values are quantized
+once ``residual`` + a whole group of ``group_size`` tokens have accumulated, so the first
+``quantized_length(S) = group_size * floor((S - residual) / group_size)`` positions are quantized
+and the newest ``[residual, residual + group_size)`` are not. Every call attends over the state
+after its own tokens were appended.
+
+Mods: the cache is always causal. ``none`` and ``causal`` mean causal; ``sliding_window`` is a
+causal window over absolute positions and is allowed everywhere (on the sliding layout its width
+must not exceed the ring's). Other mods (``prefix_lm``, ``document``, biases) are ``unsupported``:
+they either see future keys, which a cache does not hold yet, or are not causal by themselves.
+
+Rollback (``rollback(length)``) forgets tokens after ``length``; the measurement uses it to time
+one step repeatedly against the same filled cache. It is a pointer move for static and paged (and
+for the rings); dynamic compacts with a copy. Rings keep ``rollback_tokens`` spare positions
+(default: ``workload.seq_q`` for decode workloads, else 0) so a step can be undone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from sdpalab.attention.errors import Unsupported
+from sdpalab.attention.kvquant import group_size_for
+from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
+
+KIVI_RESIDUAL = 32
+PAGE_SIZE = 128
+Attend = Callable  # (q [B, H_q, q_len, D], k [B, H_kv, kv_len, D], v) -> [B, H_q, q_len, D]
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return value
+
+
+class CachedAttention:
+    """Attention with a KV cache; call it with ``q [B, H_q, n, D]``, ``k, v [B, H_kv, n, D]``.
+
+    ``length`` is the number of tokens cached; ``reset()`` empties the cache;
+    ``rollback(length)`` forgets tokens after ``length``; ``cache_bytes()`` is the bytes of
+    every tensor the cache holds (values, scales, zeros, residual window, page table).
+    """
+
+    def __init__(
+        self, *, batch: int, heads_q: int, heads_kv: int, head_dim: int, dtype: torch.dtype,
+        device: str,
+    ) -> None:
+        self.batch, self.heads_q, self.heads_kv, self.head_dim = batch, heads_q, heads_kv, head_dim
+        self.dtype, self.device = dtype, torch.device(device)
+        self.length = 0
+
+    # -- what a layout provides ------------------------------------------------------------
+    def _step(self, q, k, v) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _room(self) -> int | None:
+        """Tokens that still fit (None: unbounded)."""
+        return None
+
+    def _rollback_refusal(self, length: int) -> str | None:
+        """Why the cache cannot roll back to ``length`` (None: it can)."""
+        return None
+
+    def _truncate(self, length: int) -> None:
+        raise NotImplementedError
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds."""
+        raise NotImplementedError
+
+    # -- the contract ------------------------------------------------------------------------
+    def __call__(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor):
+        self._validate(q_BHSD, k_BHSD, v_BHSD)
+        start = self.length
+        try:
+            out = self._step(q_BHSD, k_BHSD, v_BHSD)
+        except BaseException:
+            self._truncate(start)  # a failed kernel leaves the cache as it was
+            raise
+        self.length = start + k_BHSD.shape[2]
+        return out
+
+    def _validate(self, q, k, v) -> None:
+        want = (self.batch, self.heads_kv, self.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != want:
+                raise ValueError(
+                    f"{name} has shape {tuple(t.shape)}; this cache holds [B={want[0]}, "
+                    f"H_kv={want[1]}, S, D={want[2]}]"
+                )
+        n = k.shape[2]
+        if v.shape[2] != n or n < 1:
+            raise ValueError(f"k and v must carry the same number (>= 1) of tokens; got {n}, {v.shape[2]}")
+        if q.dim() != 4 or tuple(q.shape) != (self.batch, self.heads_q, n, self.head_dim):
+            raise ValueError(
+                f"q has shape {tuple(q.shape)}; expected [B={self.batch}, H_q={self.heads_q}, "
+                f"n={n}, D={self.head_dim}] (one query per new token)"
+            )
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.dtype != self.dtype or t.device.type != self.device.type:
+                raise ValueError(
+                    f"{name} is {t.dtype} on {t.device}; this cache is {self.dtype} on {self.device}"
+                )
+        room = self._room()
+        if room is not None and n > room:
+            raise ValueError(
+                f"cache overflow: it holds {self.length} tokens and has room for {room} more; "
+                f"this step adds {n} (raise kv_args.max_len)"
+            )
+
+    def reset(self) -> None:
+        """Empty the cache (preallocated storage stays allocated)."""
+        self._truncate(0)
+        self.length = 0
+
+    def rollback(self, length: int) -> None:
+        """Forget the tokens after ``length``; the cache is then as it was at that length."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(f"rollback length {length!r} must be an integer in [0, {self.length}]")
+        if length == self.length:
+            return
+        if reason := self._rollback_refusal(length):
+            raise ValueError(reason)
+        self._truncate(length)
+        self.length = length
+
+    def cache_bytes(self) -> int:
+        """Bytes of the storage the cache holds, as allocated (shared storage counted once)."""
+        seen = {}
+        for t in self.tensors():
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())
+
+
+class TokenCache(CachedAttention):
+    """Tokens stored one entry each (unquantized, int8, int4, fp8) in any store layout.
+
+    ``window`` (None: causal) is the sliding-window width the attend function applies; the
+    earliest query of a call at position ``start`` needs keys from ``start - (window - 1)``.
+    """
+
+    def __init__(self, *, k_codec: Codec, v_codec: Codec, k_store, v_store, attend: Attend,
+                 window: int | None = None, **geometry) -> None:
+        super().__init__(**geometry)
+        self.k_codec, self.v_codec = k_codec, v_codec
+        self.k_store, self.v_store = k_store, v_store
+        self.attend, self.window = attend, window
+
+    def _lo(self, position: int) -> int:
+        """The oldest key a query at ``position`` may see."""
+        return 0 if self.window is None else max(0, position - (self.window - 1))
+
+    def _write_first(self, n: int) -> bool:
+        # A ring may overwrite keys the call's own earliest queries need; then attend first.
+        ring = self.k_store
+        return not isinstance(ring, RingStore) or self._lo(self.length) >= self.length + n - ring.capacity
+
+    def _step(self, q, k, v):
+        start, n = self.length, k.shape[2]
+        ek, ev = self.k_codec.encode(k), self.v_codec.encode(v)
+        if self._write_first(n):
+            self.k_store.append(ek)
+            self.v_store.append(ev)
+            return self._attend_stored(q, start, n)
+        lo = self._lo(start)
+        k_all = torch.cat([self.k_codec.decode(self.k_store.read(lo, start)), self.k_codec.decode(ek)], 2)
+        v_all = torch.cat([self.v_codec.decode(self.v_store.read(lo, start)), self.v_codec.decode(ev)], 2)
+        out = self.attend(q, k_all, v_all)
+        self.k_store.append(ek)
+        self.v_store.append(ev)
+        return out
+
+    def _attend_stored(self, q, start: int, n: int) -> torch.Tensor:
+        lo = self._lo(start)
+        k = self.k_codec.decode(self.k_store.read(lo, start + n))
+        v = self.v_codec.decode(self.v_store.read(lo, start + n))
+        return self.attend(q, k, v)
+
+    def _room(self):
+        return self.k_store.room()
+
+    def _rollback_refusal(self, length):
+        held = getattr(self.k_store, "lo", 0)
+        if self._lo(length) < held:
+            return (
+                f"the ring keeps positions [{held}, {self.length}); rolling back to {length} needs "
+                f"position {self._lo(length)} (build the cache with a larger rollback_tokens)"
+            )
+        return None
+
+    def _truncate(self, length):
+        self.k_store.truncate(length)
+        self.v_store.truncate(length)
+
+    def tensors(self):
+        return self.k_store.tensors() + self.v_store.tensors()
+
+
+class KiviCache(CachedAttention):
+    """KIVI: quantized keys (per channel, token groups) and values (per token), plus a ring of
+    the newest tokens in full precision (see the module doc for which positions are which)."""
+
+    def __init__(self, *, fmt: str, attend: Attend, group_size: int | None = None,
+                 residual: int = KIVI_RESIDUAL, max_len: int | None = None,
+                 rollback_tokens: int = 0, window: int | None = None, **geometry) -> None:
+        super().__init__(**geometry)
+        dims = (self.head_dim, self.dtype, str(self.device))
+        self.k_codec = Codec(fmt, "key", *dims, group_size)
+        self.v_codec = Codec(fmt, "value", *dims, group_size)
+        self.group = self.k_codec.granule
+        self.residual, self.max_len, self.attend, self.window = residual, max_len, attend, window
+        where = (self.batch, self.heads_kv, self.device)
+        groups = None if max_len is None else self.quantized_length(max_len) // self.group
+        self.k_store = LinearStore(self.k_codec.entry_shapes, *where, groups)
+        self.v_store = LinearStore(
+            self.v_codec.entry_shapes, *where, None if groups is None else groups * self.group
+        )
+        full = {"x": ((self.head_dim,), self.dtype)}
+        ring = residual + self.group - 1 + rollback_tokens
+        self.k_recent, self.v_recent = RingStore(full, *where, ring), RingStore(full, *where, ring)
+
+    def quantized_length(self, length: int) -> int:
+        """How many of the first ``length`` positions are stored quantized."""
+        return max(0, length - self.residual) // self.group * self.group
+
+    def _step(self, q, k, v):
+        start, n = self.length, k.shape[2]
+        a, b = self.quantized_length(start), self.quantized_length(start + n)
+        k_pending = torch.cat([self.k_recent.read(a, start)["x"], k], 2)  # positions [a, start+n)
+        v_pending = torch.cat([self.v_recent.read(a, start)["x"], v], 2)
+        new_k = self.k_codec.encode(k_pending[:, :, : b - a]) if b > a else None
+        new_v = self.v_codec.encode(v_pending[:, :, : b - a]) if b > a else None
+        k_parts, v_parts = [], []
+        if a:
+            k_parts.append(self.k_codec.decode(self.k_store.read(0, a // self.group)))
+            v_parts.append(self.v_codec.decode(self.v_store.read(0, a)))
+        if new_k is not None:
+            k_parts.append(self.k_codec.decode(new_k))
+            v_parts.append(self.v_codec.decode(new_v))
+        k_parts.append(k_pending[:, :, b - a :])
+        v_parts.append(v_pending[:, :, b - a :])
+        lo = 0 if self.window is None else max(0, start - (self.window - 1))
+        out = self.attend(q, torch.cat(k_parts, 2)[:, :, lo:], torch.cat(v_parts, 2)[:, :, lo:])
+        if new_k is not None:
+            self.k_store.append(new_k)
+            self.v_store.append(new_v)
+        self.k_recent.append({"x": k})
+        self.v_recent.append({"x": v})
+        return out
+
+    def _room(self):
+        return None if self.max_len is None else self.max_len - self.length
+
+    def _rollback_refusal(self, length):
+        need = self.quantized_length(length)
+        if need < self.k_recent.lo:
+            return (
+                f"KIVI keeps full-precision positions [{self.k_recent.lo}, {self.length}); rolling "
+                f"back to {length} needs position {need} unquantized (build the cache with a "
+                "larger rollback_tokens)"
+            )
+        return None
+
+    def _truncate(self, length):
+        q = self.quantized_length(length)
+        self.k_store.truncate(q // self.group)
+        self.v_store.truncate(q)
+        self.k_recent.truncate(length)
+        self.v_recent.truncate(length)
+
+    def tensors(self):
+        return (self.k_store.tensors() + self.v_store.tensors() + self.k_recent.tensors()
+                + self.v_recent.tensors())
+
+
+def cache_mod(variant) -> tuple[str, dict]:
+    """The mod a cached variant attends with: ``("causal", {})`` or
+    ``("sliding_window", {"window": w})``. Raises Unsupported for mods a cache cannot serve."""
+    window = None
+    if variant.mod == "sliding_window":
+        window = variant.mod_args["window"]
+    elif variant.mod not in ("none", "causal"):
+        raise Unsupported(
+            f"mod {variant.mod!r} cannot run with a KV cache: the cache is causal and each call "
+            "sees only keys cached so far; use none, causal or sliding_window"
+        )
+    if variant.kv_cache == "sliding":
+        ring = _positive("kv_args.window", variant.kv_args.get("window"))
+        if window is not None and window > ring:
+            raise ValueError(
+                f"mod_args.window={window} exceeds the sliding cache's kv_args.window={ring}"
+            )
+        window = window or ring
+    return ("causal", {}) if window is None else ("sliding_window", {"window": window})
+
+
+def make_cached_attention(
+    variant, workload, attend: Attend | None = None, *, rollback_tokens: int | None = None,
+    page_seed: int | None = None,
+) -> CachedAttention:
+    """The stateful attention of a Variant with a ``kv_cache`` for a Workload's geometry.
+
+    ``attend``: a stateless attention built for ``cache_mod(variant)`` — that is
+    ``make_attend(variant.backend, *cache_mod(variant))``; None builds exactly that (paged with
+    backend ``flex`` reads the page pool itself and ignores it). ``rollback_tokens``: how far a
+    step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
+    ``page_seed``: assign pages from a shuffled free list (None: in order).
+    """
+    from sdpalab.attention.dispatch import make_attend  # dispatch imports the backends
+
+    layout, fmt, kv = variant.kv_cache, variant.kv_quant, variant.kv_args
+    if layout == "none":
+        raise ValueError("make_cached_attention needs a variant with a kv_cache")
+    mod_name, mod_args = cache_mod(variant)
+    window = mod_args.get("window")
+    if rollback_tokens is None:
+        rollback_tokens = workload.seq_q if workload.phase == "decode" else 0
+    geometry = dict(
+        batch=workload.batch, heads_q=workload.heads_q, heads_kv=workload.heads_kv,
+        head_dim=workload.head_dim, dtype=workload.torch_dtype, device=workload.device,
+    )
+    max_len = _positive("kv_args.max_len", kv.get("max_len", workload.seq_kv))
+    group_size = kv.get("group_size")
+    if group_size is not None:
+        _positive("kv_args.group_size", group_size)
+    if layout == "paged" and variant.backend == "flex":
+        from sdpalab.attention.paged import PagedFlexCache
+
+        return PagedFlexCache(
+            fmt=fmt, group_size=group_size, window=window, max_len=max_len, seed=page_seed,
+            page_size=_positive("kv_args.page_size", kv.get("page_size", PAGE_SIZE)), **geometry,
+        )
+    if attend is None:
+        attend = make_attend(variant.backend, mod_name, mod_args)
+    if fmt.startswith("kivi"):
+        if layout not in ("dynamic", "static"):
+            raise Unsupported(f"{fmt} storage is built for dynamic and static caches, not {layout}")
+        return KiviCache(
+            fmt=fmt, attend=attend, group_size=group_size, window=window,
+            residual=_positive("kv_args.residual", kv.get("residual", KIVI_RESIDUAL)),
+            max_len=max_len if layout == "static" else None, rollback_tokens=rollback_tokens,
+            **geometry,
+        )
+    codecs = [
+        Codec(fmt, role, workload.head_dim, workload.torch_dtype, workload.device,
+              group_size_for(fmt, group_size))
+        for role in ("key", "value")
+    ]
+    where = (workload.batch, workload.heads_kv, workload.device)
+    if layout == "paged":
+        from sdpalab.attention.paged import PagedStore, PageTable
+
+        page_size = _positive("kv_args.page_size", kv.get("page_size", PAGE_SIZE))
+        table = PageTable(workload.batch, page_size, max_len, workload.device, page_seed)
+        stores = [PagedStore(c.entry_shapes, workload.heads_kv, table) for c in codecs]
+    elif layout == "sliding":
+        ring = kv["window"] - 1 + max(1, rollback_tokens)
+        stores = [RingStore(c.entry_shapes, *where, ring) for c in codecs]
+    else:
+        capacity = max_len if layout == "static" else None
+        stores = [LinearStore(c.entry_shapes, *where, capacity) for c in codecs]
+    return TokenCache(
+        k_codec=codecs[0], v_codec=codecs[1], k_store=stores[0], v_store=stores[1],
+        attend=attend, window=window, **geometry,
+    )
