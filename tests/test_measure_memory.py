@@ -53,7 +53,7 @@ def test_freeing_older_memory_does_not_go_negative():
 
 
 def test_math_attention_holds_the_score_matrix_and_flash_does_not():
-    B, H, S, D = 1, 4, 1024, 64
+    B, H, S, D = 1, 2, 2048, 64
     q, k, v = (torch.randn(B, H, S, D) for _ in range(3))
 
     def attend(backend):
@@ -67,7 +67,8 @@ def test_math_attention_holds_the_score_matrix_and_flash_does_not():
     flash = peak_memory(attend(SDPBackend.FLASH_ATTENTION), device="cpu")
     scores = B * H * S * S * 4
     assert math.peak_mem_bytes >= scores
-    assert flash.peak_mem_bytes < scores / 4
+    # CPU flash keeps a scratch block per thread (seen: 2.2 MB on 2 threads, 10.5 MB on 16)
+    assert flash.peak_mem_bytes < scores / 2
 
 
 @pytest.mark.gpu

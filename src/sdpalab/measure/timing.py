@@ -1,10 +1,12 @@
 """Latency: warm up, time each call, summarize once.
 
-On a GPU each call is bracketed by a pair of CUDA events (the device's own clock, so the host's
-launch overhead and Python do not leak in as long as the GPU stays busy); all events are read
-after one synchronize at the end. On the CPU each call is timed with the monotonic
-``time.perf_counter_ns``. Statistics (median, IQR, noise flag) are computed here and nowhere
-else in the project.
+On a GPU each call is bracketed by a pair of CUDA events on the device's own clock; all events
+are read after one synchronize at the end. When the GPU sits idle waiting for the host (short
+kernels launched from Python), the span between the events includes the host's time to launch
+the call, as the caller sees it; when the GPU is kept busy (``setup`` or ``flush_l2`` work
+queued before the start event), the span is the device time alone. On the CPU each call is
+timed with the monotonic ``time.perf_counter_ns``. Statistics (median, IQR, noise flag) are
+computed here and nowhere else in the project.
 """
 
 from __future__ import annotations
