@@ -1,0 +1,132 @@
+"""Goldilocks across shapes: one configuration that stays near every shape's front.
+
+For each shape (context) the front is computed over its feasible, accurate results. A
+configuration's *gap* on a shape is the multiplicative epsilon indicator against that front:
+the smallest ``eps`` such that some front point is no better than the configuration by more
+than a factor ``1 + eps`` on every objective. Latency is noise-aware: the combined IQR is
+subtracted from a latency difference before it counts. A configuration is goldilocks when its
+gap is at most ``within`` on every shape it was measured on, and it was measured on all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from sdpalab.explore.pareto import (
+    config_key,
+    config_label,
+    context_label,
+    context_of,
+    group_by_context,
+    latency_noise,
+    limits,
+    meets,
+    objective_value,
+    pareto,
+    varying_fields,
+)
+from sdpalab.measure.result import Result
+
+GOLDILOCKS_OBJECTIVES = ("latency_ms", "memory")
+"""Error enters as a limit (``max_error``, else each dtype's tolerance), not as a ratio: a
+2x ratio between two errors far below the tolerance is not a reason to reject a choice."""
+
+
+def gap(result: Result, front: Sequence[Result], objectives: Sequence[str]) -> float:
+    """Multiplicative epsilon of ``result`` against ``front`` (0 when on or within noise of it)."""
+    best = math.inf
+    for ref in front:
+        worst = 0.0
+        for name in objectives:
+            mine, theirs = objective_value(result, name), objective_value(ref, name)
+            if mine is None or theirs is None:
+                continue
+            if name == "latency_ms":
+                mine = max(theirs, mine - latency_noise(result, ref))
+            ratio = (0.0 if mine <= 0 else math.inf) if theirs <= 0 else mine / theirs - 1.0
+            worst = max(worst, ratio)
+        best = min(best, worst)
+    return best
+
+
+def goldilocks_across_shapes(
+    results: Iterable[Result],
+    within: float = 0.10,
+    objectives: Sequence[str] = GOLDILOCKS_OBJECTIVES,
+    *,
+    max_error: float | None = None,
+    max_memory: Any = None,
+    max_latency_ms: float | None = None,
+    constraints: Any = None,
+    include_all: bool = False,
+) -> pd.DataFrame:
+    """Configurations (variant + dtype) within ``within`` (0.10 = 10 %) of every shape's front.
+
+    Returns one row per configuration measured ``ok`` and feasible on every shape, sorted by
+    its worst gap: ``label``, ``variant`` (``sl.Variant(...)``), ``dtype``, ``worst_gap``,
+    ``goldilocks`` (bool), and one ``gap[<shape>]`` column per shape. A configuration that
+    failed, broke a limit or exceeded the error tolerance on any shape is left out. Only the
+    goldilocks rows unless ``include_all``.
+    """
+    if not within >= 0:
+        raise ValueError(f"within={within!r} must be a non-negative fraction (0.10 = 10 %)")
+    limit = limits(
+        constraints, max_error=max_error, max_memory=max_memory, max_latency_ms=max_latency_ms
+    )
+    results = list(results)
+    groups = group_by_context(results)
+    contexts = [context_of(g[0]) for g in groups.values()]
+    fields = varying_fields(contexts)
+    names = [context_label(c, fields) for c in contexts]
+
+    def accurate(res: Result) -> bool:
+        bound = limit["max_error"] if limit["max_error"] is not None else res.tolerance
+        err = res.rel_fro_err
+        return err is not None and (bound is None or err <= bound)
+
+    per_config: dict[str, dict[str, Result]] = {}
+    fronts = {}
+    for (key, group), name in zip(groups.items(), names, strict=True):
+        good = [r for r in group if meets(r, limit) and accurate(r)]
+        fronts[key] = pareto(good, objectives)
+        for res in good:
+            per_config.setdefault(config_key(res), {})[name] = res
+
+    from sdpalab.spec import Variant
+
+    rows = []
+    for cfg in per_config.values():
+        if len(cfg) < len(groups):
+            continue
+        gaps = {
+            name: gap(cfg[name], fronts[key], objectives)
+            for key, name in zip(groups, names, strict=True)
+        }
+        any_res = next(iter(cfg.values()))
+        row = {
+            "label": config_label(any_res),
+            "variant": Variant(**any_res.variant).python(),
+            "dtype": any_res.workload.get("dtype"),
+            "worst_gap": max(gaps.values()),
+        }
+        row["goldilocks"] = row["worst_gap"] <= within
+        row.update({f"gap[{name}]": value for name, value in gaps.items()})
+        rows.append(row)
+    columns = [
+        "label",
+        "variant",
+        "dtype",
+        "worst_gap",
+        "goldilocks",
+        *[f"gap[{n}]" for n in names],
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    if not table.empty:
+        table = table.sort_values("worst_gap", kind="stable").reset_index(drop=True)
+    if not include_all:
+        table = table[table["goldilocks"].astype(bool)].reset_index(drop=True)
+    return table

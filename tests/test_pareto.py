@@ -1,0 +1,294 @@
+"""Pareto front, recommendation, hypervolume and goldilocks-across-shapes on constructed Results.
+
+The search-against-grid and fault-injection checks that run the engine are in test_search.py.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import yaml
+
+import sdpalab as sl
+from sdpalab.explore.pareto import (
+    hypervolume,
+    limits,
+    pareto,
+    parse_bytes,
+    recommend,
+)
+from sdpalab.explore.shapes import goldilocks_across_shapes
+from sdpalab.measure.result import Result
+
+MiB = 2**20
+
+
+def make(
+    backend="math",
+    *,
+    lat=1.0,
+    iqr=0.01,
+    mem=10 * MiB,
+    err=1e-7,
+    seq=1024,
+    mod="none",
+    mod_args=None,
+    kv_quant="none",
+    dtype="float32",
+    status="ok",
+    tol=1.1e-5,
+    tid=None,
+):
+    variant = sl.Variant(
+        backend=backend,
+        mod=mod,
+        mod_args=mod_args or {},
+        kv_cache="static" if kv_quant != "none" else "none",
+        kv_quant=kv_quant,
+    )
+    workload = {
+        "phase": "prefill",
+        "batch": 1,
+        "heads_q": 4,
+        "heads_kv": 4,
+        "seq_q": seq,
+        "seq_kv": seq,
+        "head_dim": 64,
+        "dtype": dtype,
+        "device": "cpu",
+    }
+    ok = status == "ok"
+    return Result(
+        variant=variant.to_dict(),
+        workload=workload,
+        status=status,
+        label=variant.label(),
+        trial_id=tid or f"{variant.label()}-{dtype}-{seq}",
+        latency_ms=lat if ok else None,
+        latency_iqr_ms=iqr if ok else None,
+        peak_mem_bytes=mem if ok else None,
+        peak_mem_total_bytes=mem if ok else None,
+        rel_fro_err=err if ok else None,
+        tolerance=tol,
+    )
+
+
+def labels(results):
+    return sorted(r.label for r in results)
+
+
+def test_front_is_the_non_dominated_feasible_set():
+    a = make("math", lat=1.0, mem=30 * MiB, err=1e-7)
+    b = make("flash", lat=0.5, mem=20 * MiB, err=2e-7)
+    c = make("eager", lat=2.0, mem=5 * MiB, err=3e-7)  # slowest, least memory: on the front
+    d = make("flex", lat=0.6, mem=25 * MiB, err=3e-7)  # dominated by b
+    failed = make("efficient", status="oom")
+    front = pareto([a, b, c, d, failed], noise_aware=False)
+    assert labels(front) == ["eager", "flash", "math"]  # math has the lowest error
+    assert labels(pareto([a, b, c, d], objectives=("latency_ms", "memory"))) == ["eager", "flash"]
+
+
+def test_noise_aware_latency_ties():
+    fast = make("flash", lat=1.00, iqr=0.10, mem=10 * MiB)
+    close = make("math", lat=1.05, iqr=0.10, mem=10 * MiB)  # within noise: a tie
+    worse = make("eager", lat=1.02, iqr=0.10, mem=20 * MiB)  # tie on latency, more memory
+    assert labels(pareto([fast, close, worse], noise_aware=False)) == ["flash"]
+    assert labels(pareto([fast, close, worse])) == ["flash", "math"]
+    far = make("math", lat=1.5, iqr=0.10, mem=10 * MiB)  # beyond the combined IQR
+    assert labels(pareto([fast, far])) == ["flash"]
+
+
+def test_constraints_and_contexts():
+    small = make("math", lat=1.0, mem=100 * MiB, seq=512)
+    big = make("math", lat=4.0, mem=400 * MiB, seq=2048)
+    lean = make("eager", lat=6.0, mem=50 * MiB, seq=2048)
+    # each shape has its own front: the 512 point does not dominate the 2048 ones
+    assert len(pareto([small, big, lean])) == 3
+    capped = pareto([small, big, lean], constraints={"max_memory": "200MiB"})
+    assert labels(capped) == ["eager", "math"] and big not in capped
+    assert pareto([small], constraints={"max_latency_ms": 0.5}) == []
+    assert pareto([small], constraints={"max_error": 1e-9}) == []
+
+
+def test_limits_parse_and_reject():
+    assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("1.5 MB") == 1_500_000
+    assert limits({"max_memory": "1GiB"}, max_error=1e-2) == {
+        "max_error": 1e-2,
+        "max_memory": float(2**30),
+        "max_latency_ms": None,
+    }
+    with pytest.raises(ValueError, match="size such as"):
+        parse_bytes("lots")
+    with pytest.raises(ValueError, match="must be positive"):
+        limits(max_error=-1)
+    with pytest.raises(ValueError, match="priority"):
+        recommend([make()], priority="speed")
+
+
+def fast_but_wrong():
+    # faster and leaner than everything, error 100x the float32 tolerance
+    return make(
+        "eager", lat=0.01, mem=1 * MiB, err=1e-3, mod="softcap", mod_args={"cap": 1.0}, tid="wrong"
+    )
+
+
+@pytest.mark.parametrize("priority", ["latency", "memory", "error", "balanced"])
+def test_fast_but_wrong_is_never_recommended(priority):
+    good = [
+        make("math", lat=1.0, mem=30 * MiB, err=1e-7),
+        make("flash", lat=0.5, mem=20 * MiB, err=2e-6),
+    ]
+    rec = recommend([*good, fast_but_wrong()], priority=priority)
+    assert rec.best.trial_id != "wrong" and rec.runner_up.trial_id != "wrong"
+    assert rec.excluded == {"over the error tolerance": 1}
+    # an explicit error budget that admits it makes it a candidate again
+    loose = recommend([*good, fast_but_wrong()], priority="latency", max_error=1e-2)
+    assert loose.best.trial_id == "wrong"
+
+
+def test_recommendation_by_priority_with_trade():
+    fast = make("flash", lat=0.5, mem=40 * MiB, err=2e-7)
+    lean = make("eager", lat=2.0, mem=5 * MiB, err=3e-7)
+    exact = make("math", lat=1.0, mem=30 * MiB, err=1e-8)
+    results = [fast, lean, exact]
+    assert recommend(results, priority="latency").best is fast
+    assert recommend(results, priority="memory").best is lean
+    assert recommend(results, priority="error").best is exact
+    rec = recommend(results, priority="latency")
+    assert rec.runner_up is exact
+    assert "100% slower (1 ms vs 0.5 ms)" in rec.trade and "25% less memory" in rec.trade
+    # the variant pastes back into Python and YAML
+    variant = eval(rec.variant_python().split("#")[0], {"sl": sl})
+    assert variant == sl.Variant(**fast.variant)
+    doc = yaml.safe_load(rec.variant_yaml())
+    assert doc["variants"] == {"backend": "flash"} and doc["workload"] == {"dtype": "float32"}
+    assert "flash" in rec.summary() and "runner-up" in rec.summary()
+
+
+def test_latency_ties_go_to_less_memory():
+    a = make("flash", lat=1.00, iqr=0.1, mem=40 * MiB)
+    b = make("math", lat=1.04, iqr=0.1, mem=10 * MiB)
+    assert recommend([a, b], priority="latency").best is b
+
+
+def test_recommendation_meets_every_constraint():
+    rng = np.random.default_rng(0)
+    backends = ["math", "flash", "eager", "flex", "efficient", "cudnn"]
+    for trial in range(40):
+        results = [
+            make(
+                backends[i % 6],
+                lat=float(rng.lognormal(0, 1)),
+                iqr=float(rng.uniform(0, 0.2)),
+                mem=int(rng.lognormal(17, 1)),
+                err=float(10 ** rng.uniform(-8, -2)),
+                tid=f"{trial}-{i}",
+                status="ok" if rng.random() > 0.2 else rng.choice(["oom", "error"]),
+            )
+            for i in range(30)
+        ]
+        lim = {
+            "max_error": float(10 ** rng.uniform(-7, -3)),
+            "max_memory": float(rng.lognormal(17.5, 1)),
+            "max_latency_ms": float(rng.lognormal(0.5, 1)),
+        }
+        for priority in ("latency", "memory", "error", "balanced"):
+            try:
+                rec = recommend(results, priority=priority, **lim)
+            except ValueError as err:
+                assert "no configuration qualifies" in str(err)
+                continue
+            for pick in filter(None, [rec.best, rec.runner_up]):
+                assert pick.ok and pick.rel_fro_err <= lim["max_error"]
+                assert pick.peak_mem_total_bytes <= lim["max_memory"]
+                assert pick.latency_ms <= lim["max_latency_ms"]
+            assert rec.best in pareto(results, constraints=lim)
+
+
+def test_several_shapes_need_a_context():
+    results = [
+        make("math", seq=512),
+        make("flash", seq=512, lat=0.5),
+        make("math", seq=2048, lat=8),
+        make("flash", seq=2048, lat=3),
+    ]
+    with pytest.raises(ValueError, match=r"2 shapes .*seq_kv=512"):
+        recommend(results)
+    rec = recommend(results, context={"seq_kv": 2048})
+    assert rec.best.workload["seq_kv"] == 2048 and rec.best.label == "flash"
+
+
+def test_nothing_qualifies_says_why():
+    with pytest.raises(ValueError, match="2 status oom"):
+        recommend([make("math", status="oom"), make("flash", status="oom")])
+
+
+def test_hypervolume():
+    assert hypervolume(np.array([[1.0, 2.0], [2.0, 1.0]]), [3, 3]) == pytest.approx(3.0)
+    assert hypervolume(np.array([[0.0, 0.0, 0.0]]), [1, 2, 3]) == pytest.approx(6.0)
+    assert hypervolume(np.array([[5.0, 0.0]]), [3, 3]) == 0.0  # beyond the reference
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(0, 1, size=(12, 3))
+    samples = rng.uniform(0, 1, size=(200_000, 3))
+    covered = (pts[None, :, :] <= samples[:, None, :]).all(-1).any(-1).mean()
+    assert hypervolume(pts, [1, 1, 1]) == pytest.approx(covered, abs=0.01)
+
+
+def test_goldilocks_across_shapes():
+    # flash and eager stay within 10 % of every shape's front; math wins at 1k, is 3x off after
+    results = []
+    for seq, scale in ((1024, 1.0), (8192, 30.0), (32768, 400.0)):
+        results.append(make("flash", lat=scale * 1.00, mem=int(scale * 10 * MiB), seq=seq))
+        results.append(
+            make(
+                "math",
+                lat=scale * (0.95 if seq == 1024 else 3.0),
+                mem=int(scale * 10 * MiB),
+                seq=seq,
+            )
+        )
+        results.append(make("eager", lat=scale * 1.04, mem=int(scale * 10.2 * MiB), seq=seq))
+    table = goldilocks_across_shapes(results, within=0.10)
+    assert list(table["label"]) == ["flash [float32]", "eager [float32]"]
+    assert {"gap[seq_q=1024, seq_kv=1024]", "worst_gap", "variant"} <= set(table.columns)
+    assert table.loc[0, "worst_gap"] <= 0.12
+    everything = goldilocks_across_shapes(results, within=0.10, include_all=True)
+    spiky = everything[everything["label"] == "math [float32]"].iloc[0]
+    assert spiky["worst_gap"] == pytest.approx(2.0, rel=0.05) and not spiky["goldilocks"]
+    # a configuration missing on one shape (failed there) is not a candidate
+    results[-3] = make("flash", status="oom", seq=32768)
+    table = goldilocks_across_shapes(results, within=0.10)
+    assert list(table["label"]) == ["eager [float32]"]
+
+
+def test_front_matches_brute_force_on_random_points():
+    rng = np.random.default_rng(2)
+    backends = list(itertools.product(["math", "flash", "eager"], ["none", "causal"]))
+    results = []
+    for i in range(60):
+        be, mod = backends[i % len(backends)]
+        results.append(
+            make(
+                be,
+                mod=mod,
+                lat=float(rng.uniform(1, 10)),
+                iqr=0.0,
+                mem=int(rng.uniform(1, 10) * MiB),
+                err=float(rng.uniform(1e-8, 1e-6)),
+                tid=str(i),
+            )
+        )
+    front = {r.trial_id for r in pareto(results)}
+    for r in results:
+        dominated = any(
+            all(
+                getattr(o, f) <= getattr(r, f)
+                for f in ("latency_ms", "peak_mem_total_bytes", "rel_fro_err")
+            )
+            and any(
+                getattr(o, f) < getattr(r, f)
+                for f in ("latency_ms", "peak_mem_total_bytes", "rel_fro_err")
+            )
+            for o in results
+        )
+        assert (r.trial_id in front) == (not dominated)
