@@ -54,14 +54,15 @@ def peak_memory(
 
 
 def _peak_cuda(fn: Callable[[], Any], dev: torch.device) -> MemoryPeak:
-    torch.cuda.synchronize(dev)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(dev)
-    before = torch.cuda.memory_allocated(dev)
-    out = fn()
-    torch.cuda.synchronize(dev)
-    peak = torch.cuda.max_memory_allocated(dev)
-    del out
+    with torch.cuda.device(dev):  # empty_cache acts on the current device
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        out = fn()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        del out
     return MemoryPeak(
         peak_mem_bytes=peak - before, peak_mem_total_bytes=peak, method="cuda_allocator"
     )

@@ -46,6 +46,8 @@ def _profiled(fn: Callable[[], Any], device: str, warmup: int, **options) -> pro
     for _ in range(warmup):
         fn()
     dev = torch.device(device)
+    if dev.type == "cuda":  # work queued earlier must not land in this profile
+        torch.cuda.synchronize(dev)
     with profile(activities=activities(device), **options) as prof:
         fn()
         if dev.type == "cuda":

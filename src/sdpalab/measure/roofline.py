@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sdpalab.measure.provenance import cpu_model
 from sdpalab.measure.timing import time_fn
 
 
@@ -78,8 +79,6 @@ def device_name(device: str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from sdpalab.measure.provenance import cpu_model
-
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
