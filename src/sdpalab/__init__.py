@@ -28,6 +28,7 @@ _LAZY = {
     "PerformanceAnalysis": "sdpalab.analysis",
     "Unsupported": "sdpalab.attention.errors",
     "attention_ref": "sdpalab.attention.reference",
+    "load": "sdpalab.report.load",
 }
 
 __all__ = ["Variant", "Workload", "measure", *_LAZY]

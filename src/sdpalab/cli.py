@@ -57,6 +57,43 @@ def doctor(
     render_doctor(console, doctor_report(device, remeasure=remeasure))
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (results.sqlite or results.csv).")],
+    compare: Annotated[
+        Path | None, typer.Option(help="Baseline run directory to compare against.")
+    ] = None,
+    fail_if_slower: Annotated[
+        str | None,
+        typer.Option(help="With --compare: exit 1 if a trial is slower by more than this (10%)."),
+    ] = None,
+) -> None:
+    """Write DIR/report.html and DIR/plots, print the tables; compare with another run."""
+    from sdpalab.report.compare import parse_threshold, slower_than
+    from sdpalab.report.console import render_comparison, render_paths, render_results
+    from sdpalab.report.html import make_report
+
+    threshold = None if fail_if_slower is None else parse_threshold(fail_if_slower)
+    if threshold is not None and compare is None:
+        raise BadInput("--fail-if-slower needs --compare OTHER_DIR (the baseline run)")
+    results, comparisons, _ = make_report(run_dir, compare)
+    render_results(console, results, title=str(run_dir))
+    if comparisons is not None:
+        render_comparison(console, comparisons)
+    console.print("written:")
+    render_paths(console, run_dir)
+    slow = [] if threshold is None else slower_than(comparisons, threshold)
+    if slow:
+        worst = max(slow, key=lambda c: c.latency_ratio)
+        err_console.print(
+            f"{len(slow)} trial(s) slower than {fail_if_slower} beyond noise; worst: "
+            f"{worst.label} [{worst.shape}] {worst.latency_ratio:.2f}x",
+            markup=False,
+            highlight=False,
+        )
+        raise SystemExit(1)  # typer.Exit(1) is swallowed under standalone_mode=False
+
+
 @app.command("list")
 def list_(
     what: Annotated[str, typer.Argument(help="variants, mods or presets")] = "variants",

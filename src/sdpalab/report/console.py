@@ -1,0 +1,280 @@
+"""Console rendering with rich: result tables, run summaries, doctor, listings, comparisons.
+
+Everything here takes a ``rich.console.Console`` and prints to it; nothing returns text for
+other modules to parse. Strings from users or from torch (labels, reasons, paths) are printed
+with markup off, so a ``[bold]`` in an error message stays literal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from sdpalab.report.tables import (
+    counts_line,
+    failures,
+    format_bytes,
+    format_ms,
+    group_tables,
+    status_counts,
+)
+
+NOISY_MARK = "!"
+STATUS_STYLE = {
+    "ok": "green",
+    "unsupported": "yellow",
+    "oom": "red",
+    "timeout": "red",
+    "crash": "red",
+    "numerical_fail": "magenta",
+    "error": "red",
+}
+
+
+def _cell_text(cell) -> Text:
+    if cell is None:
+        return Text("")
+    if cell.status != "ok":
+        return Text(cell.status, style=f"dim {STATUS_STYLE.get(cell.status, 'red')}")
+    text = Text(format_ms(cell.latency_ms), style="bold green" if cell.best else "")
+    if cell.noisy:
+        text.append(f" {NOISY_MARK}", style="bold yellow")
+    if cell.peak_mem_bytes is not None:
+        text.append(f"\n{format_bytes(cell.peak_mem_bytes)}", style="dim")
+    return text
+
+
+def render_results(console: Console, results, title: str | None = None) -> None:
+    """Print results as Compare-style tables (rows: variants, columns: shapes; each cell the
+    median latency in ms over the peak memory above the inputs), the fastest of each column in
+    bold green, noisy timings marked ``!``; then the count of trials by status and a table of
+    the failures with their reasons. ``results``: list of Result or the flat DataFrame."""
+    tables = group_tables(results)
+    if title:
+        console.print(Text(title, style="bold"))
+    any_noisy = False
+    for table in tables:
+        rich_table = RichTable(title=table.title, title_style="bold", show_lines=False)
+        rich_table.add_column("variant", style="cyan", no_wrap=True)
+        for column in table.columns:
+            rich_table.add_column(column, justify="right")
+        for row in table.rows:
+            cells = [table.cells.get((row, column)) for column in table.columns]
+            any_noisy |= any(c is not None and c.noisy and c.status == "ok" for c in cells)
+            rich_table.add_row(Text(row), *(_cell_text(c) for c in cells))
+        console.print(rich_table)
+    if tables:
+        legend = "latency ms (median) over peak memory above inputs; fastest per column in bold"
+        if any_noisy:
+            legend += f"; {NOISY_MARK} = noisy (IQR > 10% of median)"
+        console.print(Text(legend, style="dim"))
+    counts = status_counts(results)
+    line = Text(counts_line(counts))
+    console.print(line)
+    failed = failures(results)
+    if failed:
+        table = RichTable(title="failures", title_style="bold red")
+        for name in ("variant", "shape", "status", "reason"):
+            table.add_column(name, overflow="fold")
+        for f in failed:
+            table.add_row(
+                Text(f["label"]),
+                Text(f["shape"]),
+                Text(f["status"], style=STATUS_STYLE.get(f["status"], "red")),
+                Text(f["reason"]),
+            )
+        console.print(table)
+
+
+def render_paths(console: Console, out: str | Path) -> None:
+    """Print which of a run directory's files exist (results, report, plots)."""
+    out = Path(out)
+    names = ("results.sqlite", "results.csv", "results.parquet", "run.json", "report.html")
+    for name in names:
+        if (out / name).exists():
+            console.print(Text(f"  {out / name}"))
+    plots = sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []
+    if plots:
+        console.print(Text(f"  {out / 'plots'}/ ({len(plots)} plots)"))
+
+
+def render_run(console: Console, run: Any) -> None:
+    """A finished run (the engine's Results: ``.results``, ``.out``): its tables, then the
+    files it wrote."""
+    out = getattr(run, "out", None)
+    name = getattr(run, "name", None) or (Path(out).name if out else None)
+    render_results(console, list(getattr(run, "results", []) or []), title=name)
+    if out:
+        console.print(Text("written:", style="bold"))
+        render_paths(console, out)
+
+
+def render_doctor(console: Console, report: dict[str, Any]) -> None:
+    """``sdpalab doctor``: device, backends × dtypes (ok or why not), ceilings, provenance.
+    Missing keys are shown as unknown, never an error."""
+    report = report or {}
+    device = report.get("device", "?")
+    console.print(
+        Text(f"device: {device} ({report.get('device_name') or 'unknown'})", style="bold")
+    )
+    dtypes = report.get("dtypes")
+    if dtypes:
+        console.print(Text(f"dtypes: {', '.join(map(str, dtypes))}"))
+    backends = report.get("backends") or {}
+    if backends:
+        table = RichTable(title="backends", title_style="bold")
+        table.add_column("backend", style="cyan", no_wrap=True)
+        table.add_column("status", overflow="fold")
+        for name, status in backends.items():
+            status = str(status)
+            style = "green" if status == "ok" else "yellow" if status.startswith("unsup") else "red"
+            table.add_row(Text(str(name)), Text(status, style=style))
+        console.print(table)
+    ceilings = report.get("ceilings")
+    if isinstance(ceilings, dict) and ceilings:
+        tf, bw = ceilings.get("matmul_tflops"), ceilings.get("copy_gbps")
+        console.print(
+            Text(
+                f"ceilings: matmul {tf:.3g} TFLOP/s, copy {bw:.4g} GB/s"
+                if isinstance(tf, int | float) and isinstance(bw, int | float)
+                else f"ceilings: {ceilings}"
+            )
+        )
+        if ceilings.get("measured_at"):
+            console.print(
+                Text(
+                    f"  measured {ceilings['measured_at']} ({ceilings.get('dtype', '?')})",
+                    style="dim",
+                )
+            )
+    else:
+        console.print(
+            Text("ceilings: not measured (run `sdpalab doctor --remeasure`)", style="dim")
+        )
+    prov = report.get("provenance") or {}
+    if prov:
+        table = RichTable(title="provenance", title_style="bold", show_header=False)
+        table.add_column("key", style="dim")
+        table.add_column("value", overflow="fold")
+        for key, value in prov.items():
+            if value is not None:
+                text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+                table.add_row(Text(str(key)), Text(text))
+        console.print(table)
+
+
+def render_listing(console: Console, what: str) -> None:
+    """``sdpalab list variants|mods|presets``."""
+    if what == "variants":
+        from sdpalab import spec
+
+        table = RichTable(title="variant axes", title_style="bold")
+        table.add_column("axis", style="cyan")
+        table.add_column("values", overflow="fold")
+        from sdpalab.attention.mods import MODS
+
+        axes = [
+            ("backend", spec.BACKENDS),
+            ("mod", tuple(MODS)),
+            ("kv_cache", spec.KV_CACHES),
+            ("kv_quant", spec.KV_QUANTS),
+            ("weight_quant", spec.WEIGHT_QUANTS),
+            ("dtype (workload)", tuple(spec.DTYPES)),
+            ("phase (workload)", spec.PHASES),
+        ]
+        for axis, values in axes:
+            table.add_row(axis, ", ".join(values))
+        console.print(table)
+        kv = RichTable(title="kv_args", title_style="bold")
+        kv.add_column("key", style="cyan")
+        kv.add_column("meaning", overflow="fold")
+        for key, text in spec.KV_ARGS.items():
+            kv.add_row(key, Text(text))
+        console.print(kv)
+    elif what == "mods":
+        from sdpalab.attention.mods import MODS, REQUIRED
+
+        table = RichTable(title="mods", title_style="bold", show_lines=True)
+        table.add_column("mod", style="cyan", no_wrap=True)
+        table.add_column("what", overflow="fold")
+        table.add_column("parameters", overflow="fold")
+        for name, mod in MODS.items():
+            params = "\n".join(
+                f"{key}: {typ.__name__}"
+                + (" (required)" if default is REQUIRED else f" = {default!r}")
+                + f" — {text}"
+                for key, (typ, default, text) in mod.params.items()
+            )
+            table.add_row(name, Text(mod.doc), Text(params or "-"))
+        console.print(table)
+    elif what == "presets":
+        try:
+            from sdpalab.config import list_presets
+        except ImportError:
+            console.print(
+                Text(
+                    "presets are not available: the run engine (sdpalab.config) is not installed",
+                    style="yellow",
+                )
+            )
+            return
+        table = RichTable(title="presets", title_style="bold")
+        table.add_column("preset", style="cyan", no_wrap=True)
+        table.add_column("description", overflow="fold")
+        for name, description in list_presets():
+            table.add_row(Text(str(name)), Text(str(description)))
+        console.print(table)
+    else:
+        raise ValueError(f"list {what!r} is not valid; choose one of: variants, mods, presets")
+
+
+def render_comparison(console: Console, comparisons, *, only_changed: bool | None = None) -> None:
+    """Print a comparison of two runs (from :func:`sdpalab.report.compare.compare_runs`): per
+    configuration the base and new latency, the ratios new / base and the verdict. Shape
+    fields shared by every row go in the title. ``only_changed`` leaves out the ``same`` rows
+    (by default when there are more than 40 rows); the count line still counts them."""
+    from sdpalab.report.compare import VERDICT_STYLE, summary_counts
+
+    counts = summary_counts(comparisons)
+    if only_changed is None:
+        only_changed = len(comparisons) > 40
+    if only_changed:
+        comparisons = [c for c in comparisons if c.verdict != "same"]
+    shapes = [c.shape.split() for c in comparisons]
+    shared = set.intersection(*map(set, shapes)) if shapes else set()
+    fixed = [t for t in shapes[0] if t in shared] if shapes else []
+    table = RichTable(
+        title=" · ".join(["compare (new / base)", *([" ".join(fixed)] if fixed else [])]),
+        title_style="bold",
+    )
+    for name in ("variant", "shape", "base ms", "new ms", "latency", "memory", "error", "verdict"):
+        table.add_column(
+            name,
+            justify="left" if name in ("variant", "shape", "verdict") else "right",
+            overflow="fold",
+        )
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    for c, shape in zip(comparisons, shapes, strict=True):
+        table.add_row(
+            Text(c.label),
+            Text(" ".join(t for t in shape if t not in shared) or "-"),
+            format_ms(c.base_latency_ms),
+            format_ms(c.new_latency_ms),
+            ratio(c.latency_ratio),
+            ratio(c.mem_ratio),
+            ratio(c.err_ratio),
+            Text(c.verdict, style=VERDICT_STYLE.get(c.verdict, "")),
+        )
+    if comparisons:
+        console.print(table)
+    line = ", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing to compare"
+    console.print(
+        Text(line + (" (same rows not shown)" if only_changed and "same" in counts else ""))
+    )

@@ -1,0 +1,419 @@
+"""``report.html``: one self-contained file per run.
+
+Plots are embedded as base64 ``data:`` URIs and the style is inline; there is no script and
+nothing is fetched (a Content-Security-Policy of ``default-src 'none'`` says so to the browser
+too). Every string that comes from a user or from torch (run name, labels, mod arguments,
+error messages, provenance) goes through :func:`escape`. Other modules add sections through
+``extra_sections``: fragments they build must escape their text with :func:`escape` (or use
+:func:`html_table`, which does).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sdpalab.report.load import export, frame, load_results, read_run_info, records
+from sdpalab.report.tables import (
+    counts_line,
+    failures,
+    format_bytes,
+    format_ms,
+    group_tables,
+    row_label,
+    status_counts,
+)
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d2330;
+ background:#f6f7f9}
+header{background:#1f3a5f;color:#fff;padding:18px 28px}
+header h1{margin:0 0 4px;font-size:22px;word-break:break-all}
+header p{margin:2px 0;opacity:.9}
+nav a{color:#cfe0ff;margin-right:14px}
+main{padding:8px 28px 40px;max-width:1400px}
+section{background:#fff;border:1px solid #dde2ea;border-radius:6px;margin:18px 0;padding:6px 18px 14px}
+h2{font-size:18px;border-bottom:2px solid #e7ebf2;padding-bottom:4px}
+table{border-collapse:collapse;margin:10px 0 14px;font-size:13px}
+caption{text-align:left;font-weight:600;padding:4px 0}
+th,td{border:1px solid #dde2ea;padding:4px 8px;vertical-align:top}
+th{background:#eef2f8;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{background:#dff3e4;font-weight:700}
+td.fail{color:#a33;background:#fbeeee}
+span.mem{color:#667;font-weight:400;font-size:12px}
+span.noisy{color:#b26b00;font-weight:700}
+.slower{color:#b00020;font-weight:700}.faster{color:#137333;font-weight:700}
+.same{color:#667}.broken{color:#b00020}.fixed{color:#137333}
+figure{display:inline-block;margin:10px 18px 10px 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #e3e7ee}
+figcaption{font-size:12px;color:#556}
+pre{background:#f3f5f8;padding:10px;overflow:auto;font-size:12px;white-space:pre-wrap;
+ word-break:break-all}
+.note{color:#556}
+"""
+
+
+def escape(text: Any) -> str:
+    """Any value as HTML-safe text (``&``, ``<``, ``>``, quotes escaped)."""
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def html_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    caption: str | None = None,
+    numeric: Iterable[int] = (),
+) -> str:
+    """A ``<table>`` with every header and cell escaped. ``numeric``: column indices to
+    right-align."""
+    numeric = set(numeric)
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{escape(v)}</td>' if i in numeric else f"<td>{escape(v)}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def figure_html(png: str | Path, caption: str | None = None) -> str:
+    """A PNG file embedded as a ``data:`` URI in a ``<figure>``."""
+    png = Path(png)
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    cap = escape(caption if caption is not None else png.stem)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{cap}">'
+        f"<figcaption>{cap}</figcaption></figure>"
+    )
+
+
+def _summary_html(results) -> str:
+    parts = []
+    for table in group_tables(results):
+        head = "<th>variant</th>" + "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+        body = []
+        for row in table.rows:
+            cells = [f"<th>{escape(row)}</th>"]
+            for column in table.columns:
+                cell = table.cells.get((row, column))
+                if cell is None:
+                    cells.append("<td></td>")
+                elif cell.status != "ok":
+                    cells.append(
+                        f'<td class="fail" title="{escape(cell.reason)}">{escape(cell.status)}</td>'
+                    )
+                else:
+                    noisy = (
+                        ' <span class="noisy" title="noisy: IQR &gt; 10% of median">!</span>'
+                        if cell.noisy
+                        else ""
+                    )
+                    mem = (
+                        f'<br><span class="mem">{escape(format_bytes(cell.peak_mem_bytes))}</span>'
+                        if cell.peak_mem_bytes is not None
+                        else ""
+                    )
+                    cls = "num best" if cell.best else "num"
+                    cells.append(
+                        f'<td class="{cls}">{escape(format_ms(cell.latency_ms))} ms'
+                        f"{noisy}{mem}</td>"
+                    )
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(
+            f"<table><caption>{escape(table.title)}</caption><thead><tr>{head}</tr>"
+            f"</thead><tbody>{''.join(body)}</tbody></table>"
+        )
+    if parts:
+        parts.append(
+            '<p class="note">median latency over the peak memory above the inputs; '
+            "the fastest of each column is shaded; ! marks a noisy timing "
+            "(IQR &gt; 10% of the median).</p>"
+        )
+    return "".join(parts) or '<p class="note">no trials</p>'
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "-"
+    if kind == "bytes":
+        return format_bytes(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _trials_html(results) -> str:
+    columns = (
+        "variant",
+        "phase",
+        "dtype",
+        "B",
+        "Hq",
+        "Hkv",
+        "Sq",
+        "Skv",
+        "D",
+        "status",
+        "latency ms",
+        "IQR ms",
+        "peak mem",
+        "KV cache",
+        "rel err",
+        "TFLOP/s",
+        "GB/s",
+        "kernel",
+    )
+    rows = [
+        (
+            row_label(r),
+            r.get("wl_phase"),
+            r.get("wl_dtype"),
+            r.get("wl_batch"),
+            r.get("wl_heads_q"),
+            r.get("wl_heads_kv"),
+            r.get("wl_seq_q"),
+            r.get("wl_seq_kv"),
+            r.get("wl_head_dim"),
+            r.get("status"),
+            _fmt(r.get("latency_ms")),
+            _fmt(r.get("latency_iqr_ms")),
+            _fmt(r.get("peak_mem_bytes"), "bytes"),
+            _fmt(r.get("kv_cache_bytes"), "bytes"),
+            _fmt(r.get("rel_fro_err")),
+            _fmt(r.get("tflops")),
+            _fmt(r.get("gbps")),
+            _fmt(r.get("kernel")),
+        )
+        for r in records(frame(results))
+    ]
+    return (
+        "<details><summary>every trial</summary>"
+        + html_table(columns, rows, numeric=range(3, 17))
+        + "</details>"
+    )
+
+
+def _failures_html(results) -> str:
+    failed = failures(results)
+    if not failed:
+        return '<p class="note">no failures</p>'
+    return html_table(
+        ("variant", "shape", "status", "reason"),
+        [(f["label"], f["shape"], f["status"], f["reason"]) for f in failed],
+    )
+
+
+def _comparison_html(comparisons) -> str:
+    from sdpalab.report.compare import summary_counts
+
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    rows = []
+    for c in comparisons:
+        rows.append(
+            f"<tr><td>{escape(c.label)}</td><td>{escape(c.shape)}</td>"
+            f'<td class="num">{escape(format_ms(c.base_latency_ms))}</td>'
+            f'<td class="num">{escape(format_ms(c.new_latency_ms))}</td>'
+            f'<td class="num">{escape(ratio(c.latency_ratio))}</td>'
+            f'<td class="num">{escape(ratio(c.mem_ratio))}</td>'
+            f'<td class="num">{escape(ratio(c.err_ratio))}</td>'
+            f'<td class="{escape(c.verdict)}">{escape(c.verdict)}</td></tr>'
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("variant", "shape", "base ms", "new ms", "latency", "memory", "error", "verdict")
+    )
+    counts = ", ".join(f"{n} {v}" for v, n in summary_counts(comparisons).items())
+    return (
+        f"<p>{escape(counts or 'nothing to compare')}; ratios are new / base; a latency "
+        "difference within the two runs' IQRs added together is <em>same</em>.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _kv_table(data: dict[str, Any]) -> str:
+    rows = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = " ".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True, default=str)
+        rows.append((key, value))
+    return html_table(("key", "value"), rows) if rows else '<p class="note">not recorded</p>'
+
+
+def _provenance_html(info: dict[str, Any], results) -> str:
+    prov = info.get("provenance")
+    if not isinstance(prov, dict):
+        prov = next((r.provenance for r in results if getattr(r, "provenance", None)), {})
+    parts = [_kv_table(prov or {})]
+    command = info.get("argv") or info.get("command") or (prov or {}).get("argv")
+    if command:
+        text = " ".join(map(str, command)) if isinstance(command, list) else str(command)
+        parts.append(f"<p>command:</p><pre>{escape(text)}</pre>")
+    ceilings = info.get("ceilings")
+    if isinstance(ceilings, dict):
+        parts.append("<p>measured ceilings:</p>" + _kv_table(ceilings))
+    config = info.get("config")
+    rest = {
+        k: v
+        for k, v in info.items()
+        if k not in ("provenance", "argv", "command", "ceilings", "config")
+    }
+    if config is not None or rest:
+        shown = {"config": config, **rest} if config is not None else rest
+        parts.append(
+            "<details><summary>run.json</summary><pre>"
+            + escape(json.dumps(shown, indent=2, sort_keys=True, default=str))
+            + "</pre></details>"
+        )
+    return "".join(parts)
+
+
+OUR_PLOTS = (
+    "scaling*.png",
+    "decode_bandwidth*.png",
+    "kv_cache_bytes*.png",
+    "pareto*.png",
+    "sensitivity*.png",
+    "mask_*.png",
+)
+
+
+def _remove_old_plots(plots_dir: Path) -> None:
+    # A re-run of the report must not leave plots of data that is gone; other files stay.
+    for pattern in OUR_PLOTS:
+        for old in plots_dir.glob(pattern):
+            old.unlink(missing_ok=True)
+
+
+def run_name(run_dir: Path, info: dict[str, Any]) -> str:
+    """The run's name: ``run.json``'s ``name`` (or its config's), else the directory name."""
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    return str(info.get("name") or config.get("name") or Path(run_dir).resolve().name)
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    extra_sections: Sequence[tuple[str, str]] | None = None,
+    results=None,
+    comparisons=None,
+    compare_name: str | None = None,
+    front=None,
+    recommendation=None,
+    sensitivity=None,
+    export_files: bool = True,
+) -> Path:
+    """Write ``run_dir/report.html`` (and the plots under ``run_dir/plots``); return its path.
+
+    ``extra_sections``: ``(title, html_fragment)`` pairs appended after the plots; the title is
+    escaped here, the fragment must already be safe (built with :func:`escape` /
+    :func:`html_table`). ``results``: the run's Results (loaded from the directory when None).
+    ``comparisons``: from :func:`sdpalab.report.compare.compare_runs`, shown as a section
+    against ``compare_name``. ``front``, ``recommendation``, ``sensitivity``: passed to the
+    plots. ``export_files``: also write ``results.parquet`` when pyarrow is installed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+    if results is None:
+        results = load_results(run_dir)
+    results = list(results) if not hasattr(results, "columns") else results
+    info = read_run_info(run_dir)
+    name = run_name(run_dir, info)
+    if export_files:
+        with contextlib.suppress(ImportError):  # parquet is optional; the CSV is there anyway
+            export(run_dir, results)
+
+    from sdpalab.report.plots import render_plots
+
+    ceilings = info.get("ceilings") if isinstance(info.get("ceilings"), dict) else None
+    _remove_old_plots(run_dir / "plots")
+    pngs = render_plots(
+        results,
+        run_dir / "plots",
+        front=front,
+        recommendation=recommendation,
+        ceilings=ceilings,
+        sensitivity=sensitivity,
+    )
+
+    sections: list[tuple[str, str, str]] = [
+        ("summary", "Summary", _summary_html(results) + _trials_html(results)),
+    ]
+    if comparisons is not None:
+        title = f"Compared with {compare_name}" if compare_name else "Comparison"
+        sections.append(("compare", title, _comparison_html(comparisons)))
+    sections.append(
+        (
+            "plots",
+            "Plots",
+            "".join(figure_html(p) for p in pngs)
+            or '<p class="note">no plot applies to these results</p>',
+        )
+    )
+    for i, (title, fragment) in enumerate(extra_sections or []):
+        sections.append((f"extra-{i}", str(title), fragment))
+    sections.append(("failures", "Failures", _failures_html(results)))
+    sections.append(
+        (
+            "provenance",
+            "Provenance",
+            _provenance_html(info, results if isinstance(results, list) else []),
+        )
+    )
+
+    nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title, _ in sections)
+    body = "".join(
+        f'<section id="{sid}"><h2>{escape(title)}</h2>{content}</section>'
+        for sid, title, content in sections
+    )
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "img-src data:; style-src 'unsafe-inline'\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>sdpalab report: {escape(name)}</title><style>{CSS}</style></head><body>"
+        f'<header><h1 id="run-name">{escape(name)}</h1>'
+        f"<p>{escape(counts_line(status_counts(results)))} · report written {escape(when)}</p>"
+        f"<nav>{nav}</nav></header><main>{body}</main></body></html>\n"
+    )
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def make_report(run_dir: str | Path, compare_dir: str | Path | None = None):
+    """What ``sdpalab report DIR [--compare OTHER]`` does: load the run (and the baseline),
+    compare them, write the report. Returns ``(results, comparisons or None, report path)``."""
+    from sdpalab.report.compare import compare_runs
+
+    results = load_results(run_dir)
+    comparisons = None
+    if compare_dir is not None:
+        comparisons = compare_runs(load_results(compare_dir), results)
+    path = write_report(
+        run_dir,
+        results=results,
+        comparisons=comparisons,
+        compare_name=None if compare_dir is None else str(compare_dir),
+    )
+    return results, comparisons, path

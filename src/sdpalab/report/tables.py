@@ -1,0 +1,181 @@
+"""Summary tables grouped the way ``torch.utils.benchmark.Compare`` groups them.
+
+One table per (phase, dtype, device, and whatever other shape stays fixed); rows are variants
+(their labels), columns are the shapes that vary (``B=1 S=1024``). Each cell holds the latency,
+the peak memory above the inputs and the status. The console and the HTML report both render
+these :class:`Table` objects, so they always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdpalab.report.load import frame, records
+
+SHAPE = (
+    ("batch", "B"),
+    ("heads_q", "Hq"),
+    ("heads_kv", "Hkv"),
+    ("seq_kv", "S"),
+    ("seq_q", "Sq"),
+    ("head_dim", "D"),
+)
+GROUP = ("phase", "dtype", "device")
+
+
+@dataclass
+class Cell:
+    status: str
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    peak_mem_bytes: int | None = None
+    rel_fro_err: float | None = None
+    noisy: bool = False
+    reason: str = ""
+    best: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+
+def format_ms(ms: float | None) -> str:
+    """Milliseconds with about three significant digits: ``0.123``, ``12.3``, ``1234``."""
+    if ms is None:
+        return "-"
+    for limit, digits in ((100, 0), (10, 1), (1, 2)):
+        if abs(ms) >= limit:
+            return f"{ms:.{digits}f}"
+    return f"{ms:.3f}"
+
+
+def format_bytes(n: float | None) -> str:
+    """Bytes in binary units: ``512 B``, ``12.0 MiB``, ``1.50 GiB``."""
+    if n is None:
+        return "-"
+    value, sign = abs(float(n)), "-" if n < 0 else ""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            text = (
+                f"{value:.0f}" if unit == "B" else f"{value:.3g}" if value < 100 else f"{value:.0f}"
+            )
+            return f"{sign}{text} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """The variant's label, or one made from its ``v_*`` fields when a row has none."""
+    if row.get("label"):
+        return str(row["label"])
+    parts = [str(row.get("v_backend", "?"))]
+    if row.get("v_mod") not in (None, "none"):
+        parts.append(str(row["v_mod"]))
+    if row.get("v_kv_cache") not in (None, "none"):
+        parts.append(str(row["v_kv_cache"]))
+    return "/".join(parts)
+
+
+def shape_of(row: dict[str, Any]) -> dict[str, Any]:
+    """Short shape fields of a row (``Sq`` only where it differs from ``S``)."""
+    shape = {short: row.get(f"wl_{name}") for name, short in SHAPE}
+    if shape["Sq"] == shape["S"]:
+        shape["Sq"] = None
+    return shape
+
+
+def _describe(shape: dict[str, Any], keys) -> str:
+    return " ".join(f"{k}={shape[k]}" for k in keys if shape.get(k) is not None)
+
+
+def _sort_key(value: Any) -> tuple:
+    return (value is None, value if isinstance(value, int | float) else str(value))
+
+
+def group_tables(results) -> list[Table]:
+    """Results (list or flat DataFrame) → summary tables, one per fixed (phase, dtype, device)."""
+    rows = records(frame(results)) if results is not None else []
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(f"wl_{g}") for g in GROUP), []).append(row)
+    tables = []
+    for key, members in groups.items():
+        shapes = [shape_of(r) for r in members]
+        names = [short for _, short in SHAPE]
+        varying = [k for k in names if len({json.dumps(s[k]) for s in shapes}) > 1]
+        fixed = [k for k in names if k not in varying]
+        columns_from = varying or fixed
+        title_parts = [str(v) for v in key if v is not None]
+        fixed_text = _describe(shapes[0], fixed) if varying else ""
+        table = Table(title=" · ".join([*title_parts, fixed_text] if fixed_text else title_parts))
+        order = sorted(
+            {tuple(s[k] for k in columns_from) for s in shapes},
+            key=lambda t: tuple(_sort_key(v) for v in t),
+        )
+        table.columns = [
+            _describe(dict(zip(columns_from, t, strict=True)), columns_from) or "-" for t in order
+        ]
+        for row, shape in zip(members, shapes, strict=True):
+            label = row_label(row)
+            if label not in table.rows:
+                table.rows.append(label)
+            column = _describe(shape, columns_from) or "-"
+            table.cells[(label, column)] = Cell(
+                status=str(row.get("status") or "ok"),
+                latency_ms=row.get("latency_ms"),
+                latency_iqr_ms=row.get("latency_iqr_ms"),
+                peak_mem_bytes=row.get("peak_mem_bytes"),
+                rel_fro_err=row.get("rel_fro_err"),
+                noisy=bool(row.get("noisy")),
+                reason=str(row.get("reason") or ""),
+            )
+        for column in table.columns:
+            ok = [
+                c
+                for (r, col), c in table.cells.items()
+                if col == column and c.status == "ok" and c.latency_ms is not None
+            ]
+            if len(ok) > 1:
+                min(ok, key=lambda c: c.latency_ms).best = True
+        tables.append(table)
+    return tables
+
+
+def status_counts(results) -> dict[str, int]:
+    """Trials per status, ``ok`` first."""
+    counts: dict[str, int] = {}
+    for row in records(frame(results)):
+        status = str(row.get("status") or "ok")
+        counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "ok", -kv[1], kv[0])))
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """``12 trials: 9 ok, 2 unsupported, 1 oom``."""
+    total = sum(counts.values())
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"{total} trial{'s' if total != 1 else ''}: {parts}" if total else "no trials"
+
+
+def failures(results) -> list[dict[str, Any]]:
+    """Failed trials as ``{label, shape, status, reason}`` rows, in run order."""
+    out = []
+    for row in records(frame(results)):
+        if (row.get("status") or "ok") != "ok":
+            shape = shape_of(row)
+            text = _describe(shape, [k for _, k in SHAPE])
+            out.append(
+                {
+                    "label": row_label(row),
+                    "shape": f"{row.get('wl_phase', '')} {row.get('wl_dtype', '')} {text}".strip(),
+                    "status": str(row["status"]),
+                    "reason": str(row.get("reason") or ""),
+                }
+            )
+    return out

@@ -1,0 +1,184 @@
+"""Console tables, doctor and listings; sl.load, the CSV round trip and the Parquet export."""
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+import sdpalab as sl
+from report_fixtures import make_result, sweep_results, write_run
+from sdpalab.report.console import (
+    render_comparison,
+    render_doctor,
+    render_listing,
+    render_results,
+    render_run,
+)
+from sdpalab.report.load import export, load_results
+from sdpalab.report.tables import format_bytes, format_ms, group_tables
+
+
+def _text(render, *args, **kwargs) -> str:
+    console = Console(record=True, width=200, color_system=None)
+    render(console, *args, **kwargs)
+    return console.export_text()
+
+
+def test_tables_group_like_compare():
+    prefill, decode = group_tables(sweep_results())
+    assert prefill.title == "prefill · float32 · cpu · B=1 Hq=8 Hkv=2 D=64"
+    assert prefill.columns == ["S=256", "S=512", "S=1024", "S=2048", "S=4096"]
+    assert prefill.rows[:2] == ["math", "efficient"]
+    best = {col: row for (row, col), cell in prefill.cells.items() if cell.best}
+    assert best == {
+        "S=256": "efficient",
+        "S=512": "efficient",
+        "S=1024": "flex/sliding_window(window=128)",
+        "S=2048": "flex/sliding_window(window=128)",
+    }
+    assert prefill.cells[("math", "S=4096")].status == "oom"
+    assert prefill.cells[("flex/sliding_window(window=128)", "S=256")].noisy
+    assert decode.title.startswith("decode · float32 · cpu") and "Sq=1" in decode.title
+    assert decode.rows == ["auto/static", "auto/static+int8", "auto/static+int4"]
+
+
+def test_render_results_text():
+    text = _text(render_results, sweep_results(), title="my [bold]run")
+    assert "my [bold]run" in text  # user text is never markup
+    for fragment in (
+        "S=256",
+        "S=16384",
+        "efficient",
+        "auto/static+int4",
+        "0.100",
+        "256 KiB",
+        "0.225 !",
+        "noisy",
+        "27 trials: 25 ok, 1 oom, 1 unsupported",
+        "failures",
+        "flash needs CUDA & a <GPU>",
+        "OutOfMemoryError",
+    ):
+        assert fragment in text, fragment
+    assert "no trials" in _text(render_results, [])
+
+
+def test_render_run_lists_paths(tmp_path):
+    write_run(tmp_path, sweep_results()[:4])
+    text = _text(render_run, SimpleNamespace(results=sweep_results()[:4], out=tmp_path))
+    assert "results.csv" in text and "run.json" in text and "4 trials: 4 ok" in text
+
+
+def test_render_doctor_tolerates_missing_keys():
+    assert "device: ?" in _text(render_doctor, {})
+    full = {
+        "device": "cpu",
+        "device_name": "Some CPU",
+        "dtypes": ["float32", "bfloat16"],
+        "backends": {"math/float32": "ok", "flash/float32": "unsupported: needs CUDA"},
+        "ceilings": {"matmul_tflops": 1.234, "copy_gbps": 20.5, "measured_at": "today"},
+        "provenance": {"torch": "2.13", "argv": ["sdpalab", "doctor"], "cuda": None},
+    }
+    text = _text(render_doctor, full)
+    for fragment in (
+        "Some CPU",
+        "flash/float32",
+        "unsupported: needs CUDA",
+        "1.23 TFLOP/s",
+        "20.5 GB/s",
+        "sdpalab doctor",
+    ):
+        assert fragment in text, fragment
+    assert "not measured" in _text(render_doctor, {"device": "cpu", "ceilings": None})
+
+
+def test_render_listing():
+    variants = _text(render_listing, "variants")
+    assert "sliding" in variants and "int4_weight_only" in variants and "page_size" in variants
+    mods = _text(render_listing, "mods")
+    assert "window: int (required)" in mods and "cap: float = 30.0" in mods
+    presets = _text(render_listing, "presets")
+    assert "preset" in presets or "not installed" in presets
+    with pytest.raises(ValueError, match="choose one of"):
+        render_listing(Console(), "kernels")
+
+
+def test_render_comparison_only_changed():
+    from sdpalab.report.compare import compare_runs
+
+    base = [make_result(backend="math", seq=s, latency_ms=1.0) for s in (256, 512)]
+    new = [
+        make_result(backend="math", seq=256, latency_ms=3.0),
+        make_result(backend="math", seq=512, latency_ms=1.0),
+    ]
+    text = _text(render_comparison, compare_runs(base, new), only_changed=True)
+    assert "S=256" in text and "3.00x" in text and "S=512" not in text
+    assert "1 slower, 1 same (same rows not shown)" in text
+
+
+def test_formats():
+    assert [format_ms(x) for x in (0.01234, 1.234, 12.34, 1234.5, None)] == [
+        "0.012",
+        "1.23",
+        "12.3",
+        "1234",
+        "-",
+    ]
+    assert [format_bytes(x) for x in (512, 1536, 3 * 2**30, None)] == [
+        "512 B",
+        "1.5 KiB",
+        "3 GiB",
+        "-",
+    ]
+
+
+def test_load_round_trip_and_export(tmp_path):
+    results = sweep_results()
+    write_run(tmp_path, results)
+    df = sl.load(tmp_path)
+    assert isinstance(df, pd.DataFrame) and len(df) == len(results)
+    for column in (
+        "latency_ms",
+        "peak_mem_bytes",
+        "rel_fro_err",
+        "wl_seq_kv",
+        "v_backend",
+        "v_mod_args",
+        "kv_cache_bytes",
+        "status",
+    ):
+        assert column in df.columns
+    back = load_results(tmp_path)
+    for got, want in zip(back, results, strict=True):
+        assert got.variant == want.variant and got.workload == want.workload
+        assert (got.status, got.reason, got.label, got.trial_id) == (
+            want.status,
+            want.reason,
+            want.label,
+            want.trial_id,
+        )
+        assert got.latency_ms == want.latency_ms and got.peak_mem_bytes == want.peak_mem_bytes
+    written = export(tmp_path)
+    assert tmp_path / "results.parquet" in written
+    parquet = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(parquet.columns) == list(df.columns)
+    pd.testing.assert_series_equal(parquet["latency_ms"], df["latency_ms"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_results(tmp_path / "empty")
+
+
+def test_load_from_the_store(tmp_path):
+    store_mod = pytest.importorskip("sdpalab.run.store")
+    results = sweep_results()
+    with store_mod.ResultStore(tmp_path) as store:
+        for r in results:
+            store.write(r)
+    back = load_results(tmp_path)  # no results.csv: the store is the only source
+    assert [r.trial_id for r in back] == [r.trial_id for r in results]
+    assert back[0].provenance == results[0].provenance  # the store keeps what a CSV cannot
+    df = sl.load(tmp_path)
+    assert len(df) == len(results) and df["latency_ms"].notna().sum() == 25
+    export(tmp_path)
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "results.parquet").exists()
