@@ -28,6 +28,9 @@ _LAZY = {
     "PerformanceAnalysis": "sdpalab.analysis",
     "Unsupported": "sdpalab.attention.errors",
     "attention_ref": "sdpalab.attention.reference",
+    "sweep": "sdpalab.explore.grid",
+    "Results": "sdpalab.explore.grid",
+    "load_spec": "sdpalab.config",
     "load": "sdpalab.report.load",
 }
 

@@ -94,6 +94,27 @@ def report(
         raise SystemExit(1)  # typer.Exit(1) is swallowed under standalone_mode=False
 
 
+@app.command()
+def sweep(
+    config: Annotated[str, typer.Argument(help="Sweep config: a YAML file or a preset name.")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>-<time>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Run only the trials OUT has no row for.")] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
+) -> None:
+    """Run every trial of a config's grid; failures are recorded, never fatal."""
+    from sdpalab.config import load_spec
+    from sdpalab.explore.grid import sweep as run_sweep
+    from sdpalab.report.console import render_run
+    from sdpalab.report.progress import progress_callback
+
+    if workers < 1:
+        raise BadInput(f"--workers {workers} is not valid; give 1 or more")
+    spec = load_spec(config)
+    with progress_callback(console) as on_result:
+        run = run_sweep(spec, out, resume=resume, workers=workers, on_result=on_result)
+    render_run(console, run)
+
+
 @app.command("list")
 def list_(
     what: Annotated[str, typer.Argument(help="variants, mods or presets")] = "variants",
@@ -111,7 +132,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except (BadInput, ValueError, FileNotFoundError) as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)) or 0)
@@ -122,7 +143,8 @@ def main() -> None:
         import click
 
         if isinstance(err, click.exceptions.UsageError):
-            err_console.print(f"error: {err.format_message()}", markup=False, highlight=False)
+            err_console.print(f"error: {err.format_message()}", markup=False, highlight=False,
+                              soft_wrap=True)
             sys.exit(2)
         if isinstance(err, click.exceptions.Abort):
             sys.exit(130)

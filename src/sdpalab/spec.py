@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn", "auto")
 BACKENDS = (*SDPA_BACKENDS, "flex", "eager", "triton_qdecode")
 """Kernels. ``triton_qdecode`` is the fused quantized-KV decode kernel (CUDA only)."""
+
+
+def known_backends() -> tuple[str, ...]:
+    """``BACKENDS``, plus the test-only fault backends when ``SDPALAB_TEST_FAULTS=1``."""
+    if os.environ.get("SDPALAB_TEST_FAULTS") == "1":
+        from sdpalab.testing.faults import FAULT_BACKENDS
+
+        return (*BACKENDS, *FAULT_BACKENDS)
+    return BACKENDS
+
+
 KV_CACHES = ("none", "dynamic", "static", "sliding", "paged")
 KV_QUANTS = ("none", "int8", "int4", "fp8", "kivi2", "kivi4")
 WEIGHT_QUANTS = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only")
@@ -156,7 +168,7 @@ class Variant:
     def __post_init__(self) -> None:
         from sdpalab.attention.mods import validate_mod  # mods import spec; avoid a cycle
 
-        _choice("backend", self.backend, BACKENDS)
+        _choice("backend", self.backend, known_backends())
         _choice("kv_cache", self.kv_cache, KV_CACHES)
         _choice("kv_quant", self.kv_quant, KV_QUANTS)
         _choice("weight_quant", self.weight_quant, WEIGHT_QUANTS)

@@ -1,0 +1,305 @@
+"""Run trials in worker processes and turn every outcome into a stored Result.
+
+Workers are long-lived (torch is imported once per worker, not per trial) and replaced when one
+dies. The parent classifies each outcome: ``ok``, ``unsupported``, ``oom``, ``numerical_fail``
+and ``error`` come from ``measure()`` in the worker; ``timeout`` is a trial that gave no answer
+within ``settings.timeout_s`` (its worker is killed and replaced); ``crash`` is a worker that
+died during a trial (the signal or exit code and the tail of its stderr go in the reason).
+Each Result is written to the store the moment it arrives, so a run killed at any point loses
+at most the trials in flight, and ``resume=True`` runs only the trials without a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sdpalab.measure.result import Result
+from sdpalab.run.store import ResultStore
+from sdpalab.trials import Trial
+
+OnResult = Callable[[Result, int, int], None]
+"""``on_result(result, done, total)``, called in the parent after each result is stored."""
+STARTUP_TIMEOUT_S = 300.0
+"""Longest a new worker may take to import torch and say it is ready."""
+STDERR_TAIL_CHARS = 600
+MAX_START_FAILURES = 3
+
+
+def _stderr_tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
+    """The telling part of a worker's stderr, on one line: for a fatal signal, faulthandler's
+    first line and the innermost frames; otherwise the last lines."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+    if fatal is not None:
+        frames = [line for line in lines[fatal + 1 :] if line.startswith("File ")]
+        lines = [lines[fatal], *frames[:3]]
+    else:
+        lines = lines[-6:]
+    tail = " | ".join(lines)
+    return tail if len(tail) <= limit else "..." + tail[-limit:]
+
+
+def _death(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"worker died from {name} (signal {-returncode})"
+    return f"worker exited with code {returncode}"
+
+
+class Worker:
+    """One ``python -m sdpalab.run.worker`` process and the trial it is running, if any."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sdpalab.run.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            close_fds=True,
+        )
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self._buffer = b""
+        self.ready = False
+        self.trial: Trial | None = None
+        self.started = time.monotonic()
+        self.deadline = self.started + STARTUP_TIMEOUT_S
+        self._log_offset = 0
+
+    def send(self, trial: Trial) -> None:
+        self.trial = trial
+        self.started = time.monotonic()
+        self.deadline = self.started + trial.settings.timeout_s
+        self._log.flush()
+        self._log_offset = self.log_path.stat().st_size
+        message = {
+            "trial_id": trial.trial_id,
+            "variant": trial.variant_spec,
+            "workload": trial.workload_spec,
+            "settings": trial.settings.to_dict(),
+        }
+        self.proc.stdin.write((json.dumps(message, default=str) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read(self) -> tuple[list[dict], bool]:
+        """Messages now available, and whether the worker's stdout has closed (it died)."""
+        try:
+            chunk = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return [], False
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()], not chunk
+
+    def stderr_since_trial(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+def worker_env(workers: int) -> dict[str, str]:
+    """The workers' environment: this one, sdpalab importable, CPU threads shared out."""
+    import sdpalab
+
+    env = dict(os.environ)
+    src = str(Path(sdpalab.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    if workers > 1 and "SDPALAB_WORKER_THREADS" not in env:
+        env["SDPALAB_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def run_trials(
+    trials: Sequence[Trial],
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    resume: bool = False,
+    on_result: OnResult | None = None,
+) -> list[Result]:
+    """Run ``trials`` in ``workers`` worker processes, storing each Result in
+    ``out_dir/results.sqlite`` as it arrives. Returns one Result per distinct trial, in order.
+
+    With ``resume``, trials that already have a final row are not run again (their stored
+    Result is returned). Unsupported combinations are stored without running.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers!r} must be at least 1")
+    out_dir = Path(out_dir)
+    unique = list({t.trial_id: t for t in reversed(trials)}.values())[::-1]  # first wins
+    store = ResultStore(out_dir)
+    try:
+        done: dict[str, Result] = {}
+        if resume:
+            finished = store.done_ids()
+            done = {r.trial_id: r for r in store.results() if r.trial_id in finished}
+        total = len(unique)
+        count = sum(t.trial_id in done for t in unique)
+
+        def finish(result: Result) -> None:
+            nonlocal count
+            store.write(result)
+            done[result.trial_id] = result
+            count += 1
+            if on_result is not None:
+                on_result(result, count, total)
+
+        pending = deque()
+        for trial in unique:
+            if trial.trial_id in done:
+                continue
+            if trial.unsupported is not None:
+                finish(trial.result("unsupported", trial.unsupported))
+            else:
+                pending.append(trial)
+        if pending:
+            _Pool(out_dir / "logs", min(workers, len(pending)), finish).run(pending)
+        return [done[t.trial_id] for t in unique]
+    finally:
+        store.close()
+
+
+class _Pool:
+    """The scheduler: hands trials to idle workers, watches deadlines and deaths."""
+
+    def __init__(self, log_dir: Path, size: int, finish: Callable[[Result], None]) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir, self.size, self.finish = log_dir, size, finish
+        self.env = worker_env(size)
+        self.workers: list[Worker] = []
+        self.start_failures = 0
+        self.spawned = 0
+
+    def _spawn(self) -> None:
+        self.spawned += 1
+        self.workers.append(Worker(self.log_dir / f"worker-{self.spawned}.log", self.env))
+
+    def run(self, pending: deque[Trial], *, keep: bool = False) -> None:
+        """Run ``pending`` to the end. ``keep``: the workers stay up for the next ``run`` (the
+        search's batches), until ``close()``; an exception closes them anyway."""
+        try:
+            while len(self.workers) < self.size:
+                self._spawn()
+            while pending or any(w.trial for w in self.workers):
+                for worker in self.workers:
+                    if worker.ready and worker.trial is None and pending:
+                        worker.send(pending.popleft())
+                self._wait()
+                self._check_deadlines()
+                while len(self.workers) < min(self.size, len(pending) + self._busy()):
+                    self._spawn()
+        except BaseException:
+            keep = False
+            raise
+        finally:
+            if not keep:
+                self.close()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        self.workers = []
+
+    def _busy(self) -> int:
+        return sum(w.trial is not None for w in self.workers)
+
+    def _wait(self) -> None:
+        now = time.monotonic()
+        timeout = min([w.deadline - now for w in self.workers] + [1.0])
+        ready, _, _ = select.select([w.fd for w in self.workers], [], [], max(0.0, timeout))
+        for worker in [w for w in self.workers if w.fd in ready]:
+            messages, closed = worker.read()
+            for message in messages:
+                self._handle(worker, message)
+            if closed:
+                self._died(worker)
+
+    def _handle(self, worker: Worker, message: dict) -> None:
+        if message.get("event") == "ready":
+            worker.ready, worker.deadline = True, math.inf
+            self.start_failures = 0
+        elif message.get("event") == "result" and worker.trial is not None:
+            trial, worker.trial, worker.deadline = worker.trial, None, math.inf
+            result = Result.from_dict(message["result"])
+            result.trial_id = trial.trial_id  # the id the parent scheduled is the identity
+            if result.status == "error":
+                tail = _stderr_tail(worker.stderr_since_trial())
+                if tail and tail not in result.reason:
+                    result.reason = f"{result.reason} [stderr: {tail}]"
+            self.finish(result)
+
+    def _died(self, worker: Worker) -> None:
+        self.workers.remove(worker)
+        code = worker.kill()
+        tail = _stderr_tail(
+            worker.stderr_since_trial()
+            if worker.trial
+            else worker.log_path.read_text(errors="replace")
+        )
+        if worker.trial is not None:
+            trial = worker.trial
+            reason = _death(code) + (f"; stderr: {tail}" if tail else "")
+            self.finish(trial.result("crash", reason, wall_s=time.monotonic() - worker.started))
+        elif not worker.ready:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                raise RuntimeError(
+                    f"the worker process failed to start {MAX_START_FAILURES} "
+                    f"times: {_death(code)}; stderr: {tail or '(empty)'}"
+                )
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in [w for w in self.workers if w.deadline <= now]:
+            if worker.trial is None and worker.ready:
+                continue
+            self.workers.remove(worker)
+            worker.kill()
+            if worker.trial is None:  # never became ready
+                self.start_failures += 1
+                if self.start_failures >= MAX_START_FAILURES:
+                    raise RuntimeError(
+                        f"the worker process did not start within "
+                        f"{STARTUP_TIMEOUT_S:g} s, {MAX_START_FAILURES} times"
+                    )
+                continue
+            trial = worker.trial
+            self.finish(
+                trial.result(
+                    "timeout",
+                    f"no result within timeout_s={trial.settings.timeout_s:g} s; worker killed and "
+                    "replaced",
+                    wall_s=now - worker.started,
+                )
+            )

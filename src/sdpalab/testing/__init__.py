@@ -1,0 +1,1 @@
+"""Test-only helpers (fault-injecting backends). Nothing here is used by a normal run."""

@@ -1,0 +1,87 @@
+"""Test-only backends that fail on purpose, one way each, so the engine's fault handling can be
+tested end to end. They exist only when ``SDPALAB_TEST_FAULTS=1`` (see
+``sdpalab.spec.known_backends``); the worker then calls :func:`install`.
+
+==================  ===================================================  ==================
+backend             what it does when called                             expected status
+==================  ===================================================  ==================
+``fault_oom``       allocates 2**50 elements (past any memory limit)     ``oom``
+``fault_segv``      ``os.kill(os.getpid(), SIGSEGV)``                    ``crash``
+``fault_hang``      sleeps for an hour                                   ``timeout``
+``fault_nan``       returns NaN                                          ``numerical_fail``
+``fault_raise``     raises ``RuntimeError``                              ``error``
+``fault_wrong``     returns zeros at once: fast, lean and wrong          ``ok`` (error 1.0)
+==================  ===================================================  ==================
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+FAULT_BACKENDS = (
+    "fault_oom",
+    "fault_segv",
+    "fault_hang",
+    "fault_nan",
+    "fault_raise",
+    "fault_wrong",
+)
+EXPECTED_STATUS = {
+    "fault_oom": "oom",
+    "fault_segv": "crash",
+    "fault_hang": "timeout",
+    "fault_nan": "numerical_fail",
+    "fault_raise": "error",
+    "fault_wrong": "ok",
+}
+
+
+def _oom(q, k, v):
+    import torch
+
+    return torch.empty(2**50, device=q.device, dtype=torch.float32)  # 4 PiB
+
+
+def _segv(q, k, v):
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(60)  # the signal is delivered asynchronously
+
+
+def _hang(q, k, v):
+    time.sleep(3600)
+
+
+def _nan(q, k, v):
+    import torch
+
+    return torch.full_like(q, float("nan"))
+
+
+def _raise(q, k, v):
+    raise RuntimeError("injected fault: fault_raise was called")
+
+
+def _wrong(q, k, v):
+    import torch
+
+    return torch.zeros_like(q)  # faster and leaner than any real kernel; rel error 1.0
+
+
+_ATTENDS = {
+    "fault_oom": _oom,
+    "fault_segv": _segv,
+    "fault_hang": _hang,
+    "fault_nan": _nan,
+    "fault_raise": _raise,
+    "fault_wrong": _wrong,
+}
+
+
+def install() -> None:
+    """Register the fault backends with the dispatcher (in the worker process)."""
+    from sdpalab.attention.dispatch import register_backend
+
+    for name, attend in _ATTENDS.items():
+        register_backend(name, lambda mod_name, mod_args, _attend=attend: _attend)
