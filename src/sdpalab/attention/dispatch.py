@@ -33,5 +33,8 @@ def make_attend(backend: str, mod_name: str, mod_args: dict) -> Attend:
     Causal alignment is bottom-right whenever ``q_len < kv_len``.
     """
     if backend not in _FACTORIES:
+        # Hand-written kernels register themselves on import (without importing Triton).
+        import sdpalab.attention.kernels  # noqa: F401
+    if backend not in _FACTORIES:
         raise Unsupported(f"backend {backend!r} is not available in this installation")
     return _FACTORIES[backend](mod_name, mod_args)
