@@ -15,42 +15,31 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no display, ever
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm
 
+from sdpalab.report.figure import colors, log2_tokens, ok_rows, plt, save, slug
 from sdpalab.report.load import decode_json, frame, records
+from sdpalab.report.mask_plot import mask_density, plot_mask
+from sdpalab.report.search_plots import pareto_front, plot_pareto, plot_sensitivity
 from sdpalab.report.tables import SHAPE, format_bytes, row_label
 
-DPI = 110
+__all__ = [
+    "fitted_slope",
+    "mask_density",
+    "pareto_front",
+    "plot_decode_bandwidth",
+    "plot_kv_bytes",
+    "plot_mask",
+    "plot_pareto",
+    "plot_scaling",
+    "plot_sensitivity",
+    "render_plots",
+]
+
 MAX_PARETO_PLOTS = 4
-MASK_CELLS = 256
-"""Heatmaps of longer sequences average the mask over cells of this many per axis."""
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")[:80] or "x"
-
-
-def _colors(labels: Iterable[str]) -> dict[str, Any]:
-    names = sorted(set(labels))
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)  # constrained layout: one draw, no tight bbox pass
-    plt.close(fig)
-    return path
 
 
 def fitted_slope(x: Iterable[float], y: Iterable[float]) -> float | None:
@@ -81,17 +70,7 @@ def _group(rows: list[dict], fields: tuple[str, ...]) -> dict[tuple, list[dict]]
 
 
 def _group_suffix(key: tuple, groups: dict) -> str:
-    return "" if len(groups) == 1 else "_" + _slug("_".join(str(k) for k in key))
-
-
-def _log2_tokens(ax) -> None:
-    # Sequence lengths are usually powers of two: a log2 x axis labelled with plain integers.
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-
-
-def _ok(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if (r.get("status") or "ok") == "ok"]
+    return "" if len(groups) == 1 else "_" + slug("_".join(str(k) for k in key))
 
 
 # -- scaling with sequence length -------------------------------------------------------------
@@ -107,7 +86,7 @@ def plot_scaling(rows: list[dict], path: Path, title: str = "") -> Path | None:
     series = {k: v for k, v in series.items() if len({r["wl_seq_kv"] for r in v}) >= 2}
     if not series:
         return None
-    colors = _colors(series)
+    palette = colors(series)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     for ax, metric, ylabel in (
         (axes[0], "latency_ms", "latency (ms, median)"),
@@ -125,9 +104,9 @@ def plot_scaling(rows: list[dict], path: Path, title: str = "") -> Path | None:
             xs, ys = zip(*pts, strict=True)
             slope = fitted_slope(xs, ys)
             legend = f"{name} (slope {slope:.2f})" if slope is not None else name
-            ax.plot(xs, ys, "o-", color=colors[name], label=legend, ms=4)
+            ax.plot(xs, ys, "o-", color=palette[name], label=legend, ms=4)
             drawn += 1
-        _log2_tokens(ax)
+        log2_tokens(ax)
         if metric == "peak_mem_bytes":
             ax.set_yscale("log", base=2)
             ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: format_bytes(v)))
@@ -141,7 +120,7 @@ def plot_scaling(rows: list[dict], path: Path, title: str = "") -> Path | None:
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title or "prefill scaling with sequence length")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # -- decode bandwidth -------------------------------------------------------------------------
@@ -170,12 +149,12 @@ def plot_decode_bandwidth(
     series: dict[str, list[dict]] = {}
     for row in rows:
         series.setdefault(_series_name(row, others), []).append(row)
-    colors = _colors(series)
+    palette = colors(series)
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     for name, members in series.items():
         pts = sorted((r["wl_seq_kv"], r["gbps"]) for r in members)
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, "o-", color=colors[name], label=name, ms=4)
+        ax.plot(xs, ys, "o-", color=palette[name], label=name, ms=4)
     ceiling = ceiling_gbps(rows, ceilings)
     if ceiling:
         ax.axhline(
@@ -185,7 +164,7 @@ def plot_decode_bandwidth(
             lw=1.2,
             label=f"measured copy bandwidth {ceiling:.4g} GB/s",
         )
-    _log2_tokens(ax)
+    log2_tokens(ax)
     ax.set_xlabel("context length (tokens in the KV cache)")
     ax.set_ylabel("achieved bandwidth (GB/s)")
     ax.set_ylim(bottom=0)
@@ -195,7 +174,7 @@ def plot_decode_bandwidth(
         title
         or "decode: bandwidth against context" + ("" if ceiling else " (ceiling not measured)")
     )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # -- KV cache bytes per token -----------------------------------------------------------------
@@ -221,7 +200,7 @@ def plot_kv_bytes(rows: list[dict], path: Path) -> Path | None:
     quants = [q for q in KV_QUANTS if any(q == k[1] for k in per)]
     quants += sorted({k[1] for k in per} - set(quants))
     series_names = sorted({k[0] for k in per})
-    colors = _colors(series_names)
+    palette = colors(series_names)
     width = 0.8 / len(series_names)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(quants) + 2), 4.6), layout="constrained")
     for i, series in enumerate(series_names):
@@ -237,7 +216,7 @@ def plot_kv_bytes(rows: list[dict], path: Path) -> Path | None:
                 x,
                 value,
                 width=width * 0.95,
-                color=colors[series],
+                color=palette[series],
                 label=series
                 if j == next(k for k, q in enumerate(quants) if per.get((series, q)))
                 else None,
@@ -252,292 +231,7 @@ def plot_kv_bytes(rows: list[dict], path: Path) -> Path | None:
     ax.margins(y=0.2)
     ax.legend(fontsize=7, title="cache layout", title_fontsize=7)
     ax.set_title("KV cache size per token (values + scales + metadata)")
-    return _save(fig, path)
-
-
-# -- Pareto front -----------------------------------------------------------------------------
-
-
-def _ids(items: Any) -> set[str]:
-    """Trial ids from a list of Results / dicts / ids, a DataFrame with ``trial_id``, or a
-    Recommendation (its ``best``)."""
-    if items is None:
-        return set()
-    if hasattr(items, "columns"):
-        return {str(t) for t in items["trial_id"]} if "trial_id" in items.columns else set()
-    if isinstance(items, str | dict) or hasattr(items, "trial_id") or hasattr(items, "best"):
-        items = [items]
-    out = set()
-    for item in items:
-        if isinstance(item, str):
-            out.add(item)
-        elif isinstance(item, dict):
-            out.add(str(item.get("trial_id")))
-        elif hasattr(item, "trial_id"):
-            out.add(str(item.trial_id))
-        elif hasattr(getattr(item, "best", None), "trial_id"):  # explore.pareto.Recommendation
-            out.add(str(item.best.trial_id))
-    return out
-
-
-def pareto_front(rows: list[dict], objectives=("latency_ms", "peak_mem_bytes")) -> list[dict]:
-    """Rows no other row beats on every objective (all minimized), sorted by the first."""
-    pts = [r for r in rows if all(r.get(o) is not None for o in objectives)]
-    front = [
-        r
-        for r in pts
-        if not any(
-            all(o[k] <= r[k] for k in objectives) and any(o[k] < r[k] for k in objectives)
-            for o in pts
-        )
-    ]
-    return sorted(front, key=lambda r: tuple(r[o] for o in objectives))
-
-
-def memory_column(rows: list[dict]) -> str:
-    """The memory objective, as ``explore.pareto`` takes it: the total peak
-    (``peak_mem_total_bytes``: inputs and KV cache included, so a smaller cache counts) when
-    every row has it, else the peak above the inputs (``peak_mem_bytes``)."""
-    if rows and all(r.get("peak_mem_total_bytes") is not None for r in rows):
-        return "peak_mem_total_bytes"
-    return "peak_mem_bytes"
-
-
-def plot_pareto(
-    rows: list[dict], path: Path, front=None, recommendation=None, title: str = ""
-) -> Path | None:
-    """Latency against peak memory for every ok trial, coloured by relative error (log), the
-    Pareto front joined as a staircase, the recommendation starred. ``front``: Results, dicts,
-    trial ids or a DataFrame (computed here from latency and memory when not given);
-    ``recommendation``: a Result, dict, trial id or ``explore.pareto.Recommendation``."""
-    rows = [r for r in _ok(rows) if r.get("latency_ms") is not None]
-    mem = memory_column(rows)
-    rows = [r for r in rows if r.get(mem) is not None]
-    if len(rows) < 2:
-        return None
-    front_ids = _ids(front)
-    if front_ids:
-        front_rows = [r for r in rows if str(r.get("trial_id")) in front_ids]
-    else:
-        front_rows = pareto_front(rows, ("latency_ms", mem))
-    front_rows.sort(key=lambda r: (r["latency_ms"], r[mem]))
-    rec_ids = _ids(recommendation)
-    fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
-    xs = np.array([r["latency_ms"] for r in rows], dtype=float)
-    ys = np.array([r[mem] for r in rows], dtype=float)
-    errs = np.array([r.get("rel_fro_err") or np.nan for r in rows], dtype=float)
-    positive = errs[np.isfinite(errs) & (errs > 0)]
-    if positive.size:
-        errs = np.where(np.isfinite(errs) & (errs > 0), errs, positive.min())
-        norm = LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 1.0001))
-        dots = ax.scatter(
-            xs,
-            ys,
-            c=errs,
-            cmap="viridis",
-            norm=norm,
-            s=36,
-            edgecolors="k",
-            linewidths=0.3,
-            zorder=3,
-        )
-        fig.colorbar(dots, ax=ax, label="relative Frobenius error vs float64")
-    else:
-        ax.scatter(xs, ys, color="tab:blue", s=36, zorder=3)
-    if front_rows:
-        ax.step(
-            [r["latency_ms"] for r in front_rows],
-            [r[mem] for r in front_rows],
-            where="post",
-            color="tab:red",
-            lw=1.2,
-            zorder=2,
-            label=f"Pareto front ({len(front_rows)} of {len(rows)})",
-        )
-        for r in front_rows[:12]:
-            ax.annotate(
-                row_label(r),
-                (r["latency_ms"], r[mem]),
-                fontsize=6,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-    for r in rows:
-        if str(r.get("trial_id")) in rec_ids:
-            ax.scatter(
-                [r["latency_ms"]],
-                [r[mem]],
-                marker="*",
-                s=320,
-                facecolors="gold",
-                edgecolors="black",
-                zorder=4,
-                label=f"recommended: {row_label(r)}",
-            )
-    if (xs > 0).all() and xs.max() / xs.min() > 20:
-        ax.set_xscale("log")
-    if (ys > 0).all() and ys.max() / ys.min() > 20:
-        ax.set_yscale("log", base=2)
-    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: format_bytes(v)))
-    ax.set_xlabel("latency (ms, median)")
-    ax.set_ylabel(
-        "peak memory, total" if mem == "peak_mem_total_bytes" else "peak memory above inputs"
-    )
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(title or "latency against memory (lower left is better)")
-    return _save(fig, path)
-
-
-# -- sensitivity ------------------------------------------------------------------------------
-
-
-def plot_sensitivity(table, path: str | Path) -> Path | None:
-    """Bars of each axis's importance per objective, with confidence intervals as error bars.
-
-    ``table``: a DataFrame (or list of dicts) with columns axis, objective, importance, ci_low,
-    ci_high, and optionally method (one bar per method, side by side). Rows without an
-    importance (a method that could not run) are left out.
-    """
-    rows = records(frame(table)) if hasattr(table, "columns") else list(table or [])
-    rows = [r for r in rows if r.get("importance") is not None and r.get("axis")]
-    if not rows:
-        return None
-    objectives = list(dict.fromkeys(str(r["objective"]) for r in rows))
-    methods = list(dict.fromkeys(str(r.get("method") or "") for r in rows))
-    colors = _colors(methods)
-    n_axes = max(len({r["axis"] for r in rows if str(r["objective"]) == o}) for o in objectives)
-    fig, axes = plt.subplots(
-        1,
-        len(objectives),
-        squeeze=False,
-        layout="constrained",
-        figsize=(4.4 * len(objectives), 0.45 * n_axes * max(1, len(methods) * 0.7) + 1.8),
-    )
-    height = 0.8 / len(methods)
-    for ax, objective in zip(axes[0], objectives, strict=True):
-        members = [r for r in rows if str(r["objective"]) == objective]
-        # Axes ordered by their largest importance, the most important at the top.
-        order = sorted(
-            {r["axis"] for r in members},
-            key=lambda a: max(r["importance"] for r in members if r["axis"] == a),
-        )
-        for k, method in enumerate(methods):
-            for r in members:
-                if str(r.get("method") or "") != method:
-                    continue
-                y = order.index(r["axis"]) + (k - (len(methods) - 1) / 2) * height
-                value = r["importance"]
-                low = r["ci_low"] if r.get("ci_low") is not None else value
-                high = r["ci_high"] if r.get("ci_high") is not None else value
-                err = [[max(value - low, 0.0)], [max(high - value, 0.0)]]
-                ax.barh(
-                    y,
-                    value,
-                    height=height * 0.9,
-                    xerr=err,
-                    color=colors[method],
-                    alpha=0.85,
-                    capsize=3,
-                    label=method or None,
-                )
-        ax.set_yticks(range(len(order)), [str(a) for a in order])
-        ax.set_title(objective)
-        ax.set_xlabel("importance")
-        ax.grid(True, axis="x", alpha=0.3)
-        if len(methods) > 1:
-            handles, labels = ax.get_legend_handles_labels()
-            unique = dict(zip(labels, handles, strict=True))
-            ax.legend(unique.values(), unique.keys(), fontsize=7, title="method", title_fontsize=7)
-    fig.suptitle("what each axis costs (sensitivity, with confidence intervals)")
-    return _save(fig, Path(path))
-
-
-# -- mask heatmaps ----------------------------------------------------------------------------
-
-
-def mask_density(
-    mod: str, mod_args: dict, q_len: int, kv_len: int, cells: int = MASK_CELLS
-) -> tuple[np.ndarray, str]:
-    """What mod ``mod`` does on a ``q_len x kv_len`` problem (bottom-right aligned), as an array
-    of at most ``cells`` per axis: for a mask the fraction of (query, key) pairs allowed in each
-    cell (exactly 0/1 when no cell is averaged); for an additive bias its value on head 0.
-    Returns (array [rows, cols], kind) with kind ``mask``, ``bias`` or ``none``."""
-    import torch
-
-    from sdpalab.attention.mods import make_mod
-
-    built = make_mod(mod, mod_args, q_len=q_len, kv_len=kv_len, heads=1, device="cpu")
-
-    def positions(length: int) -> tuple[torch.Tensor, int, int]:
-        n = min(length, cells)
-        per = 1 if n == length else 4
-        centres = (torch.arange(n * per, dtype=torch.float64) + 0.5) * length / (n * per)
-        return centres.floor().long().clamp_(0, length - 1), n, per
-
-    q_idx, nq, pq = positions(q_len)
-    kv_idx, nk, pk = positions(kv_len)
-    zero = torch.zeros(1, 1, 1, 1, dtype=torch.long)
-    q, kv = q_idx.view(1, 1, -1, 1), kv_idx.view(1, 1, 1, -1)
-    if built.mask_mod is not None:
-        grid = built.mask_mod(zero, zero, q, kv).expand(1, 1, q.shape[2], kv.shape[3])
-        kind = "mask"
-    elif built.score_mod is not None and built.additive:
-        score = torch.zeros((), dtype=torch.float64)
-        grid = built.score_mod(score, zero, zero, q, kv).expand(1, 1, q.shape[2], kv.shape[3])
-        kind = "bias"
-    else:
-        return np.ones((nq, nk)), "none"
-    values = grid[0, 0].to(torch.float64).view(nq, pq, nk, pk).mean(dim=(1, 3))
-    return values.numpy(), kind
-
-
-def plot_mask(mod: str, mod_args: dict, q_len: int, kv_len: int, path: str | Path) -> Path:
-    """Heatmap of ``mod``'s mask on a ``q_len x kv_len`` problem (queries down, keys across,
-    bottom-right aligned), like attention-gym's visualizations; for an additive score mod the
-    bias on head 0. Long sequences are shown as the allowed fraction per cell."""
-    values, kind = mask_density(mod, mod_args, q_len, kv_len)
-    args = ", ".join(f"{k}={v}" for k, v in sorted(mod_args.items()))
-    name = f"{mod}({args})" if args else mod
-    fig, ax = plt.subplots(
-        figsize=(5.6, 5.6 * min(2.0, max(0.25, q_len / kv_len))), layout="constrained"
-    )
-    exact = values.shape == (q_len, kv_len)
-    extent = (0, kv_len, q_len, 0)
-    if kind == "bias":
-        im = ax.imshow(values, cmap="RdBu_r", extent=extent, aspect="auto", interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="bias added to the score (head 0)")
-    else:
-        im = ax.imshow(
-            values,
-            cmap="Blues",
-            vmin=0,
-            vmax=1,
-            extent=extent,
-            aspect="auto",
-            interpolation="nearest",
-        )
-        if not exact:
-            fig.colorbar(im, ax=ax, label="fraction of pairs allowed")
-        allowed = float(values.mean())
-        ax.text(
-            0.99,
-            0.01,
-            f"{allowed:.1%} of pairs attend",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=8,
-            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
-        )
-    if exact and max(q_len, kv_len) <= 32:
-        ax.set_xticks(np.arange(kv_len + 1), minor=True)
-        ax.set_yticks(np.arange(q_len + 1), minor=True)
-        ax.grid(True, which="minor", color="white", lw=0.5)
-    ax.set_xlabel("key position (kv_idx)")
-    ax.set_ylabel("query position (q_idx)")
-    ax.set_title(f"{name}: {q_len} x {kv_len}", fontsize=10)
-    return _save(fig, Path(path))
+    return save(fig, path)
 
 
 def _mask_geometry(rows: list[dict]) -> tuple[int, int]:
@@ -572,7 +266,7 @@ def render_plots(
     """
     out = Path(out_dir)
     rows = records(frame(results_or_df))
-    ok = _ok(rows)
+    ok = ok_rows(rows)
     written: list[Path | None] = []
 
     prefill = [r for r in ok if r.get("wl_phase") == "prefill"]
@@ -614,7 +308,7 @@ def render_plots(
                 f"Hq={r.get('wl_heads_q')} Hkv={r.get('wl_heads_kv')} "
                 f"S={r.get('wl_seq_kv')} D={r.get('wl_head_dim')}"
             )
-            suffix = "" if len(candidates) == 1 else "_" + _slug(desc.replace(" ", "_"))
+            suffix = "" if len(candidates) == 1 else "_" + slug(desc.replace(" ", "_"))
             written.append(
                 plot_pareto(
                     members, out / f"pareto{suffix}.png", title=f"latency against memory · {desc}"
@@ -633,11 +327,11 @@ def render_plots(
     for (name, args_json), members in mods.items():
         args = json.loads(args_json)
         q_len, kv_len = _mask_geometry(members)
-        slug = _slug(
+        tag = slug(
             name + ("_" + "_".join(f"{k}-{v}" for k, v in sorted(args.items())) if args else "")
         )
         try:
-            written.append(plot_mask(name, args, q_len, kv_len, out / f"mask_{slug}.png"))
+            written.append(plot_mask(name, args, q_len, kv_len, out / f"mask_{tag}.png"))
         except (ValueError, TypeError, KeyError):
             continue  # a mod this version does not know (an old run): no heatmap for it
     return [p for p in written if p is not None]

@@ -1,0 +1,46 @@
+"""Shared plotting set-up: the Agg backend, saving, colours, safe file names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display, ever
+import matplotlib.pyplot as plt  # after use("Agg"); other modules take plt from here
+
+DPI = 110
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name fragment: letters, digits, ``_`` and ``.``, the rest ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")[:80] or "x"
+
+
+def colors(labels: Iterable[str]) -> dict[str, Any]:
+    """A stable colour per label (sorted, so the same label gets the same colour)."""
+    names = sorted(set(labels))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parents created) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)  # constrained layout: one draw, no tight-bbox pass
+    plt.close(fig)
+    return path
+
+
+def log2_tokens(ax) -> None:
+    """A log2 x axis labelled with plain integers (sequence lengths are powers of two)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def ok_rows(rows: list[dict]) -> list[dict]:
+    """Rows whose trial succeeded."""
+    return [r for r in rows if (r.get("status") or "ok") == "ok"]

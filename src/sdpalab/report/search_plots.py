@@ -1,0 +1,210 @@
+"""The search's views: the Pareto front (latency against memory, coloured by error, the
+recommendation starred) and the sensitivity bars (what each axis costs, with confidence
+intervals)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.colors import LogNorm
+
+from sdpalab.report.figure import colors, ok_rows, plt, save
+from sdpalab.report.load import frame, records
+from sdpalab.report.tables import format_bytes, row_label
+
+
+def trial_ids(items: Any) -> set[str]:
+    """Trial ids from a list of Results / dicts / ids, a DataFrame with ``trial_id``, or a
+    Recommendation (its ``best``)."""
+    if items is None:
+        return set()
+    if hasattr(items, "columns"):
+        return {str(t) for t in items["trial_id"]} if "trial_id" in items.columns else set()
+    if isinstance(items, str | dict) or hasattr(items, "trial_id") or hasattr(items, "best"):
+        items = [items]
+    out = set()
+    for item in items:
+        if isinstance(item, str):
+            out.add(item)
+        elif isinstance(item, dict):
+            out.add(str(item.get("trial_id")))
+        elif hasattr(item, "trial_id"):
+            out.add(str(item.trial_id))
+        elif hasattr(getattr(item, "best", None), "trial_id"):  # explore.pareto.Recommendation
+            out.add(str(item.best.trial_id))
+    return out
+
+
+def pareto_front(rows: list[dict], objectives=("latency_ms", "peak_mem_bytes")) -> list[dict]:
+    """Rows no other row beats on every objective (all minimized), sorted by the first."""
+    pts = [r for r in rows if all(r.get(o) is not None for o in objectives)]
+    front = [
+        r
+        for r in pts
+        if not any(
+            all(o[k] <= r[k] for k in objectives) and any(o[k] < r[k] for k in objectives)
+            for o in pts
+        )
+    ]
+    return sorted(front, key=lambda r: tuple(r[o] for o in objectives))
+
+
+def memory_column(rows: list[dict]) -> str:
+    """The memory objective, as ``explore.pareto`` takes it: the total peak
+    (``peak_mem_total_bytes``: inputs and KV cache included, so a smaller cache counts) when
+    every row has it, else the peak above the inputs (``peak_mem_bytes``)."""
+    if rows and all(r.get("peak_mem_total_bytes") is not None for r in rows):
+        return "peak_mem_total_bytes"
+    return "peak_mem_bytes"
+
+
+def plot_pareto(
+    rows: list[dict], path: Path, front=None, recommendation=None, title: str = ""
+) -> Path | None:
+    """Latency against peak memory for every ok trial, coloured by relative error (log), the
+    Pareto front joined as a staircase, the recommendation starred. ``front``: Results, dicts,
+    trial ids or a DataFrame (computed here from latency and memory when not given);
+    ``recommendation``: a Result, dict, trial id or ``explore.pareto.Recommendation``."""
+    rows = [r for r in ok_rows(rows) if r.get("latency_ms") is not None]
+    mem = memory_column(rows)
+    rows = [r for r in rows if r.get(mem) is not None]
+    if len(rows) < 2:
+        return None
+    front_ids = trial_ids(front)
+    if front_ids:
+        front_rows = [r for r in rows if str(r.get("trial_id")) in front_ids]
+    else:
+        front_rows = pareto_front(rows, ("latency_ms", mem))
+    front_rows.sort(key=lambda r: (r["latency_ms"], r[mem]))
+    rec_ids = trial_ids(recommendation)
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
+    xs = np.array([r["latency_ms"] for r in rows], dtype=float)
+    ys = np.array([r[mem] for r in rows], dtype=float)
+    errs = np.array([r.get("rel_fro_err") or np.nan for r in rows], dtype=float)
+    positive = errs[np.isfinite(errs) & (errs > 0)]
+    if positive.size:
+        errs = np.where(np.isfinite(errs) & (errs > 0), errs, positive.min())
+        norm = LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 1.0001))
+        dots = ax.scatter(
+            xs,
+            ys,
+            c=errs,
+            cmap="viridis",
+            norm=norm,
+            s=36,
+            edgecolors="k",
+            linewidths=0.3,
+            zorder=3,
+        )
+        fig.colorbar(dots, ax=ax, label="relative Frobenius error vs float64")
+    else:
+        ax.scatter(xs, ys, color="tab:blue", s=36, zorder=3)
+    if front_rows:
+        ax.step(
+            [r["latency_ms"] for r in front_rows],
+            [r[mem] for r in front_rows],
+            where="post",
+            color="tab:red",
+            lw=1.2,
+            zorder=2,
+            label=f"Pareto front ({len(front_rows)} of {len(rows)})",
+        )
+        for r in front_rows[:12]:
+            ax.annotate(
+                row_label(r),
+                (r["latency_ms"], r[mem]),
+                fontsize=6,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+    for r in rows:
+        if str(r.get("trial_id")) in rec_ids:
+            ax.scatter(
+                [r["latency_ms"]],
+                [r[mem]],
+                marker="*",
+                s=320,
+                facecolors="gold",
+                edgecolors="black",
+                zorder=4,
+                label=f"recommended: {row_label(r)}",
+            )
+    if (xs > 0).all() and xs.max() / xs.min() > 20:
+        ax.set_xscale("log")
+    if (ys > 0).all() and ys.max() / ys.min() > 20:
+        ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: format_bytes(v)))
+    ax.set_xlabel("latency (ms, median)")
+    ax.set_ylabel(
+        "peak memory, total" if mem == "peak_mem_total_bytes" else "peak memory above inputs"
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title or "latency against memory (lower left is better)")
+    return save(fig, path)
+
+
+# -- sensitivity ------------------------------------------------------------------------------
+
+
+def plot_sensitivity(table, path: str | Path) -> Path | None:
+    """Bars of each axis's importance per objective, with confidence intervals as error bars.
+
+    ``table``: a DataFrame (or list of dicts) with columns axis, objective, importance, ci_low,
+    ci_high, and optionally method (one bar per method, side by side). Rows without an
+    importance (a method that could not run) are left out.
+    """
+    rows = records(frame(table)) if hasattr(table, "columns") else list(table or [])
+    rows = [r for r in rows if r.get("importance") is not None and r.get("axis")]
+    if not rows:
+        return None
+    objectives = list(dict.fromkeys(str(r["objective"]) for r in rows))
+    methods = list(dict.fromkeys(str(r.get("method") or "") for r in rows))
+    palette = colors(methods)
+    n_axes = max(len({r["axis"] for r in rows if str(r["objective"]) == o}) for o in objectives)
+    fig, axes = plt.subplots(
+        1,
+        len(objectives),
+        squeeze=False,
+        layout="constrained",
+        figsize=(4.4 * len(objectives), 0.45 * n_axes * max(1, len(methods) * 0.7) + 1.8),
+    )
+    height = 0.8 / len(methods)
+    for ax, objective in zip(axes[0], objectives, strict=True):
+        members = [r for r in rows if str(r["objective"]) == objective]
+        # Axes ordered by their largest importance, the most important at the top.
+        order = sorted(
+            {r["axis"] for r in members},
+            key=lambda a: max(r["importance"] for r in members if r["axis"] == a),
+        )
+        for k, method in enumerate(methods):
+            for r in members:
+                if str(r.get("method") or "") != method:
+                    continue
+                y = order.index(r["axis"]) + (k - (len(methods) - 1) / 2) * height
+                value = r["importance"]
+                low = r["ci_low"] if r.get("ci_low") is not None else value
+                high = r["ci_high"] if r.get("ci_high") is not None else value
+                err = [[max(value - low, 0.0)], [max(high - value, 0.0)]]
+                ax.barh(
+                    y,
+                    value,
+                    height=height * 0.9,
+                    xerr=err,
+                    color=palette[method],
+                    alpha=0.85,
+                    capsize=3,
+                    label=method or None,
+                )
+        ax.set_yticks(range(len(order)), [str(a) for a in order])
+        ax.set_title(objective)
+        ax.set_xlabel("importance")
+        ax.grid(True, axis="x", alpha=0.3)
+        if len(methods) > 1:
+            handles, labels = ax.get_legend_handles_labels()
+            unique = dict(zip(labels, handles, strict=True))
+            ax.legend(unique.values(), unique.keys(), fontsize=7, title="method", title_fontsize=7)
+    fig.suptitle("what each axis costs (sensitivity, with confidence intervals)")
+    return save(fig, Path(path))
