@@ -95,10 +95,10 @@ def projected_ref(
     heads_kv: int,
 ) -> torch.Tensor:
     """The float64 oracle of :class:`ProjectedAttention` given float64 weights and a reference
-    attention ``ref_attn(q, k, v)``."""
+    attention ``ref_attn(q, k, v)``; inputs on any device, result in float64 on the CPU."""
 
     def lin(x_BHSD, w, heads):
-        return _hidden_to_heads(_heads_to_hidden(x_BHSD.to(torch.float64)) @ w.T, heads)
+        return _hidden_to_heads(_heads_to_hidden(x_BHSD.to("cpu", torch.float64)) @ w.T, heads)
 
     out = ref_attn(
         lin(q_BHSD, weights["q"], heads_q),
