@@ -20,7 +20,8 @@ import torch
 import sdpalab.spec as spec
 from sdpalab.attention import kvquant
 from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.kvcache import KiviCache, make_cached_attention
+from sdpalab.attention.kivi import KiviCache
+from sdpalab.attention.kvcache import make_cached_attention
 from sdpalab.attention.reference import attention_ref
 
 LAYOUTS = ("dynamic", "static", "sliding", "paged")
@@ -35,8 +36,10 @@ F32_ATOL, F32_RTOL = 2e-5, 1e-5
 
 def _qkv(seq, seed=0, batch=B, heads_q=HQ, heads_kv=HKV, head_dim=D):
     gen = torch.Generator().manual_seed(seed)
+
     def rand(h):
         return torch.randn(batch, h, seq, head_dim, generator=gen)
+
     return rand(heads_q), rand(heads_kv), rand(heads_kv)
 
 
@@ -100,8 +103,8 @@ def _bound(q, k_true, v_true, eps_k, eps_v, group):
     return torch.expm1(2 * delta) * v_max + eps_v.amax(2, keepdim=True)
 
 
-def _check_against_oracle(cache, layout, fmt, q, k, v, chunks=CHUNKS):
-    mod = _mod(layout)
+def _check_against_oracle(cache, mod, fmt, q, k, v, chunks=CHUNKS):
+    """Run the chunks through the cache, checking each call; return the last output."""
     group = q.shape[1] // k.shape[1]
     for start, end, out in _run(cache, q, k, v, chunks):
         k_eff, eps_k = _effective(k, fmt, "key", end, cache)
@@ -113,6 +116,7 @@ def _check_against_oracle(cache, layout, fmt, q, k, v, chunks=CHUNKS):
         bound = _bound(q_call, k[:, :, :end], v[:, :, :end], eps_k, eps_v, group)
         assert torch.all((out.double() - true).abs() <= bound + F32_ATOL), (start, end)
     assert cache.length == sum(chunks)
+    return out
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -125,7 +129,7 @@ def test_chunked_decoding_matches_oracle(layout, fmt):
             make_cached_attention(variant, _workload(seq))
         return
     cache = make_cached_attention(variant, _workload(seq), page_seed=7)
-    _check_against_oracle(cache, layout, fmt, *_qkv(seq))
+    _check_against_oracle(cache, _mod(layout), fmt, *_qkv(seq))
 
 
 @pytest.mark.parametrize("fmt", ["kivi4", "kivi2"])
@@ -135,7 +139,7 @@ def test_kivi_default_groups(fmt):
     variant = spec.Variant(backend="math", kv_cache="static", kv_quant=fmt)
     cache = make_cached_attention(variant, _workload(seq))
     assert (cache.group, cache.residual) == (32, 32)
-    _check_against_oracle(cache, "static", fmt, *_qkv(seq, seed=3), chunks)
+    _check_against_oracle(cache, _mod("static"), fmt, *_qkv(seq, seed=3), chunks)
     assert cache.quantized_length(seq) == 96  # 139 tokens: 3 groups of 32, 43 exact
 
 
@@ -144,14 +148,17 @@ def test_eager_backend_and_batch_one(layout):
     seq = sum(CHUNKS)
     workload = _workload(seq, batch=1, heads_q=4, heads_kv=4)
     cache = make_cached_attention(_variant(layout, "int8", backend="eager"), workload, page_seed=1)
-    _check_against_oracle(cache, layout, "int8", *_qkv(seq, batch=1, heads_q=4, heads_kv=4))
+    _check_against_oracle(cache, _mod(layout), "int8", *_qkv(seq, batch=1, heads_q=4, heads_kv=4))
 
 
 @pytest.mark.parametrize("layout", ["dynamic", "static", "paged"])
 def test_sliding_window_mod_over_full_caches(layout):
     seq = sum(CHUNKS)
     variant = spec.Variant(
-        backend="math", mod="sliding_window", mod_args={"window": 9}, kv_cache=layout,
+        backend="math",
+        mod="sliding_window",
+        mod_args={"window": 9},
+        kv_cache=layout,
         kv_args={"page_size": 4} if layout == "paged" else {},
     )
     cache = make_cached_attention(variant, _workload(seq), page_seed=2)
@@ -167,8 +174,14 @@ def test_unsupported_mods_and_windows():
         make_cached_attention(spec.Variant(mod="alibi", kv_cache="static"), wl)
     with pytest.raises(ValueError, match="exceeds"):
         make_cached_attention(
-            spec.Variant(mod="sliding_window", mod_args={"window": 32}, kv_cache="sliding",
-                         kv_args={"window": 16}), wl)
+            spec.Variant(
+                mod="sliding_window",
+                mod_args={"window": 32},
+                kv_cache="sliding",
+                kv_args={"window": 16},
+            ),
+            wl,
+        )
     with pytest.raises(ValueError, match="window"):
         spec.Variant(kv_cache="sliding", kv_args={"window": 0})
 
@@ -228,21 +241,24 @@ def test_reset_and_reuse():
     cache.reset()
     assert cache.length == 0
     again = [out for _, _, out in _run(cache, q, k, v)]
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 # -- bad input ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("layout", "fmt"), [("static", "none"), ("dynamic", "kivi4"),
-                                             ("sliding", "int8"), ("paged", "int4")])
+@pytest.mark.parametrize(
+    ("layout", "fmt"),
+    [("static", "none"), ("dynamic", "kivi4"), ("sliding", "int8"), ("paged", "int4")],
+)
 def test_bad_steps_leave_the_cache_unchanged(layout, fmt):
     seq = 48
     q, k, v = _qkv(seq)
     cache = make_cached_attention(_variant(layout, fmt, max_len=seq), _workload(seq), page_seed=0)
-    reference = make_cached_attention(_variant(layout, fmt, max_len=seq), _workload(seq),
-                                      page_seed=0)
+    reference = make_cached_attention(
+        _variant(layout, fmt, max_len=seq), _workload(seq), page_seed=0
+    )
     for c in (cache, reference):
         c(q[:, :, :40], k[:, :, :40], v[:, :, :40])
     step = [t[:, :, 40:41] for t in (q, k, v)]
@@ -267,7 +283,7 @@ def test_static_overflow():
         cache = make_cached_attention(_variant("static", fmt, max_len=10), _workload(10))
         cache(q[:, :, :8], k[:, :, :8], v[:, :, :8])
         bytes_before = cache.cache_bytes()
-        with pytest.raises(ValueError, match="overflow.*room for 2 more.*adds 3"):
+        with pytest.raises(ValueError, match=r"overflow.*room for 2 more.*adds 3"):
             cache(q[:, :, 8:11], k[:, :, 8:11], v[:, :, 8:11])
         assert cache.length == 8 and cache.cache_bytes() == bytes_before
         cache(q[:, :, 8:10], k[:, :, 8:10], v[:, :, 8:10])  # exactly full is fine
@@ -281,7 +297,9 @@ def test_static_overflow():
 
 
 def _storage_bytes(cache):
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.tensors()}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.tensors()
+    }
     return sum(storages.values())
 
 
@@ -296,12 +314,60 @@ def test_cache_bytes_are_the_allocated_storage(layout, fmt):
 @pytest.mark.parametrize(("fmt", "limit"), [("int8", 0.53), ("int4", 0.30)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_quantized_cache_shrinks_at_head_dim_128(layout, fmt, limit):
-    wl = spec.Workload(phase="decode", batch=2, heads_q=8, heads_kv=2, seq_kv=256, head_dim=128,
-                       dtype="bfloat16")
-    q, k, v = (t.to(torch.bfloat16) for t in _qkv(256, batch=2, heads_q=8, heads_kv=2, head_dim=128))
+    wl = spec.Workload(
+        phase="decode", batch=2, heads_q=8, heads_kv=2, seq_kv=256, head_dim=128, dtype="bfloat16"
+    )
+    q, k, v = (
+        t.to(torch.bfloat16) for t in _qkv(256, batch=2, heads_q=8, heads_kv=2, head_dim=128)
+    )
     sizes = {}
     for quant in ("none", fmt):
         cache = make_cached_attention(_variant(layout, quant, page_size=128, window=128), wl)
         cache(q, k, v)
         sizes[quant] = cache.cache_bytes()
     assert sizes[fmt] <= limit * sizes["none"]
+
+
+# -- compiled paths -------------------------------------------------------------------------------
+
+
+def test_static_cache_traces_under_torch_compile():
+    seq, fill = 40, 30
+    q, k, v = _qkv(seq, batch=2, heads_q=8, heads_kv=2, head_dim=64)
+    wl = spec.Workload(phase="decode", batch=2, heads_q=8, heads_kv=2, seq_kv=seq, head_dim=64)
+    cache = make_cached_attention(spec.Variant(backend="eager", kv_cache="static"), wl)
+    cache(q[:, :, :fill], k[:, :, :fill], v[:, :, :fill])
+    buffer = cache.k_store.planes["x"].data_ptr()
+    # fullgraph: the write, the length bump and the attention are one graph, no break
+    step = torch.compile(cache, backend="aot_eager", fullgraph=True)
+    outs = [
+        step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1]) for t in range(fill, seq)
+    ]
+    ref = attention_ref(q, k, v, "causal")[:, :, fill:]
+    torch.testing.assert_close(torch.cat(outs, 2).double(), ref, atol=F32_ATOL, rtol=F32_RTOL)
+    assert cache.length == seq and cache.k_store.planes["x"].data_ptr() == buffer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "window"), [("none", None), ("int8", None), ("none", 9)])
+def test_paged_flex_reads_pages_in_place(fmt, window):
+    chunks = (37, 1, 1, 5, 5)  # three query lengths: three compiles
+    seq = sum(chunks)
+    mod = ("sliding_window", {"window": window}) if window else ("causal", {})
+    variant = spec.Variant(
+        backend="flex",
+        mod=mod[0],
+        mod_args=mod[1],
+        kv_cache="paged",
+        kv_quant=fmt,
+        kv_args={"page_size": 4},
+    )
+    cache = make_cached_attention(variant, _workload(seq), page_seed=11)
+    assert type(cache).__name__ == "PagedFlexCache"
+    q, k, v = _qkv(seq, seed=9)
+    last = _check_against_oracle(cache, mod, fmt, q, k, v, chunks)
+    table = cache.table.table
+    assert not torch.equal(table, table.sort(dim=-1).values)  # pages out of order
+    cache.rollback(seq - 1)
+    again = cache(*(t[:, :, -1:] for t in (q, k, v)))
+    torch.testing.assert_close(again, last[:, :, -1:], atol=F32_ATOL, rtol=F32_RTOL)

@@ -28,20 +28,37 @@ def _cases():
     ("batch", "heads_q", "heads_kv", "head_dim", "dtype", "tokens", "kv_args", "layout", "fmt"),
     list(_cases()),
 )
-def test_model_matches_allocation(batch, heads_q, heads_kv, head_dim, dtype, tokens, kv_args,
-                                  layout, fmt):
-    wl = spec.Workload(phase="decode", batch=batch, heads_q=heads_q, heads_kv=heads_kv,
-                       seq_kv=tokens, head_dim=head_dim, dtype=dtype)
+def test_model_matches_allocation(
+    batch, heads_q, heads_kv, head_dim, dtype, tokens, kv_args, layout, fmt
+):
+    wl = spec.Workload(
+        phase="decode",
+        batch=batch,
+        heads_q=heads_q,
+        heads_kv=heads_kv,
+        seq_kv=tokens,
+        head_dim=head_dim,
+        dtype=dtype,
+    )
     kv_args = {k: v for k, v in kv_args.items() if k != "window" or layout == "sliding"}
     variant = spec.Variant(backend="math", kv_cache=layout, kv_quant=fmt, kv_args=kv_args)
     cache = kvcache.make_cached_attention(variant, wl)
     gen = torch.Generator().manual_seed(0)
+
     def rand(h):
         return torch.randn(batch, h, tokens, head_dim, generator=gen).to(wl.torch_dtype)
+
     cache(rand(heads_q), rand(heads_kv), rand(heads_kv))
     model = cache_bytes_model(
-        kv_cache=layout, kv_quant=fmt, batch=batch, heads_kv=heads_kv, head_dim=head_dim,
-        tokens=tokens, dtype_bytes=wl.torch_dtype.itemsize, rollback_tokens=wl.seq_q, **kv_args,
+        kv_cache=layout,
+        kv_quant=fmt,
+        batch=batch,
+        heads_kv=heads_kv,
+        head_dim=head_dim,
+        tokens=tokens,
+        dtype_bytes=wl.torch_dtype.itemsize,
+        rollback_tokens=wl.seq_q,
+        **kv_args,
     )
     measured = cache.cache_bytes()
     assert abs(measured - model) <= 0.02 * model
@@ -60,7 +77,9 @@ def test_plan_table_at_128k():
     by_quant = {row["kv_quant"]: row for row in rows}
     assert list(by_quant) == list(kvplan.KV_QUANTS)
     none = by_quant["none"]
-    assert none["total_bytes"] == 16 * 2**30  # 2 (k, v) * 8 heads * 128 * 2 bytes * 32 layers * 128k
+    assert (
+        none["total_bytes"] == 16 * 2**30
+    )  # 2 (k, v) * 8 heads * 128 * 2 bytes * 32 layers * 128k
     assert none["bytes_per_token"] == 128 * 1024 and none["ratio_to_bf16"] == 1
     assert by_quant["int8"]["ratio_to_bf16"] <= 0.53
     assert by_quant["int4"]["ratio_to_bf16"] <= 0.30
@@ -70,8 +89,17 @@ def test_plan_table_at_128k():
 
 
 def test_plan_table_options():
-    rows = plan_table(heads_kv=8, head_dim=128, layers=2, context=4096, batch=4, dtype="float32",
-                      kv_quants=("none", "int4", "kivi4"), kv_cache="paged", page_size=256)
+    rows = plan_table(
+        heads_kv=8,
+        head_dim=128,
+        layers=2,
+        context=4096,
+        batch=4,
+        dtype="float32",
+        kv_quants=("none", "int4", "kivi4"),
+        kv_cache="paged",
+        page_size=256,
+    )
     assert [row["kv_quant"] for row in rows] == ["none", "int4"]  # no KIVI on paged
     assert rows[0]["ratio_to_bf16"] == pytest.approx(2.0, rel=1e-3)  # float32 is twice bf16
     with pytest.raises(ValueError, match="choose one of"):
@@ -87,8 +115,9 @@ def test_step_bytes():
     assert none == 8 * 8 * (32768 + 1) * 2 * 128 * 2 + q_and_out
     int4 = step_bytes_model(kv_cache="static", kv_quant="int4", tokens=32768, **common)
     assert int4 < 0.3 * none
-    sliding = step_bytes_model(kv_cache="sliding", kv_quant="none", tokens=32768, window=4096,
-                               **common)
+    sliding = step_bytes_model(
+        kv_cache="sliding", kv_quant="none", tokens=32768, window=4096, **common
+    )
     assert sliding == 8 * 8 * (4096 + 1) * 2 * 128 * 2 + q_and_out
     kivi = step_bytes_model(kv_cache="static", kv_quant="kivi4", tokens=32768, **common)
     assert kivi < 0.35 * none

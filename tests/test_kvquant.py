@@ -52,15 +52,28 @@ def test_layouts_at_head_dim_128():
     x = _data(b, h, s, d)
     f16, u8 = torch.float16, torch.uint8
     assert _layout(quantize(x, "int8")) == {
-        "data": ((b, h, s, d), torch.int8), "scale": ((b, h, s, 1), f16)}
+        "data": ((b, h, s, d), torch.int8),
+        "scale": ((b, h, s, 1), f16),
+    }
     assert _layout(quantize(x, "int4")) == {
-        "data": ((b, h, s, 64), u8), "scale": ((b, h, s, 2), f16), "zero": ((b, h, s, 2), f16)}
+        "data": ((b, h, s, 64), u8),
+        "scale": ((b, h, s, 2), f16),
+        "zero": ((b, h, s, 2), f16),
+    }
     assert _layout(quantize(x, "fp8")) == {
-        "data": ((b, h, s, d), torch.float8_e4m3fn), "scale": ((b, h, s, 1), f16)}
+        "data": ((b, h, s, d), torch.float8_e4m3fn),
+        "scale": ((b, h, s, 1), f16),
+    }
     assert _layout(quantize(x, "kivi4", role="key")) == {
-        "data": ((b, h, s, 64), u8), "scale": ((b, h, 2, d), f16), "zero": ((b, h, 2, d), f16)}
+        "data": ((b, h, s, 64), u8),
+        "scale": ((b, h, 2, d), f16),
+        "zero": ((b, h, 2, d), f16),
+    }
     assert _layout(quantize(x, "kivi2", role="value")) == {
-        "data": ((b, h, s, 32), u8), "scale": ((b, h, s, 4), f16), "zero": ((b, h, s, 4), f16)}
+        "data": ((b, h, s, 32), u8),
+        "scale": ((b, h, s, 4), f16),
+        "zero": ((b, h, s, 4), f16),
+    }
 
 
 def test_ragged_last_group():
@@ -74,7 +87,9 @@ def test_bit_order():
     x = (torch.arange(16.0) % 16).view(1, 1, 1, 16)
     qt = quantize(x, "int4", group_size=16)
     assert qt.scale.item() == 1 and qt.zero.item() == 0
-    assert qt.data[0, 0, 0].tolist() == [lo | hi << 4 for lo, hi in zip(range(0, 16, 2), range(1, 16, 2))]
+    assert qt.data[0, 0, 0].tolist() == [
+        lo | hi << 4 for lo, hi in zip(range(0, 16, 2), range(1, 16, 2), strict=True)
+    ]
     x2 = (torch.arange(8.0) % 4).view(1, 1, 1, 8)
     q2 = quantize(x2, "kivi2", role="value", group_size=8)  # codes 0,1,2,3 at bits 0,2,4,6
     assert q2.data[0, 0, 0].tolist() == [0 | 1 << 2 | 2 << 4 | 3 << 6] * 2

@@ -83,9 +83,9 @@ class KiviCache(CachedAttention):
 
     def _rollback_refusal(self, length):
         need = self.quantized_length(length)
-        if need < self.k_recent.lo:
+        if need < self.k_recent.oldest():
             return (
-                f"KIVI keeps full-precision positions [{self.k_recent.lo}, {self.length}); rolling "
+                f"KIVI keeps full-precision positions [{self.k_recent.oldest()}, {self.length}); rolling "
                 f"back to {length} needs position {need} unquantized (build the cache with a "
                 "larger rollback_tokens)"
             )

@@ -18,12 +18,9 @@ Layouts (all ``[B, H_kv, S, D]``; ``kv_args`` from the Variant):
   other backends gather the pages in order first.
 
 KV quantization (``kvquant``) works with every layout for ``int8``, ``int4`` and ``fp8``
-(dequantize, then attend: the baseline path). ``kivi2``/``kivi4`` work with ``dynamic`` and
-``static``: the recent tokens stay in full precision in a ring, and keys and values are quantized
-once ``residual`` + a whole group of ``group_size`` tokens have accumulated, so the first
-``quantized_length(S) = group_size * floor((S - residual) / group_size)`` positions are quantized
-and the newest ``[residual, residual + group_size)`` are not. Every call attends over the state
-after its own tokens were appended.
+(dequantize, then attend: the baseline path); ``kivi2``/``kivi4`` with ``dynamic`` and
+``static`` (``kivi.py``: recent tokens in full precision, older ones quantized in groups). Every
+call attends over the cache as it is after its own tokens were appended.
 
 Mods: the cache is always causal. ``none`` and ``causal`` mean causal; ``sliding_window`` is a
 causal window over absolute positions and is allowed everywhere (on the sliding layout its width
@@ -31,9 +28,10 @@ must not exceed the ring's). Other mods (``prefix_lm``, ``document``, biases) ar
 they either see future keys, which a cache does not hold yet, or are not causal by themselves.
 
 Rollback (``rollback(length)``) forgets tokens after ``length``; the measurement uses it to time
-one step repeatedly against the same filled cache. It is a pointer move for static and paged (and
-for the rings); dynamic compacts with a copy. Rings keep ``rollback_tokens`` spare positions
-(default: ``workload.seq_q`` for decode workloads, else 0) so a step can be undone.
+one step repeatedly against the same filled cache. It is a pointer move for static, paged and the
+rings; dynamic compacts with a copy. A ring cannot give back what it overwrote, so it keeps
+``rollback_tokens`` positions more than it needs (default: ``workload.seq_q`` for decode
+workloads, else 0): the sliding ring holds ``W - 1 + max(1, rollback_tokens)`` positions.
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ from collections.abc import Callable
 import torch
 
 from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.kvquant import group_size_for
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
 
 KIVI_RESIDUAL = 32
@@ -65,12 +62,14 @@ class CachedAttention:
     every tensor the cache holds (values, scales, zeros, residual window, page table).
     """
 
-    def __init__(
-        self, *, batch: int, heads_q: int, heads_kv: int, head_dim: int, dtype: torch.dtype,
-        device: str,
-    ) -> None:
-        self.batch, self.heads_q, self.heads_kv, self.head_dim = batch, heads_q, heads_kv, head_dim
-        self.dtype, self.device = dtype, torch.device(device)
+    def __init__(self, workload) -> None:
+        self.batch, self.heads_q, self.heads_kv = (
+            workload.batch,
+            workload.heads_q,
+            workload.heads_kv,
+        )
+        self.head_dim, self.dtype = workload.head_dim, workload.torch_dtype
+        self.device = torch.device(workload.device)
         self.length = 0
 
     # -- what a layout provides ------------------------------------------------------------
@@ -114,7 +113,9 @@ class CachedAttention:
                 )
         n = k.shape[2]
         if v.shape[2] != n or n < 1:
-            raise ValueError(f"k and v must carry the same number (>= 1) of tokens; got {n}, {v.shape[2]}")
+            raise ValueError(
+                f"k and v must carry the same number (>= 1) of tokens; got {n}, {v.shape[2]}"
+            )
         if q.dim() != 4 or tuple(q.shape) != (self.batch, self.heads_q, n, self.head_dim):
             raise ValueError(
                 f"q has shape {tuple(q.shape)}; expected [B={self.batch}, H_q={self.heads_q}, "
@@ -139,7 +140,11 @@ class CachedAttention:
 
     def rollback(self, length: int) -> None:
         """Forget the tokens after ``length``; the cache is then as it was at that length."""
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+        if (
+            isinstance(length, bool)
+            or not isinstance(length, int)
+            or not 0 <= length <= self.length
+        ):
             raise ValueError(f"rollback length {length!r} must be an integer in [0, {self.length}]")
         if length == self.length:
             return
@@ -164,9 +169,18 @@ class TokenCache(CachedAttention):
     earliest query of a call at position ``start`` needs keys from ``start - (window - 1)``.
     """
 
-    def __init__(self, *, k_codec: Codec, v_codec: Codec, k_store, v_store, attend: Attend,
-                 window: int | None = None, **geometry) -> None:
-        super().__init__(**geometry)
+    def __init__(
+        self,
+        workload,
+        *,
+        k_codec: Codec,
+        v_codec: Codec,
+        k_store,
+        v_store,
+        attend: Attend | None,
+        window: int | None = None,
+    ) -> None:
+        super().__init__(workload)
         self.k_codec, self.v_codec = k_codec, v_codec
         self.k_store, self.v_store = k_store, v_store
         self.attend, self.window = attend, window
@@ -177,8 +191,7 @@ class TokenCache(CachedAttention):
 
     def _write_first(self, n: int) -> bool:
         # A ring may overwrite keys the call's own earliest queries need; then attend first.
-        ring = self.k_store
-        return not isinstance(ring, RingStore) or self._lo(self.length) >= self.length + n - ring.capacity
+        return self._lo(self.length) >= self.k_store.oldest(n)
 
     def _step(self, q, k, v):
         start, n = self.length, k.shape[2]
@@ -188,8 +201,12 @@ class TokenCache(CachedAttention):
             self.v_store.append(ev)
             return self._attend_stored(q, start, n)
         lo = self._lo(start)
-        k_all = torch.cat([self.k_codec.decode(self.k_store.read(lo, start)), self.k_codec.decode(ek)], 2)
-        v_all = torch.cat([self.v_codec.decode(self.v_store.read(lo, start)), self.v_codec.decode(ev)], 2)
+        k_all = torch.cat(
+            [self.k_codec.decode(self.k_store.read(lo, start)), self.k_codec.decode(ek)], 2
+        )
+        v_all = torch.cat(
+            [self.v_codec.decode(self.v_store.read(lo, start)), self.v_codec.decode(ev)], 2
+        )
         out = self.attend(q, k_all, v_all)
         self.k_store.append(ek)
         self.v_store.append(ev)
@@ -205,7 +222,7 @@ class TokenCache(CachedAttention):
         return self.k_store.room()
 
     def _rollback_refusal(self, length):
-        held = getattr(self.k_store, "lo", 0)
+        held = self.k_store.oldest()
         if self._lo(length) < held:
             return (
                 f"the ring keeps positions [{held}, {self.length}); rolling back to {length} needs "
@@ -219,83 +236,6 @@ class TokenCache(CachedAttention):
 
     def tensors(self):
         return self.k_store.tensors() + self.v_store.tensors()
-
-
-class KiviCache(CachedAttention):
-    """KIVI: quantized keys (per channel, token groups) and values (per token), plus a ring of
-    the newest tokens in full precision (see the module doc for which positions are which)."""
-
-    def __init__(self, *, fmt: str, attend: Attend, group_size: int | None = None,
-                 residual: int = KIVI_RESIDUAL, max_len: int | None = None,
-                 rollback_tokens: int = 0, window: int | None = None, **geometry) -> None:
-        super().__init__(**geometry)
-        dims = (self.head_dim, self.dtype, str(self.device))
-        self.k_codec = Codec(fmt, "key", *dims, group_size)
-        self.v_codec = Codec(fmt, "value", *dims, group_size)
-        self.group = self.k_codec.granule
-        self.residual, self.max_len, self.attend, self.window = residual, max_len, attend, window
-        where = (self.batch, self.heads_kv, self.device)
-        groups = None if max_len is None else self.quantized_length(max_len) // self.group
-        self.k_store = LinearStore(self.k_codec.entry_shapes, *where, groups)
-        self.v_store = LinearStore(
-            self.v_codec.entry_shapes, *where, None if groups is None else groups * self.group
-        )
-        full = {"x": ((self.head_dim,), self.dtype)}
-        ring = residual + self.group - 1 + rollback_tokens
-        self.k_recent, self.v_recent = RingStore(full, *where, ring), RingStore(full, *where, ring)
-
-    def quantized_length(self, length: int) -> int:
-        """How many of the first ``length`` positions are stored quantized."""
-        return max(0, length - self.residual) // self.group * self.group
-
-    def _step(self, q, k, v):
-        start, n = self.length, k.shape[2]
-        a, b = self.quantized_length(start), self.quantized_length(start + n)
-        k_pending = torch.cat([self.k_recent.read(a, start)["x"], k], 2)  # positions [a, start+n)
-        v_pending = torch.cat([self.v_recent.read(a, start)["x"], v], 2)
-        new_k = self.k_codec.encode(k_pending[:, :, : b - a]) if b > a else None
-        new_v = self.v_codec.encode(v_pending[:, :, : b - a]) if b > a else None
-        k_parts, v_parts = [], []
-        if a:
-            k_parts.append(self.k_codec.decode(self.k_store.read(0, a // self.group)))
-            v_parts.append(self.v_codec.decode(self.v_store.read(0, a)))
-        if new_k is not None:
-            k_parts.append(self.k_codec.decode(new_k))
-            v_parts.append(self.v_codec.decode(new_v))
-        k_parts.append(k_pending[:, :, b - a :])
-        v_parts.append(v_pending[:, :, b - a :])
-        lo = 0 if self.window is None else max(0, start - (self.window - 1))
-        out = self.attend(q, torch.cat(k_parts, 2)[:, :, lo:], torch.cat(v_parts, 2)[:, :, lo:])
-        if new_k is not None:
-            self.k_store.append(new_k)
-            self.v_store.append(new_v)
-        self.k_recent.append({"x": k})
-        self.v_recent.append({"x": v})
-        return out
-
-    def _room(self):
-        return None if self.max_len is None else self.max_len - self.length
-
-    def _rollback_refusal(self, length):
-        need = self.quantized_length(length)
-        if need < self.k_recent.lo:
-            return (
-                f"KIVI keeps full-precision positions [{self.k_recent.lo}, {self.length}); rolling "
-                f"back to {length} needs position {need} unquantized (build the cache with a "
-                "larger rollback_tokens)"
-            )
-        return None
-
-    def _truncate(self, length):
-        q = self.quantized_length(length)
-        self.k_store.truncate(q // self.group)
-        self.v_store.truncate(q)
-        self.k_recent.truncate(length)
-        self.v_recent.truncate(length)
-
-    def tensors(self):
-        return (self.k_store.tensors() + self.v_store.tensors() + self.k_recent.tensors()
-                + self.v_recent.tensors())
 
 
 def cache_mod(variant) -> tuple[str, dict]:
@@ -320,7 +260,11 @@ def cache_mod(variant) -> tuple[str, dict]:
 
 
 def make_cached_attention(
-    variant, workload, attend: Attend | None = None, *, rollback_tokens: int | None = None,
+    variant,
+    workload,
+    attend: Attend | None = None,
+    *,
+    rollback_tokens: int | None = None,
     page_seed: int | None = None,
 ) -> CachedAttention:
     """The stateful attention of a Variant with a ``kv_cache`` for a Workload's geometry.
@@ -336,55 +280,55 @@ def make_cached_attention(
     layout, fmt, kv = variant.kv_cache, variant.kv_quant, variant.kv_args
     if layout == "none":
         raise ValueError("make_cached_attention needs a variant with a kv_cache")
+    for key, value in kv.items():
+        _positive(f"kv_args.{key}", value)
     mod_name, mod_args = cache_mod(variant)
     window = mod_args.get("window")
     if rollback_tokens is None:
         rollback_tokens = workload.seq_q if workload.phase == "decode" else 0
-    geometry = dict(
-        batch=workload.batch, heads_q=workload.heads_q, heads_kv=workload.heads_kv,
-        head_dim=workload.head_dim, dtype=workload.torch_dtype, device=workload.device,
-    )
-    max_len = _positive("kv_args.max_len", kv.get("max_len", workload.seq_kv))
-    group_size = kv.get("group_size")
-    if group_size is not None:
-        _positive("kv_args.group_size", group_size)
-    if layout == "paged" and variant.backend == "flex":
-        from sdpalab.attention.paged import PagedFlexCache
-
-        return PagedFlexCache(
-            fmt=fmt, group_size=group_size, window=window, max_len=max_len, seed=page_seed,
-            page_size=_positive("kv_args.page_size", kv.get("page_size", PAGE_SIZE)), **geometry,
-        )
-    if attend is None:
+    max_len, group_size = kv.get("max_len", workload.seq_kv), kv.get("group_size")
+    flex_paged = layout == "paged" and variant.backend == "flex"
+    if attend is None and not flex_paged:
         attend = make_attend(variant.backend, mod_name, mod_args)
     if fmt.startswith("kivi"):
         if layout not in ("dynamic", "static"):
             raise Unsupported(f"{fmt} storage is built for dynamic and static caches, not {layout}")
+        from sdpalab.attention.kivi import KiviCache
+
         return KiviCache(
-            fmt=fmt, attend=attend, group_size=group_size, window=window,
-            residual=_positive("kv_args.residual", kv.get("residual", KIVI_RESIDUAL)),
-            max_len=max_len if layout == "static" else None, rollback_tokens=rollback_tokens,
-            **geometry,
+            workload,
+            fmt=fmt,
+            attend=attend,
+            group_size=group_size,
+            window=window,
+            residual=kv.get("residual", KIVI_RESIDUAL),
+            rollback_tokens=rollback_tokens,
+            max_len=max_len if layout == "static" else None,
         )
-    codecs = [
-        Codec(fmt, role, workload.head_dim, workload.torch_dtype, workload.device,
-              group_size_for(fmt, group_size))
+    k_codec, v_codec = (
+        Codec(fmt, role, workload.head_dim, workload.torch_dtype, workload.device, group_size)
         for role in ("key", "value")
-    ]
+    )
     where = (workload.batch, workload.heads_kv, workload.device)
     if layout == "paged":
-        from sdpalab.attention.paged import PagedStore, PageTable
+        from sdpalab.attention.paged import PagedFlexCache, PagedStore, PageTable
 
-        page_size = _positive("kv_args.page_size", kv.get("page_size", PAGE_SIZE))
-        table = PageTable(workload.batch, page_size, max_len, workload.device, page_seed)
-        stores = [PagedStore(c.entry_shapes, workload.heads_kv, table) for c in codecs]
+        table = PageTable(
+            workload.batch, kv.get("page_size", PAGE_SIZE), max_len, workload.device, page_seed
+        )
+        stores = [PagedStore(c.entry_shapes, workload.heads_kv, table) for c in (k_codec, v_codec)]
     elif layout == "sliding":
         ring = kv["window"] - 1 + max(1, rollback_tokens)
-        stores = [RingStore(c.entry_shapes, *where, ring) for c in codecs]
+        stores = [RingStore(c.entry_shapes, *where, ring) for c in (k_codec, v_codec)]
     else:
         capacity = max_len if layout == "static" else None
-        stores = [LinearStore(c.entry_shapes, *where, capacity) for c in codecs]
-    return TokenCache(
-        k_codec=codecs[0], v_codec=codecs[1], k_store=stores[0], v_store=stores[1],
-        attend=attend, window=window, **geometry,
+        stores = [LinearStore(c.entry_shapes, *where, capacity) for c in (k_codec, v_codec)]
+    return (PagedFlexCache if flex_paged else TokenCache)(
+        workload,
+        k_codec=k_codec,
+        v_codec=v_codec,
+        k_store=stores[0],
+        v_store=stores[1],
+        attend=attend,
+        window=window,
     )

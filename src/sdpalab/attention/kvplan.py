@@ -31,8 +31,13 @@ def _kivi_bits(kv_quant: str) -> int:
     return int(kv_quant[-1])
 
 
-def token_bytes(kv_quant: str, head_dim: int, dtype_bytes: int, group_size: int | None = None,
-                role: str = "value") -> int:
+def token_bytes(
+    kv_quant: str,
+    head_dim: int,
+    dtype_bytes: int,
+    group_size: int | None = None,
+    role: str = "value",
+) -> int:
     """Bytes one token of one KV head takes in one role (KIVI keys: without their per-group
     scales, see :func:`kivi_key_group_bytes`)."""
     group = DEFAULT_GROUP.get(kv_quant) if group_size is None else group_size
@@ -63,14 +68,28 @@ def _kivi_bytes(kv_quant, head_dim, dtype_bytes, group, quantized, full) -> int:
     per_token = token_bytes(kv_quant, head_dim, dtype_bytes, group, "key") + token_bytes(
         kv_quant, head_dim, dtype_bytes, group, "value"
     )
-    return (quantized * per_token + quantized // group * kivi_key_group_bytes(head_dim)
-            + full * 2 * head_dim * dtype_bytes)
+    return (
+        quantized * per_token
+        + quantized // group * kivi_key_group_bytes(head_dim)
+        + full * 2 * head_dim * dtype_bytes
+    )
 
 
 def cache_bytes_model(
-    *, kv_cache: str, kv_quant: str, batch: int, heads_kv: int, head_dim: int, tokens: int,
-    dtype_bytes: int, layers: int = 1, max_len: int | None = None, window: int | None = None,
-    page_size: int = PAGE_SIZE, group_size: int | None = None, residual: int = KIVI_RESIDUAL,
+    *,
+    kv_cache: str,
+    kv_quant: str,
+    batch: int,
+    heads_kv: int,
+    head_dim: int,
+    tokens: int,
+    dtype_bytes: int,
+    layers: int = 1,
+    max_len: int | None = None,
+    window: int | None = None,
+    page_size: int = PAGE_SIZE,
+    group_size: int | None = None,
+    residual: int = KIVI_RESIDUAL,
     rollback_tokens: int = 0,
 ) -> int:
     """Bytes a cache holding ``tokens`` tokens per row allocates (all layers).
@@ -83,7 +102,9 @@ def cache_bytes_model(
     rows = batch * heads_kv
     if kv_quant.startswith("kivi"):
         if kv_cache not in ("dynamic", "static"):
-            raise ValueError(f"{kv_quant} is modelled for dynamic and static caches, not {kv_cache}")
+            raise ValueError(
+                f"{kv_quant} is modelled for dynamic and static caches, not {kv_cache}"
+            )
         group = DEFAULT_GROUP[kv_quant] if group_size is None else group_size
         held = tokens if kv_cache == "dynamic" else capacity
         quantized = kivi_quantized(held, group, residual)
@@ -102,13 +123,27 @@ def cache_bytes_model(
         pages = batch * math.ceil(capacity / page_size)
         pool = pages * page_size * heads_kv * per_token
         return layers * (pool + 2 * pages * _INDEX_BYTES)  # page table + page map
-    raise ValueError(f"kv_cache={kv_cache!r} is not valid; choose dynamic, static, sliding or paged")
+    raise ValueError(
+        f"kv_cache={kv_cache!r} is not valid; choose dynamic, static, sliding or paged"
+    )
 
 
 def step_bytes_model(
-    *, kv_cache: str, kv_quant: str, batch: int, heads_q: int, heads_kv: int, head_dim: int,
-    tokens: int, dtype_bytes: int, seq_q: int = 1, layers: int = 1, window: int | None = None,
-    group_size: int | None = None, residual: int = KIVI_RESIDUAL, **_unused,
+    *,
+    kv_cache: str,
+    kv_quant: str,
+    batch: int,
+    heads_q: int,
+    heads_kv: int,
+    head_dim: int,
+    tokens: int,
+    dtype_bytes: int,
+    seq_q: int = 1,
+    layers: int = 1,
+    window: int | None = None,
+    group_size: int | None = None,
+    residual: int = KIVI_RESIDUAL,
+    **_unused,
 ) -> int:
     """Least bytes one decode step of ``seq_q`` tokens must move, ending at ``tokens`` cached:
     read every key and value its queries can see once, in storage format (a sliding cache:
@@ -119,8 +154,9 @@ def step_bytes_model(
     if kv_quant.startswith("kivi"):
         group = DEFAULT_GROUP[kv_quant] if group_size is None else group_size
         quantized = kivi_quantized(tokens, group, residual)
-        cache = rows * _kivi_bytes(kv_quant, head_dim, dtype_bytes, group, quantized,
-                                   visible - quantized)
+        cache = rows * _kivi_bytes(
+            kv_quant, head_dim, dtype_bytes, group, quantized, visible - quantized
+        )
         new_kv = rows * seq_q * 2 * head_dim * dtype_bytes  # new tokens enter the residual
     else:
         per_token = 2 * token_bytes(kv_quant, head_dim, dtype_bytes, group_size)
@@ -131,8 +167,16 @@ def step_bytes_model(
 
 
 def plan_table(
-    *, heads_kv: int, head_dim: int, layers: int, context: int, batch: int = 1,
-    dtype: str = "bfloat16", kv_quants=KV_QUANTS, kv_cache: str = "static", **kv_args,
+    *,
+    heads_kv: int,
+    head_dim: int,
+    layers: int,
+    context: int,
+    batch: int = 1,
+    dtype: str = "bfloat16",
+    kv_quants=KV_QUANTS,
+    kv_cache: str = "static",
+    **kv_args,
 ) -> list[dict]:
     """Cache size of each KV quantization at one context length, for planning.
 
@@ -144,20 +188,31 @@ def plan_table(
         raise ValueError(f"dtype={dtype!r} is not valid; choose one of: {', '.join(DTYPE_BYTES)}")
     for quant in kv_quants:
         if quant not in KV_QUANTS:
-            raise ValueError(f"kv_quant={quant!r} is not valid; choose one of: {', '.join(KV_QUANTS)}")
-    geometry = dict(kv_cache=kv_cache, batch=batch, heads_kv=heads_kv, head_dim=head_dim,
-                    tokens=context, layers=layers, **kv_args)
+            raise ValueError(
+                f"kv_quant={quant!r} is not valid; choose one of: {', '.join(KV_QUANTS)}"
+            )
+    geometry = dict(
+        kv_cache=kv_cache,
+        batch=batch,
+        heads_kv=heads_kv,
+        head_dim=head_dim,
+        tokens=context,
+        layers=layers,
+        **kv_args,
+    )
     bf16 = cache_bytes_model(kv_quant="none", dtype_bytes=2, **geometry)
     rows = []
     for quant in kv_quants:
         if quant.startswith("kivi") and kv_cache not in ("dynamic", "static"):
             continue
         total = cache_bytes_model(kv_quant=quant, dtype_bytes=DTYPE_BYTES[dtype], **geometry)
-        rows.append({
-            "kv_cache": kv_cache,
-            "kv_quant": quant,
-            "bytes_per_token": total / (batch * context),
-            "total_bytes": total,
-            "ratio_to_bf16": total / bf16,
-        })
+        rows.append(
+            {
+                "kv_cache": kv_cache,
+                "kv_quant": quant,
+                "bytes_per_token": total / (batch * context),
+                "total_bytes": total,
+                "ratio_to_bf16": total / bf16,
+            }
+        )
     return rows

@@ -29,7 +29,12 @@ class Codec:
     """The storage format of one role (keys or values): ``none`` keeps ``dtype`` as is."""
 
     def __init__(
-        self, fmt: str, role: str, head_dim: int, dtype: torch.dtype, device: str,
+        self,
+        fmt: str,
+        role: str,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: str,
         group_size: int | None = None,
     ) -> None:
         if fmt == "fp8" and (reason := fp8_supported(torch.device(device).type)):
@@ -61,7 +66,12 @@ class Codec:
         if self.fmt == "fp8":
             data = data.view(torch.float8_e4m3fn)
         qt = QTensor(
-            self.fmt, data, planes["scale"], planes.get("zero"), self.head_dim, self.role,
+            self.fmt,
+            data,
+            planes["scale"],
+            planes.get("zero"),
+            self.head_dim,
+            self.role,
             self.group_size,
         )
         return dequantize(qt, self.dtype)
@@ -94,14 +104,19 @@ class LinearStore:
         """Entries that still fit (None: unbounded)."""
         return None if self.capacity is None else self.capacity - self.length
 
+    def oldest(self, appended: int = 0) -> int:
+        """The oldest entry held once ``appended`` more are in: nothing is ever overwritten."""
+        return 0
+
     def append(self, planes: Planes) -> None:
         n = entries_of(planes)
         if self.capacity is None:
             if self.planes:
                 self.planes = {k: torch.cat([t, planes[k]], dim=2) for k, t in self.planes.items()}
             else:  # own the bytes: never alias (or keep alive) the caller's tensors
-                self.planes = {k: t.clone(memory_format=torch.contiguous_format)
-                               for k, t in planes.items()}
+                self.planes = {
+                    k: t.clone(memory_format=torch.contiguous_format) for k, t in planes.items()
+                }
         else:
             index = torch.arange(self.length, self.length + n, device=self.device)
             for name, t in self.planes.items():
@@ -142,6 +157,10 @@ class RingStore:
     def room(self) -> None:
         return None
 
+    def oldest(self, appended: int = 0) -> int:
+        """The oldest entry held once ``appended`` more are in."""
+        return max(self.lo, self.length + appended - self.capacity)
+
     def _slots(self, lo: int, hi: int) -> torch.Tensor:
         return torch.arange(lo, hi, device=self.device) % self.capacity
 
@@ -150,9 +169,9 @@ class RingStore:
         kept = min(n, self.capacity)  # of a long chunk only the tail survives
         slots = self._slots(self.length + n - kept, self.length + n)
         for name, t in self.planes.items():
-            t.index_copy_(2, slots, planes[name][:, :, n - kept:])
+            t.index_copy_(2, slots, planes[name][:, :, n - kept :])
+        self.lo = self.oldest(n)
         self.length += n
-        self.lo = max(self.lo, self.length - self.capacity)
 
     def read(self, lo: int, hi: int) -> Planes:
         """Entries ``[lo, hi)`` in position order (a gathered copy)."""

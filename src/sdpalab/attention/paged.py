@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.flex import compiled_flex
 from sdpalab.attention.kvcache import TokenCache
-from sdpalab.attention.kvstore import Codec, Planes, allocate_planes, entries_of
+from sdpalab.attention.kvstore import Planes, allocate_planes, entries_of
 
 Q_BLOCK = 128
 
@@ -40,7 +39,8 @@ class PageTable:
         self.table = torch.full((batch, self.pages_per_row), -1, dtype=torch.int32, device=device)
         self.page_logical = torch.full((self.n_pages,), -1, dtype=torch.int32, device=device)
         order = (
-            torch.arange(self.n_pages) if seed is None
+            torch.arange(self.n_pages)
+            if seed is None
             else torch.randperm(self.n_pages, generator=torch.Generator().manual_seed(seed))
         )
         self.free = order.tolist()[::-1]  # pop() hands out pages in `order`
@@ -86,6 +86,9 @@ class PagedStore:
     def room(self) -> int:
         return self.table.capacity - self.length
 
+    def oldest(self, appended: int = 0) -> int:
+        return 0
+
     def append(self, planes: Planes) -> None:
         n = entries_of(planes)
         self.table.reserve(self.length + n)
@@ -111,27 +114,21 @@ class PagedStore:
 
 
 class PagedFlexCache(TokenCache):
-    """Paged cache attended in place by compiled FlexAttention (see the module doc)."""
+    """Paged cache attended in place by compiled FlexAttention (see the module doc); built like a
+    :class:`TokenCache` over two :class:`PagedStore` sharing one :class:`PageTable`."""
 
-    def __init__(self, *, fmt: str, page_size: int, max_len: int, window: int | None = None,
-                 group_size: int | None = None, seed: int | None = None, **geometry) -> None:
-        if fmt.startswith("kivi"):
-            raise Unsupported(f"{fmt} storage is built for dynamic and static caches, not paged")
-        dims = (geometry["head_dim"], geometry["dtype"], str(geometry["device"]))
-        k_codec, v_codec = (Codec(fmt, role, *dims, group_size) for role in ("key", "value"))
-        table = PageTable(geometry["batch"], page_size, max_len, geometry["device"], seed)
-        heads = geometry["heads_kv"]
-        super().__init__(
-            k_codec=k_codec, v_codec=v_codec, k_store=PagedStore(k_codec.entry_shapes, heads, table),
-            v_store=PagedStore(v_codec.entry_shapes, heads, table), attend=None, window=window,
-            **geometry,
-        )
-        self.table = table
+    def __init__(self, workload, **parts) -> None:
+        super().__init__(workload, **parts)
+        self.table = self.k_store.table
         self._q_start = torch.zeros((), dtype=torch.int32, device=self.device)
         self._mask_mod = self._paged_mask_mod()
 
     def _paged_mask_mod(self):
-        page_size, logical_of, q_start = self.table.page_size, self.table.page_logical, self._q_start
+        page_size, logical_of, q_start = (
+            self.table.page_size,
+            self.table.page_logical,
+            self._q_start,
+        )
         window = self.window
 
         def paged_causal(b, h, q_idx, kv_idx):
@@ -151,8 +148,9 @@ class PagedFlexCache(TokenCache):
         rows, per_row = chosen.shape
         logical = torch.arange(per_row, device=self.device)
         order = torch.argsort(torch.where(chosen, logical, logical + per_row), dim=-1)
-        ids = torch.zeros(self.batch, 1, rows, self.table.n_pages, dtype=torch.int32,
-                          device=self.device)
+        ids = torch.zeros(
+            self.batch, 1, rows, self.table.n_pages, dtype=torch.int32, device=self.device
+        )
         ids[:, 0, :, :per_row] = self.table.table[:, order].clamp_min(0)
         counts = chosen.sum(-1, dtype=torch.int32).expand(self.batch, rows).unsqueeze(1)
         return counts.contiguous(), ids
@@ -171,8 +169,12 @@ class PagedFlexCache(TokenCache):
         partial = self._pages(sees_any & ~sees_all)
         full = self._pages(sees_all)
         return BlockMask.from_kv_blocks(
-            *partial, *full, BLOCK_SIZE=(Q_BLOCK, page_size), mask_mod=self._mask_mod,
-            seq_lengths=(n, self.table.n_pages * page_size), compute_q_blocks=False,
+            *partial,
+            *full,
+            BLOCK_SIZE=(Q_BLOCK, page_size),
+            mask_mod=self._mask_mod,
+            seq_lengths=(n, self.table.n_pages * page_size),
+            compute_q_blocks=False,
         )
 
     def _attend_stored(self, q, start: int, n: int) -> torch.Tensor:
@@ -180,6 +182,9 @@ class PagedFlexCache(TokenCache):
         v_pool = self.v_codec.decode(self.v_store.planes)
         self._q_start.fill_(start)
         return compiled_flex()(
-            q, k_pool, v_pool, block_mask=self.block_mask(start, n),
+            q,
+            k_pool,
+            v_pool,
+            block_mask=self.block_mask(start, n),
             enable_gqa=self.heads_q != self.heads_kv,
         )
