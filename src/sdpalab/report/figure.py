@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # before pyplot: no display, ever
 import matplotlib.pyplot as plt  # after use("Agg"); other modules take plt from here
@@ -44,3 +46,11 @@ def log2_tokens(ax) -> None:
 def ok_rows(rows: list[dict]) -> list[dict]:
     """Rows whose trial succeeded."""
     return [r for r in rows if (r.get("status") or "ok") == "ok"]
+
+
+def bytes_ticks(axis, low: float, high: float, n: int = 6) -> None:
+    """On a linear byte axis, ticks at multiples of a power of two (``256 KiB`` steps rather
+    than ``97.7 KiB`` ones), about ``n`` of them over ``[low, high]``."""
+    span = max(high - low, 1.0)
+    step = 2 ** math.ceil(math.log2(span / n))
+    axis.set_major_locator(matplotlib.ticker.MultipleLocator(step))

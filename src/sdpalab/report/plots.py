@@ -170,10 +170,8 @@ def plot_decode_bandwidth(
     ax.set_ylim(bottom=0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(
-        title
-        or "decode: bandwidth against context" + ("" if ceiling else " (ceiling not measured)")
-    )
+    note = "" if ceiling else " (ceiling not measured: run `sdpalab doctor`)"
+    ax.set_title((title or "decode: bandwidth against context") + note)
     return save(fig, path)
 
 

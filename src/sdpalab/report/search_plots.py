@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from sdpalab.report.figure import colors, ok_rows, plt, save
+from sdpalab.report.figure import bytes_ticks, colors, ok_rows, plt, save
 from sdpalab.report.load import frame, records
 from sdpalab.report.tables import format_bytes, row_label
 
@@ -102,13 +102,16 @@ def plot_pareto(
     else:
         ax.scatter(xs, ys, color="tab:blue", s=36, zorder=3)
     if front_rows:
-        ax.step(
-            [r["latency_ms"] for r in front_rows],
-            [r[mem] for r in front_rows],
-            where="post",
-            color="tab:red",
-            lw=1.2,
-            zorder=2,
+        fx, fy = [r["latency_ms"] for r in front_rows], [r[mem] for r in front_rows]
+        ax.step(fx, fy, where="post", color="tab:red", lw=1.2, zorder=2)
+        ax.scatter(
+            fx,
+            fy,
+            s=110,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.4,
+            zorder=4,
             label=f"Pareto front ({len(front_rows)} of {len(rows)})",
         )
         for r in front_rows[:12]:
@@ -135,6 +138,8 @@ def plot_pareto(
         ax.set_xscale("log")
     if (ys > 0).all() and ys.max() / ys.min() > 20:
         ax.set_yscale("log", base=2)
+    else:
+        bytes_ticks(ax.yaxis, ys.min(), ys.max())
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: format_bytes(v)))
     ax.set_xlabel("latency (ms, median)")
     ax.set_ylabel(
