@@ -182,3 +182,15 @@ def test_load_from_the_store(tmp_path):
     assert len(df) == len(results) and df["latency_ms"].notna().sum() == 25
     export(tmp_path)
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.parquet").exists()
+
+
+def test_variants_sharing_a_label_get_told_apart():
+    results = [
+        make_result(backend="math", phase="decode", kv_cache="paged", kv_args={"page_size": p})
+        for p in (16, 64)
+    ]
+    (table,) = group_tables(results)
+    assert table.rows == [
+        'math/paged [kv_args={"page_size": 16}]',
+        'math/paged [kv_args={"page_size": 64}]',
+    ]

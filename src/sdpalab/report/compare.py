@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sdpalab.report.load import decode_json, frame, records
-from sdpalab.report.tables import SHAPE, row_label, shape_of
+from sdpalab.report.load import decode_json
+from sdpalab.report.tables import SHAPE, row_label, shape_of, trial_rows
 
 VERDICTS = ("faster", "slower", "same", "broken", "fixed", "failed", "added", "removed")
 VERDICT_STYLE = {
@@ -122,8 +122,8 @@ def compare_runs(base_results, new_results) -> list[Comparison]:
     order, then those only in the base run. When a run holds a configuration twice, its last
     trial counts.
     """
-    base = {config_key(r): r for r in records(frame(base_results))}
-    new = {config_key(r): r for r in records(frame(new_results))}
+    base = {config_key(r): r for r in trial_rows(base_results)}
+    new = {config_key(r): r for r in trial_rows(new_results)}
     out = []
     for key, n in new.items():
         b = base.get(key)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from sdpalab.report.figure import colors, log2_tokens, ok_rows, plt, save, slug
-from sdpalab.report.load import decode_json, frame, records
+from sdpalab.report.load import decode_json
 from sdpalab.report.mask_plot import mask_density, plot_mask
 from sdpalab.report.search_plots import pareto_front, plot_pareto, plot_sensitivity
-from sdpalab.report.tables import SHAPE, format_bytes, row_label
+from sdpalab.report.tables import SHAPE, format_bytes, row_label, trial_rows
 
 __all__ = [
     "fitted_slope",
@@ -263,7 +263,7 @@ def render_plots(
     :func:`plot_sensitivity`.
     """
     out = Path(out_dir)
-    rows = records(frame(results_or_df))
+    rows = trial_rows(results_or_df)
     ok = ok_rows(rows)
     written: list[Path | None] = []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sdpalab.report.load import frame, records
 from sdpalab.report.markup import escape, html_table
 from sdpalab.report.tables import (
     failures,
@@ -14,6 +13,7 @@ from sdpalab.report.tables import (
     format_ms,
     group_tables,
     row_label,
+    trial_rows,
 )
 
 
@@ -114,7 +114,7 @@ def trials_html(results) -> str:
             _fmt(r.get("gbps")),
             _fmt(r.get("kernel")),
         )
-        for r in records(frame(results))
+        for r in trial_rows(results)
     ]
     return (
         "<details><summary>every trial</summary>"

@@ -82,6 +82,27 @@ def row_label(row: dict[str, Any]) -> str:
     return "/".join(parts)
 
 
+def trial_rows(results) -> list[dict[str, Any]]:
+    """Results (list or flat DataFrame) as row dicts of plain values, with labels made unique:
+    variants that share a label (it leaves out ``kv_args``, say) get the fields that tell them
+    apart appended, e.g. ``auto/paged [kv_args={"page_size": 64}]``."""
+    rows = records(frame(results)) if results is not None else []
+    identities: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        variant = {k: row.get(k) for k in row if k.startswith("v_")}
+        identities.setdefault(row_label(row), {})[json.dumps(variant, default=str)] = variant
+    for row in rows:
+        label = row_label(row)
+        variants = list(identities[label].values())
+        if len(variants) > 1:
+            differ = [k for k in variants[0] if len({json.dumps(v.get(k)) for v in variants}) > 1]
+            extra = ", ".join(f"{k[2:]}={row.get(k)}" for k in differ)
+            row["label"] = f"{label} [{extra}]"
+        else:
+            row["label"] = label
+    return rows
+
+
 def shape_of(row: dict[str, Any]) -> dict[str, Any]:
     """Short shape fields of a row (``Sq`` only where it differs from ``S``)."""
     shape = {short: row.get(f"wl_{name}") for name, short in SHAPE}
@@ -100,7 +121,7 @@ def _sort_key(value: Any) -> tuple:
 
 def group_tables(results) -> list[Table]:
     """Results (list or flat DataFrame) → summary tables, one per fixed (phase, dtype, device)."""
-    rows = records(frame(results)) if results is not None else []
+    rows = trial_rows(results)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(f"wl_{g}") for g in GROUP), []).append(row)
@@ -150,7 +171,7 @@ def group_tables(results) -> list[Table]:
 def status_counts(results) -> dict[str, int]:
     """Trials per status, ``ok`` first."""
     counts: dict[str, int] = {}
-    for row in records(frame(results)):
+    for row in trial_rows(results):
         status = str(row.get("status") or "ok")
         counts[status] = counts.get(status, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "ok", -kv[1], kv[0])))
@@ -166,7 +187,7 @@ def counts_line(counts: dict[str, int]) -> str:
 def failures(results) -> list[dict[str, Any]]:
     """Failed trials as ``{label, shape, status, reason}`` rows, in run order."""
     out = []
-    for row in records(frame(results)):
+    for row in trial_rows(results):
         if (row.get("status") or "ok") != "ok":
             shape = shape_of(row)
             text = _describe(shape, [k for _, k in SHAPE])
