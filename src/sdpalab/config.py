@@ -338,7 +338,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def list_presets() -> list[tuple[str, str]]:
     """``(name, description)`` of each shipped preset, by name."""
     out = []
-    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+    for path in sorted(PRESETS_DIR.glob("*.yaml"), key=lambda p: p.stem):
         data = yaml.safe_load(path.read_text()) or {}
         lines = str(data.get("description", "")).strip().splitlines()
         out.append((path.stem, lines[0] if lines else ""))
@@ -499,9 +499,9 @@ def _path(loc: tuple, data: Any) -> str:
             if isinstance(node, list):
                 out += f"[{part}]"
                 node = node[part] if part < len(node) else None
-        elif isinstance(node, dict) and part in node:
-            out += f".{part}" if out else part
-            node = node[part]
+        elif isinstance(node, dict) and (part in node or re.fullmatch(r"\w+", part)):
+            out += f".{part}" if out else part  # present, or a key that is missing
+            node = node.get(part)
     return out
 
 
