@@ -168,6 +168,26 @@ def test_sliding_window_mod_over_full_caches(layout):
     torch.testing.assert_close(outs.double(), ref, atol=F32_ATOL, rtol=F32_RTOL)
 
 
+@pytest.mark.parametrize(
+    ("layout", "fmt"),
+    [("static", "kivi4"), ("dynamic", "int4"), ("paged", "int8"), ("sliding", "fp8")],
+)
+def test_quantized_caches_with_a_window_mod(layout, fmt):
+    seq = sum(CHUNKS)
+    variant = _variant(layout, fmt)
+    variant = spec.Variant(
+        backend="math",
+        mod="sliding_window",
+        mod_args={"window": 9},
+        kv_cache=layout,
+        kv_quant=fmt,
+        kv_args=variant.kv_args,
+    )
+    cache = make_cached_attention(variant, _workload(seq), page_seed=6)
+    mod = ("sliding_window", {"window": 9})
+    _check_against_oracle(cache, mod, fmt, *_qkv(seq, seed=8))
+
+
 def test_unsupported_mods_and_windows():
     wl = _workload(64)
     with pytest.raises(Unsupported, match="alibi"):

@@ -11,10 +11,15 @@ rollback_tokens`` positions, so a step that quantizes a group can still be rolle
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from sdpalab.attention.kvcache import KIVI_RESIDUAL, Attend, CachedAttention
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
+
+if TYPE_CHECKING:
+    from sdpalab.spec import Workload
 
 
 class KiviCache(CachedAttention):
@@ -23,7 +28,7 @@ class KiviCache(CachedAttention):
 
     def __init__(
         self,
-        workload,
+        workload: Workload,
         *,
         fmt: str,
         attend: Attend,

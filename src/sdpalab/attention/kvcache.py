@@ -36,16 +36,19 @@ workloads, else 0): the sliding ring holds ``W - 1 + max(1, rollback_tokens)`` p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
+from sdpalab.attention.dispatch import Attend, make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
 
+if TYPE_CHECKING:
+    from sdpalab.spec import Variant, Workload
+
 KIVI_RESIDUAL = 32
 PAGE_SIZE = 128
-Attend = Callable  # (q [B, H_q, q_len, D], k [B, H_kv, kv_len, D], v) -> [B, H_q, q_len, D]
 
 
 def _positive(name: str, value) -> int:
@@ -62,7 +65,7 @@ class CachedAttention:
     every tensor the cache holds (values, scales, zeros, residual window, page table).
     """
 
-    def __init__(self, workload) -> None:
+    def __init__(self, workload: Workload) -> None:
         self.batch, self.heads_q, self.heads_kv = (
             workload.batch,
             workload.heads_q,
@@ -171,7 +174,7 @@ class TokenCache(CachedAttention):
 
     def __init__(
         self,
-        workload,
+        workload: Workload,
         *,
         k_codec: Codec,
         v_codec: Codec,
@@ -238,7 +241,7 @@ class TokenCache(CachedAttention):
         return self.k_store.tensors() + self.v_store.tensors()
 
 
-def cache_mod(variant) -> tuple[str, dict]:
+def cache_mod(variant: Variant) -> tuple[str, dict]:
     """The mod a cached variant attends with: ``("causal", {})`` or
     ``("sliding_window", {"window": w})``. Raises Unsupported for mods a cache cannot serve."""
     window = None
@@ -260,8 +263,8 @@ def cache_mod(variant) -> tuple[str, dict]:
 
 
 def make_cached_attention(
-    variant,
-    workload,
+    variant: Variant,
+    workload: Workload,
     attend: Attend | None = None,
     *,
     rollback_tokens: int | None = None,
@@ -275,8 +278,6 @@ def make_cached_attention(
     step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
     ``page_seed``: assign pages from a shuffled free list (None: in order).
     """
-    from sdpalab.attention.dispatch import make_attend  # dispatch imports the backends
-
     layout, fmt, kv = variant.kv_cache, variant.kv_quant, variant.kv_args
     if layout == "none":
         raise ValueError("make_cached_attention needs a variant with a kv_cache")

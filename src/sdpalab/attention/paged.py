@@ -19,12 +19,17 @@ flex is traced once per query length.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from sdpalab.attention.flex import compiled_flex
 from sdpalab.attention.kvcache import TokenCache
 from sdpalab.attention.kvstore import Planes, allocate_planes, entries_of
+
+if TYPE_CHECKING:
+    from sdpalab.spec import Workload
 
 Q_BLOCK = 128
 
@@ -117,7 +122,7 @@ class PagedFlexCache(TokenCache):
     """Paged cache attended in place by compiled FlexAttention (see the module doc); built like a
     :class:`TokenCache` over two :class:`PagedStore` sharing one :class:`PageTable`."""
 
-    def __init__(self, workload, **parts) -> None:
+    def __init__(self, workload: Workload, **parts) -> None:
         super().__init__(workload, **parts)
         self.table = self.k_store.table
         self._q_start = torch.zeros((), dtype=torch.int32, device=self.device)
