@@ -202,3 +202,36 @@ def test_unsupported_trials_are_stored_without_a_worker(tmp_path):
     # resuming finds everything done and runs nothing
     again = run_trials(spec.trials(), tmp_path, resume=True, on_result=lambda *a: seen.append(a))
     assert [r.trial_id for r in again] == [r.trial_id for r in results] and len(seen) == 2
+
+
+@pytest.mark.gpu
+def test_gpu_memory_is_released_between_trials(tmp_path, monkeypatch):
+    """A big masked trial, then a CUDA OOM, must not inflate a later small trial's peak: the
+    same small trial measures the same total peak before and after them."""
+    monkeypatch.setenv("SDPALAB_TEST_FAULTS", "1")
+    small = {"seq_kv": 64, "heads_q": 1, "head_dim": 16}
+    big = {"seq_kv": 4096, "heads_q": 8, "head_dim": 64}
+    spec = spec_from_dict(
+        {
+            "name": "gpu-release",
+            "device": "cuda",
+            "workload": {"dtype": "auto"},
+            "measure": {"warmup": 1, "repeats": 3, "timeout_s": 300},
+            "grids": [
+                {"workload": small, "variants": {"backend": "math"}, "measure": {"seed": 1}},
+                {
+                    "workload": big,
+                    "variants": {"backend": "math", "mod": {"sliding_window": {"window": 256}}},
+                },
+                {"workload": big, "variants": {"backend": "fault_oom"}},
+                {"workload": small, "variants": {"backend": "math"}, "measure": {"seed": 2}},
+            ],
+        }
+    )
+    first, masked, oom, again = run_trials(spec.trials(), tmp_path)
+    assert [r.status for r in (first, masked, oom, again)] == ["ok", "ok", "oom", "ok"], [
+        r.reason for r in (first, masked, oom, again)
+    ]
+    assert "OutOfMemoryError" in oom.reason or "out of memory" in oom.reason.lower()
+    # the masked trial's cached mask alone is >= 16 MiB: none of it may still be live
+    assert again.peak_mem_total_bytes <= first.peak_mem_total_bytes + 2**20

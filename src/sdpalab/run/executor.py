@@ -184,14 +184,15 @@ def run_trials(
             else:
                 pending.append(trial)
         if pending:
-            _Pool(out_dir / "logs", min(workers, len(pending)), finish).run(pending)
+            WorkerPool(out_dir / "logs", min(workers, len(pending)), finish).run(pending)
         return [done[t.trial_id] for t in unique]
     finally:
         store.close()
 
 
-class _Pool:
-    """The scheduler: hands trials to idle workers, watches deadlines and deaths."""
+class WorkerPool:
+    """The scheduler: hands trials to idle workers, watches deadlines and deaths, and passes
+    every outcome to ``finish(result)``. Up to ``size`` workers, started as needed."""
 
     def __init__(self, log_dir: Path, size: int, finish: Callable[[Result], None]) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -209,16 +210,14 @@ class _Pool:
         """Run ``pending`` to the end. ``keep``: the workers stay up for the next ``run`` (the
         search's batches), until ``close()``; an exception closes them anyway."""
         try:
-            while len(self.workers) < self.size:
-                self._spawn()
-            while pending or any(w.trial for w in self.workers):
-                for worker in self.workers:
+            while pending or self._busy():
+                while len(self.workers) < min(self.size, len(pending) + self._busy()):
+                    self._spawn()  # at the start, and to replace a worker that died
+                for worker in list(self.workers):
                     if worker.ready and worker.trial is None and pending:
-                        worker.send(pending.popleft())
+                        self._send(worker, pending)
                 self._wait()
                 self._check_deadlines()
-                while len(self.workers) < min(self.size, len(pending) + self._busy()):
-                    self._spawn()
         except BaseException:
             keep = False
             raise
@@ -230,6 +229,16 @@ class _Pool:
         for worker in self.workers:
             worker.kill()
         self.workers = []
+
+    def _send(self, worker: Worker, pending: deque[Trial]) -> None:
+        trial = pending.popleft()
+        try:
+            worker.send(trial)
+        except OSError:  # it died between trials: the trial goes back, the worker is replaced
+            pending.appendleft(trial)
+            worker.trial = None
+            self.workers.remove(worker)
+            worker.kill()
 
     def _busy(self) -> int:
         return sum(w.trial is not None for w in self.workers)
@@ -303,3 +312,6 @@ class _Pool:
                     wall_s=now - worker.started,
                 )
             )
+
+
+_Pool = WorkerPool  # the name explore.search first used
