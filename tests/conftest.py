@@ -11,6 +11,11 @@ os.environ.setdefault("SDPALAB_CACHE_DIR", str(ROOT / ".cache" / "sdpalab"))
 
 import torch  # noqa: E402
 
+# Without a GPU, Triton kernels (backend triton_qdecode) run in Triton's CPU interpreter. The
+# variable only counts if it is set before anything imports triton, hence here.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -89,6 +89,11 @@ def qtensor_from_planes(codec, planes: dict[str, torch.Tensor]) -> QTensor:
     if codec.fmt == "fp8":
         data = data.view(torch.float8_e4m3fn)
     return QTensor(
-        codec.fmt, data, planes["scale"], planes.get("zero"), codec.head_dim, codec.role,
+        codec.fmt,
+        data,
+        planes["scale"],
+        planes.get("zero"),
+        codec.head_dim,
+        codec.role,
         codec.group_size,
     )

@@ -1,0 +1,328 @@
+"""triton_qdecode (fused decode over a quantized KV cache) against the float64 oracle.
+
+The oracle attends over the cache dequantized exactly (float64, from the layouts documented in
+``kvquant``; a test checks that reading against ``kvquant.dequantize``), so the only error left is
+the kernel's own arithmetic and the tolerance is ``tolerance(dtype, kv_len)``.
+
+Without a GPU the kernel runs in Triton's CPU interpreter (``tests/conftest.py`` sets
+``TRITON_INTERPRET=1`` before triton is imported) on tiny shapes that still reach every path:
+each format, GQA 4:1, 8:8 and 12:4, head_dim 64 and 80, lengths that are not multiples of the
+block, several KV splits (the log-sum-exp merge), multi-token causal steps, several query tiles,
+recent full-precision tokens. Tests marked ``gpu`` run the compiled kernel on the issue's grid.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.errors import Unsupported
+from sdpalab.attention.kernels import qdecode_triton
+from sdpalab.attention.kernels.attend import qtensor_from_planes
+from sdpalab.attention.kernels.qdecode import (
+    CODES_PER_WORD,
+    launch_geometry,
+    qdecode_attention,
+)
+from sdpalab.attention.kvquant import BITS, QTensor, dequantize, fp8_supported, quantize
+from sdpalab.attention.kvstore import Codec
+from sdpalab.attention.reference import attention_ref
+from sdpalab.measure.accuracy import compare, tolerance
+
+FORMATS = ["none", "int8", "int4", "fp8", "kivi4", "kivi2"]
+KIVI_GROUP = 32
+INTERPRETED = type(qdecode_triton._qdecode_kernel).__name__ == "InterpretedFunction"
+cpu_only = pytest.mark.skipif(
+    not INTERPRETED,
+    reason="the CPU tests need Triton's interpreter active before triton is imported "
+    "(TRITON_INTERPRET=1; tests/conftest.py sets it when there is no GPU)",
+)
+
+
+def _skip_fp8(fmt: str, device: str) -> None:
+    if fmt == "fp8" and (reason := fp8_supported(torch.device(device).type)):
+        pytest.skip(reason)
+
+
+# ---------------------------------------------------------------- exact dequantization (float64)
+
+
+def _codes(data: torch.Tensor, bits: int, head_dim: int) -> torch.Tensor:
+    """Unsigned codes ``[..., head_dim]`` of packed bytes, lowest bits first."""
+    raw = data.view(torch.uint8).to(torch.int64)
+    shifts = torch.arange(0, 8, bits, device=data.device)
+    return ((raw.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).flatten(-2)[..., :head_dim]
+
+
+def dequantize_f64(qt: QTensor) -> torch.Tensor:
+    """``qt`` reconstructed exactly in float64, read from the layouts in ``kvquant``'s doc."""
+    scale = qt.scale.double()
+    if qt.fmt == "int8":
+        return qt.data.double() * scale
+    if qt.fmt == "fp8":
+        return qt.data.float().double() * scale
+    codes = _codes(qt.data, BITS[qt.fmt], qt.head_dim).double()
+    zero = qt.zero.double()
+    if qt.fmt.startswith("kivi") and qt.role == "key":
+        scale = scale.repeat_interleave(qt.group_size, dim=2)
+        zero = zero.repeat_interleave(qt.group_size, dim=2)
+    else:
+        scale = scale.repeat_interleave(qt.group_size, dim=-1)[..., : qt.head_dim]
+        zero = zero.repeat_interleave(qt.group_size, dim=-1)[..., : qt.head_dim]
+    return codes * scale + zero
+
+
+# ---------------------------------------------------------------- one case
+
+
+def _lengths(fmt: str, kv_len: int, recent: int | None) -> tuple[int, int]:
+    """(quantized, recent) token counts; KIVI quantizes whole groups and keeps >= 32 recent."""
+    if fmt == "none":
+        return 0, kv_len
+    quant = kv_len - (recent or 0)
+    if fmt.startswith("kivi"):
+        quant = max(0, kv_len - max(recent or 0, KIVI_GROUP)) // KIVI_GROUP * KIVI_GROUP
+    return quant, kv_len - quant
+
+
+def _quantize_view(x, fmt, role, capacity):
+    """Quantize ``x`` inside a larger buffer (a static cache) and return the view of its tokens."""
+    n = x.shape[2]
+    if capacity <= n:
+        return quantize(x, fmt, role=role)
+    pad = x.new_zeros(*x.shape[:2], capacity - n, x.shape[3])
+    full = quantize(torch.cat([x, pad], 2), fmt, role=role)
+    groups = n // full.group_size if fmt.startswith("kivi") and role == "key" else n
+    return QTensor(
+        fmt, full.data[:, :, :n], full.scale[:, :, :groups],
+        None if full.zero is None else full.zero[:, :, :groups], full.head_dim, role,
+        full.group_size,
+    )  # fmt: skip
+
+
+def run_case(
+    fmt, batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype, device="cpu", *,
+    recent=None, causal=True, capacity=0, transpose_q=False, seed=0, **launch,
+):  # fmt: skip
+    """Run the kernel on random inputs; return (output, float64 reference)."""
+    _skip_fp8(fmt, device)
+    gen = torch.Generator().manual_seed(seed)
+    n_quant, n_recent = _lengths(fmt, kv_len, recent)
+    k = torch.randn(batch, heads_kv, kv_len, head_dim, generator=gen) * 2 + 0.5
+    v = torch.randn(batch, heads_kv, kv_len, head_dim, generator=gen)
+    if transpose_q:
+        q = torch.randn(batch, q_len, heads_q, head_dim, generator=gen).transpose(1, 2)
+    else:
+        q = torch.randn(batch, heads_q, q_len, head_dim, generator=gen)
+    q = q.to(device, dtype)
+    kq = vq = k_rec = v_rec = None
+    parts_k, parts_v = [], []
+    if n_quant:
+        kq = _quantize_view(k[:, :, :n_quant].to(device), fmt, "key", capacity)
+        vq = _quantize_view(v[:, :, :n_quant].to(device), fmt, "value", capacity)
+        parts_k.append(dequantize_f64(kq))
+        parts_v.append(dequantize_f64(vq))
+    if n_recent:
+        k_rec = k[:, :, n_quant:].to(device, dtype)
+        v_rec = v[:, :, n_quant:].to(device, dtype)
+        parts_k.append(k_rec.double())
+        parts_v.append(v_rec.double())
+    out = qdecode_attention(q, kq, vq, k_rec, v_rec, causal=causal, **launch)
+    mod = "causal" if causal else "none"
+    ref = attention_ref(q, torch.cat(parts_k, 2), torch.cat(parts_v, 2), mod)
+    return out, ref
+
+
+def check_case(*args, **kwargs):
+    dtype = args[7]
+    out, ref = run_case(*args, **kwargs)
+    acc = compare(out, ref)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert acc.finite, acc
+    tol = tolerance(dtype, max(args[5], 1))
+    assert acc.rel_fro_err <= tol, (args, kwargs, acc, tol)
+    return acc
+
+
+# ---------------------------------------------------------------- CPU (interpreter)
+
+# (batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype, launch overrides)
+CPU_CASES = [
+    pytest.param((1, 4, 1, 1, 1, 64, torch.bfloat16, {}), id="one-token"),
+    pytest.param((1, 8, 8, 1, 37, 80, torch.bfloat16, {}), id="mha-d80-odd"),
+    pytest.param((1, 12, 4, 1, 300, 64, torch.bfloat16, {"block_n": 64, "splits": 3}), id="gqa3-split3"),
+    pytest.param((2, 4, 1, 3, 130, 64, torch.float16, {"block_n": 32, "splits": 2}), id="step3-fp16-split"),
+    pytest.param((2, 4, 1, 2, 200, 80, torch.float32, {"block_n": 64}), id="fp32-d80-b2"),
+    pytest.param((1, 12, 4, 7, 96, 64, torch.bfloat16, {"block_n": 32, "splits": 1}), id="step7-nosplit"),
+]  # fmt: skip
+
+
+@cpu_only
+@pytest.mark.parametrize("case", CPU_CASES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matches_oracle_interpreted(fmt, case):
+    *shape, dtype, launch = case
+    check_case(fmt, *shape, dtype, **launch)
+
+
+@cpu_only
+@pytest.mark.parametrize("fmt", ["int8", "int4", "kivi2"])
+def test_several_query_tiles_with_causal_bounds(fmt):
+    # G * q_len = 8 * 9 = 72 rows: two tiles of 64, each with its own last visible key
+    check_case(fmt, 1, 8, 1, 9, 150, 64, torch.bfloat16, block_n=32, splits=2)
+    check_case(fmt, 1, 8, 1, 5, 70, 64, torch.float32, block_n=32)  # tiles of 32 rows in fp32
+
+
+@cpu_only
+def test_split_merge_agrees_with_one_pass():
+    kw = dict(block_n=32, seed=3)
+    one, ref = run_case("int8", 1, 4, 2, 1, 250, 64, torch.float32, splits=1, **kw)
+    for splits in (2, 5, 8):
+        many, _ = run_case("int8", 1, 4, 2, 1, 250, 64, torch.float32, splits=splits, **kw)
+        assert compare(many, one.double()).rel_fro_err < 1e-6
+    assert compare(one, ref).rel_fro_err <= tolerance(torch.float32, 250)
+
+
+@cpu_only
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+def test_quantized_then_recent_tokens(fmt):
+    check_case(fmt, 2, 8, 2, 2, 150, 64, torch.bfloat16, recent=21, block_n=32, splits=3)
+
+
+@cpu_only
+@pytest.mark.parametrize("fmt", ["int8", "int4", "kivi4"])
+def test_views_into_a_larger_static_buffer(fmt):
+    check_case(fmt, 2, 4, 2, 1, 100, 64, torch.float16, capacity=256, block_n=32)
+
+
+@cpu_only
+def test_strided_queries_and_first_call_prefill():
+    check_case("int4", 1, 4, 2, 1, 90, 64, torch.bfloat16, transpose_q=True, block_n=32)
+    check_case("int8", 1, 4, 2, 24, 24, 64, torch.float32, block_n=16)  # prefill: q_len == kv_len
+
+
+@cpu_only
+def test_not_causal():
+    check_case("int4", 1, 4, 4, 4, 50, 64, torch.float32, causal=False, block_n=16)
+
+
+@cpu_only
+def test_rows_that_see_no_key_are_zero():
+    # causal with q_len > kv_len: the first two queries precede every key (oracle: zeros)
+    out, ref = run_case("int8", 1, 4, 4, 5, 3, 64, torch.float32, block_n=16)
+    assert torch.equal(out[:, :, :2], torch.zeros_like(out[:, :, :2]))
+    assert compare(out, ref).rel_fro_err <= tolerance(torch.float32, 3)
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "none"])
+def test_exact_dequantization_reads_kvquant_layouts(fmt):
+    _skip_fp8(fmt, "cpu")
+    x = torch.randn(2, 3, 64, 80) * 3 - 1
+    for role in ("key", "value"):
+        qt = quantize(x, fmt, role=role)
+        exact = dequantize_f64(qt)
+        # kvquant computes c * scale + zero in float32: two roundings at most
+        slack = 2**-22 * (exact.abs() + qt.scale.double().abs().max() * 16) + 1e-30
+        assert ((dequantize(qt).double() - exact).abs() <= slack).all(), (fmt, role)
+
+
+@cpu_only
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cache_planes_give_the_same_output(fmt):
+    """What a cache stores (kvstore.Codec planes) read through qtensor_from_planes."""
+    _skip_fp8(fmt, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    k = torch.randn(1, 2, 64, 64, generator=gen)
+    v = torch.randn(1, 2, 64, 64, generator=gen)
+    q = torch.randn(1, 4, 1, 64, generator=gen).to(torch.bfloat16)
+    attend = make_attend("triton_qdecode", "causal", {})
+    assert attend.reads_quantized
+    if fmt == "none":
+        out = attend(q, k.to(torch.bfloat16), v.to(torch.bfloat16))
+        ref = attention_ref(q, k.to(torch.bfloat16), v.to(torch.bfloat16), "causal")
+        assert compare(out, ref).rel_fro_err <= tolerance(torch.bfloat16, 64)
+        return
+    kc = Codec(fmt, "key", 64, torch.bfloat16, "cpu")
+    vc = Codec(fmt, "value", 64, torch.bfloat16, "cpu")
+    kq, vq = qtensor_from_planes(kc, kc.encode(k)), qtensor_from_planes(vc, vc.encode(v))
+    out = attend.attend_quantized(q, kq, vq)
+    direct = qdecode_attention(q, quantize(k, fmt, role="key"), quantize(v, fmt, role="value"))
+    assert torch.equal(out, direct)
+
+
+def test_backend_refuses_other_mods_and_machines(monkeypatch):
+    with pytest.raises(Unsupported, match="mods none, causal"):
+        make_attend("triton_qdecode", "sliding_window", {"window": 8})
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Unsupported, match=r"needs a CUDA GPU \(or TRITON_INTERPRET=1"):
+        make_attend("triton_qdecode", "causal", {})
+
+
+def test_head_dim_must_fill_whole_words():
+    q = torch.randn(1, 2, 1, 36)
+    kq = quantize(torch.randn(1, 2, 8, 36), "int4")
+    with pytest.raises(Unsupported, match="multiple of 8"):
+        qdecode_attention(q, kq, kq)
+    assert CODES_PER_WORD["kivi2"] == 16
+
+
+@pytest.mark.parametrize("batch,kv_len", [(1, 1), (1, 4096), (1, 131072), (8, 32768), (32, 4096)])
+def test_splits_cover_the_sequence_in_whole_blocks(batch, kv_len):
+    geo = launch_geometry(
+        batch=batch, heads_q=32, heads_kv=8, q_len=1, kv_len=kv_len, fmt="int8",
+        dtype=torch.bfloat16, device=torch.device("cpu"),
+    )  # fmt: skip
+    assert geo["chunk"] % geo["block_n"] == 0
+    assert geo["splits"] * geo["chunk"] >= kv_len > (geo["splits"] - 1) * geo["chunk"]
+    assert geo["block_m"] == 16 and geo["m_tiles"] == 1
+
+
+# ---------------------------------------------------------------- GPU (compiled)
+
+# A sample of the issue's grid: GQA 1/4/8, head_dim 64/80/128, batch 1..32, context 1..128k.
+# (batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype)
+GPU_SHAPES = [
+    (1, 32, 8, 1, 131072, 128, torch.bfloat16),
+    (8, 32, 8, 1, 32768 - 5, 128, torch.bfloat16),
+    (32, 32, 32, 1, 4099, 64, torch.bfloat16),
+    (4, 32, 4, 1, 12345, 80, torch.float16),
+    (2, 16, 2, 4, 8191, 128, torch.bfloat16),
+    (3, 8, 8, 1, 1, 128, torch.float32),
+    (16, 8, 1, 1, 2000, 80, torch.float32),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s[:6])))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matches_oracle_on_gpu(fmt, shape):
+    check_case(fmt, *shape, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8", "kivi4"])
+@pytest.mark.parametrize(
+    "launch",
+    [
+        {"block_n": 64, "num_warps": 4, "num_stages": 3},
+        {"block_n": 128, "num_warps": 4, "num_stages": 2},
+        {"block_n": 128, "num_warps": 8, "num_stages": 3},
+        {"block_n": 256, "num_warps": 8, "num_stages": 2},
+        {"block_n": 128, "num_warps": 4, "num_stages": 2, "splits": 1},
+    ],
+    ids=lambda c: "-".join(f"{k[0]}{v}" for k, v in c.items()),
+)
+def test_every_benchmarked_config_is_correct_on_gpu(fmt, launch):
+    check_case(fmt, 2, 32, 8, 1, 5000, 128, torch.bfloat16, device="cuda", **launch)
+    check_case(fmt, 1, 16, 2, 3, 700, 80, torch.float16, device="cuda", **launch)
+
+
+@pytest.mark.gpu
+def test_gpu_recent_tokens_and_static_views():
+    check_case("int4", 4, 32, 8, 1, 3000, 128, torch.bfloat16, device="cuda", recent=77)
+    check_case("int8", 4, 32, 8, 2, 3000, 128, torch.bfloat16, device="cuda", capacity=4096)
+    check_case("kivi2", 2, 32, 8, 1, 3000, 128, torch.bfloat16, device="cuda", capacity=4096)
