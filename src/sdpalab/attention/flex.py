@@ -17,7 +17,15 @@ from sdpalab.attention.mods import Mod, make_mod
 
 @functools.cache
 def compiled_flex() -> Callable:
-    """The process-wide compiled ``flex_attention`` (compiled on first call, then reused)."""
+    """The process-wide compiled ``flex_attention`` (compiled on first call, then reused).
+
+    Each new geometry or mod is a recompile of this one function; past dynamo's default limit
+    (8) it would silently fall back to uncompiled flex (dense, slow), so a sweep or a test run
+    that visits many shapes gets a larger limit.
+    """
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 256)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4096)
     return torch.compile(flex_attention, dynamic=False)
 
 
