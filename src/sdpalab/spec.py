@@ -37,10 +37,10 @@ KV_QUANTS = ("none", "int8", "int4", "fp8", "kivi2", "kivi4")
 WEIGHT_QUANTS = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only")
 
 KV_ARGS = {
-    "max_len": "static/paged: capacity in tokens (default: seq_kv + seq_q of the workload)",
+    "max_len": "static/paged: capacity in tokens (default: the workload's seq_kv)",
     "window": "sliding: ring-buffer length W (also the sliding-window width)",
     "page_size": "paged: tokens per page (default 128)",
-    "group_size": "int4/kivi: quantization group length (default 32)",
+    "group_size": "int4: values per group along D (default 64); kivi: tokens per key group (32)",
     "residual": "kivi: most recent tokens kept in full precision (default 32)",
 }
 

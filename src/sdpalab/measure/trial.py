@@ -83,7 +83,7 @@ def _classify(err: BaseException) -> tuple[str, str]:
     text = f"{type(err).__name__}: {err}".strip()
     if isinstance(err, Unsupported):
         return "unsupported", str(err)
-    if isinstance(err, torch.OutOfMemoryError) or isinstance(err, MemoryError):
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
         return "oom", text
     if isinstance(err, RuntimeError) and (
         "out of memory" in str(err).lower() or "can't allocate memory" in str(err)
@@ -164,7 +164,7 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
 
         if cached:
             result.kv_cache_bytes = int(inner.cache_bytes())
-            result.kv_cache_bytes_model = _cache_model(variant, workload)
+            result.kv_cache_bytes_model = _kv_model(variant, workload, "cache")
         input_bytes = sum(t.numel() * t.element_size() for t in (q, k, v))
         result.input_bytes = input_bytes
 
@@ -200,27 +200,32 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
         batch=wl.batch, heads_q=wl.heads_q, q_len=wl.seq_q, kv_len=wl.seq_kv,
         head_dim=wl.head_dim, allowed_fraction=result.allowed_fraction,
     )
-    result.bytes_moved = attention_bytes(
-        batch=wl.batch, heads_q=wl.heads_q, heads_kv=wl.heads_kv, q_len=wl.seq_q,
-        kv_len=wl.seq_kv, head_dim=wl.head_dim, elem_bytes=q.element_size(),
-        kv_bytes=result.kv_cache_bytes,
-    )
-    if cached:
-        result.step_bytes = result.bytes_moved
+    if cached:  # what one step must read and write, in storage format (kvplan's model)
+        result.step_bytes = _kv_model(variant, workload, "step")
+        result.bytes_moved = result.step_bytes
+    else:
+        result.bytes_moved = attention_bytes(
+            batch=wl.batch, heads_q=wl.heads_q, heads_kv=wl.heads_kv, q_len=wl.seq_q,
+            kv_len=wl.seq_kv, head_dim=wl.head_dim, elem_bytes=q.element_size(),
+        )
     rates = throughput(result.flops, result.bytes_moved, result.latency_ms,
                        load_ceilings(wl.device))
     result.tflops, result.gbps = rates["tflops"], rates["gbps"]
     result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
 
 
-def _cache_model(variant: Variant, workload: Workload) -> int | None:
-    try:
-        from sdpalab.attention.kvplan import cache_bytes_model
-    except ImportError:
-        return None
-    return cache_bytes_model(
+def _kv_model(variant: Variant, workload: Workload, which: str) -> int:
+    """kvplan's analytic cache bytes (``which="cache"``) or step bytes (``"step"``)."""
+    from sdpalab.attention.kvplan import cache_bytes_model, step_bytes_model
+
+    common = dict(
         kv_cache=variant.kv_cache, kv_quant=variant.kv_quant, batch=workload.batch,
         heads_kv=workload.heads_kv, head_dim=workload.head_dim, tokens=workload.seq_kv,
         dtype_bytes=torch.empty((), dtype=workload.torch_dtype).element_size(),
         **variant.kv_args,
     )
+    if which == "step":
+        return step_bytes_model(heads_q=workload.heads_q, seq_q=workload.seq_q, **common)
+    # the measurement rolls back one step of seq_q tokens between repeats (decode only)
+    spare = workload.seq_q if workload.phase == "decode" else 0
+    return cache_bytes_model(rollback_tokens=spare, **common)
