@@ -144,8 +144,10 @@ def reproduce_case_study(
 
     from sdpalab.casestudy import run_case_study
 
-    run = run_case_study(out, quick=quick, device=device,
-                         on_result=lambda row: console.print(row.result.summary(), markup=False))
+    def progress(row) -> None:
+        console.print(row.result.summary(), markup=False, soft_wrap=True)
+
+    run = run_case_study(out, quick=quick, device=device, on_result=progress)
     wide = Console(width=max(console.width, 200))  # eleven columns; print(width=) can't widen
     for table in run.tables:
         shown = Table(*table.columns, title=table.title, show_lines=True)
@@ -154,7 +156,7 @@ def reproduce_case_study(
         wide.print(shown)
     console.print("written:")
     for path in run.paths.values():
-        console.print(f"  {path}", markup=False)
+        console.print(f"  {path}", markup=False, soft_wrap=True)  # a path is never broken
 
 
 def main() -> None:

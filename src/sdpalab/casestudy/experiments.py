@@ -18,7 +18,7 @@ Tensors are float32 (the case study's dtype) on whatever device is present.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -173,4 +173,3 @@ class Row:
     result: Result
     profiler_cpu_total_ms: float | None = None
     """What the case study's profile() prints as "Memory Profile" for this same call."""
-    extra: dict = field(default_factory=dict)

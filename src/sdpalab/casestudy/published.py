@@ -25,9 +25,6 @@ class Published:
     arm: str = ""
     """``non-quantized`` / ``quantized`` in the quantization experiment."""
 
-    def param(self, name: str) -> int:
-        return dict(self.params)[name]
-
 
 def to_ms(text: str) -> float:
     """``"338.52 ms"`` → 338.52; ``"243.24 us"`` → 0.24324."""
