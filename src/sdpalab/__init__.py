@@ -22,12 +22,13 @@ __version__ = "0.1.0"
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 _LAZY = {
-    "build": "sdpalab.build",
+    "build": "sdpalab.builder",
     "Result": "sdpalab.measure.result",
     "MeasureSettings": "sdpalab.measure.result",
     "PerformanceAnalysis": "sdpalab.analysis",
     "Unsupported": "sdpalab.attention.errors",
     "attention_ref": "sdpalab.attention.reference",
+    "bench_model": "sdpalab.integrations.bench_model",
     "sweep": "sdpalab.explore.grid",
     "Results": "sdpalab.explore.grid",
     "load_spec": "sdpalab.config",

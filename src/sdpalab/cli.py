@@ -22,7 +22,7 @@ app = typer.Typer(
     "your workload, measured against a float64 oracle.",
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 
 class BadInput(Exception):
@@ -115,6 +115,58 @@ def sweep(
     render_run(console, run)
 
 
+def _tokens(text: str) -> int:
+    """``4096``, ``32k`` or ``1M`` tokens."""
+    units = {"k": 1024, "m": 1024**2}
+    value = text.strip().lower()
+    try:
+        number = int(value[:-1]) * units[value[-1]] if value[-1:] in units else int(value)
+    except (ValueError, IndexError):
+        raise BadInput(f"--context {text!r} is not a token count; use e.g. 4096, 32k or 1M") from None
+    if number <= 0:
+        raise BadInput(f"--context {text!r} must be positive")
+    return number
+
+
+@app.command()
+def plan(
+    heads_kv: Annotated[int, typer.Option(help="KV heads per layer.")],
+    head_dim: Annotated[int, typer.Option(help="Head dimension.")],
+    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 1,
+    context: Annotated[str, typer.Option(help="Tokens per sequence: 4096, 32k, 1M.")] = "4096",
+    batch: Annotated[int, typer.Option(help="Sequences.")] = 1,
+    dtype: Annotated[str, typer.Option(help="Compute dtype of the unquantized cache.")] = "bfloat16",
+    kv_cache: Annotated[str, typer.Option(help="static, dynamic, sliding or paged.")] = "static",
+    kv_quant: Annotated[
+        list[str] | None, typer.Option(help="Only these quantizations (repeatable).")
+    ] = None,
+    window: Annotated[int | None, typer.Option(help="sliding: ring length.")] = None,
+    page_size: Annotated[int | None, typer.Option(help="paged: tokens per page.")] = None,
+) -> None:
+    """KV cache size per token and in total for each quantization, before running anything."""
+    from sdpalab.attention.kvplan import plan_table
+    from sdpalab.report.console import render_plan
+    from sdpalab.spec import KV_CACHES, KV_QUANTS
+
+    for name, value in (("--heads-kv", heads_kv), ("--head-dim", head_dim), ("--layers", layers),
+                        ("--batch", batch)):
+        if value <= 0:
+            raise BadInput(f"{name} {value} must be positive")
+    if kv_cache not in KV_CACHES[1:]:
+        raise BadInput(f"--kv-cache {kv_cache!r} is not valid; choose one of: {', '.join(KV_CACHES[1:])}")
+    if kv_cache == "sliding" and window is None:
+        raise BadInput("--kv-cache sliding needs --window")
+    extra = {k: v for k, v in (("window", window), ("page_size", page_size)) if v is not None}
+    tokens = _tokens(context)
+    rows = plan_table(
+        heads_kv=heads_kv, head_dim=head_dim, layers=layers, context=tokens, batch=batch,
+        dtype=dtype, kv_quants=tuple(kv_quant or KV_QUANTS), kv_cache=kv_cache, **extra,
+    )
+    title = (f"KV cache: {layers} layers x {heads_kv} KV heads x D={head_dim}, {tokens} tokens x "
+             f"batch {batch}, {dtype} (analytic model)")
+    render_plan(console, rows, title)
+
+
 @app.command("list")
 def list_(
     what: Annotated[str, typer.Argument(help="variants, mods or presets")] = "variants",
@@ -159,10 +211,53 @@ def reproduce_case_study(
         console.print(f"  {path}", markup=False, soft_wrap=True)  # a path is never broken
 
 
+@app.command("model")
+def model_(
+    model: Annotated[str, typer.Argument(help="minilm, tiny-llama, or a local model dir / config.json")],
+    backend: Annotated[str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")] = "auto",
+    mod: Annotated[str, typer.Option(help="Mod (none: the model's own causal or full mask)")] = "none",
+    mod_args: Annotated[str, typer.Option(help='JSON, e.g. {"window": 256}')] = "{}",
+    kv_cache: Annotated[str, typer.Option(help="none, dynamic, static, sliding or paged")] = "none",
+    kv_quant: Annotated[str, typer.Option(help="none, int8, int4, fp8, kivi2 or kivi4")] = "none",
+    kv_args: Annotated[str, typer.Option(help='JSON, e.g. {"window": 1024}')] = "{}",
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens (decoders) or tokens per forward (encoders).")] = 128,
+    new_tokens: Annotated[int, typer.Option(help="Tokens generated greedily (decoders).")] = 32,
+    batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+) -> None:
+    """Run a transformers model with its stock attention and with a Variant: prefill, greedy
+    decode, peak memory, KV cache bytes, and agreement with the stock run."""
+    import json
+
+    from rich.table import Table
+
+    from sdpalab.integrations.bench_model import bench_model, model_table
+    from sdpalab.spec import Variant
+
+    try:
+        extra = {"mod_args": json.loads(mod_args), "kv_args": json.loads(kv_args)}
+    except json.JSONDecodeError as err:
+        raise BadInput(f"--mod-args/--kv-args must be JSON objects: {err}") from None
+    variant = Variant(backend=backend, mod=mod, kv_cache=kv_cache, kv_quant=kv_quant, **extra)
+    try:
+        bench = bench_model(model, variant, prompt_len=prompt_len, new_tokens=new_tokens,
+                            batch=batch, device=device, dtype=dtype)
+    except ImportError as err:
+        raise BadInput(str(err)) from None
+    columns, rows = model_table(bench)
+    shown = Table(*columns, title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})")
+    for row in rows:
+        shown.add_row(*row)
+    Console(width=max(console.width, 160)).print(shown)  # print(width=) cannot exceed the console's
+
+
 def main() -> None:
     """Entry point: run the app with the project's exit-code contract."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except (BadInput, ValueError, FileNotFoundError) as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -171,15 +266,12 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as err:  # internal error: one line, traceback on request
-        import click
-
-        if isinstance(err, click.exceptions.UsageError):
-            err_console.print(f"error: {err.format_message()}", markup=False, highlight=False,
-                              soft_wrap=True)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # usage errors (bad flags) are bad input; anything else internal
+        if isinstance(err, typer.TyperException) and hasattr(err, "format_message"):
+            err_console.print(f"error: {err.format_message()}", markup=False, highlight=False)
             sys.exit(2)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
         if os.environ.get("SDPALAB_DEBUG"):
             raise
         err_console.print(

@@ -114,7 +114,7 @@ def cached_decode(device: str, batch=2, heads=4, prefill=37, steps=8, head_dim=1
 
     Returns the corrections for the top-left causal mask and for ``cur_len``.
     """
-    from sdpalab.build import build
+    from sdpalab.builder import build
 
     total = prefill + steps
     gen = torch.Generator().manual_seed(0)
@@ -212,7 +212,7 @@ def _weights(module: nn.Module) -> tuple[int, int, int]:
 
 def phantom_quantization(device: str, hidden: int) -> Correction:
     """Quantize their ``SmolAttention`` as they did, and sdpalab's projections with torchao."""
-    from sdpalab.build import build
+    from sdpalab.builder import build
 
     linears = sum(1 for m in theirs.SmolAttention().modules() if isinstance(m, nn.Linear))
     try:

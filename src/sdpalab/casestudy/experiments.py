@@ -139,7 +139,7 @@ def one_call(variant: Variant, workload: Workload, seed: int = 0) -> Callable[[]
     prefill), so every call does the same work. Used to profile the same call that
     ``sl.measure`` timed.
     """
-    from sdpalab.build import build
+    from sdpalab.builder import build
 
     attn = build(variant, workload)
     gen = torch.Generator().manual_seed(seed)

@@ -49,7 +49,7 @@ def _inputs(workload: Workload, seed: int):
 
 def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 expected output for the checked query rows, and those rows' indices."""
-    from sdpalab.build import oracle_mod
+    from sdpalab.builder import oracle_mod
 
     mod, args = oracle_mod(variant)
     batch, heads_q, q_len, _ = q.shape
@@ -120,7 +120,7 @@ def measure(
 
 
 def _measure_into(result: Result, variant: Variant, workload: Workload, settings) -> None:
-    from sdpalab.build import build, oracle_mod
+    from sdpalab.builder import build, oracle_mod
 
     t0 = time.perf_counter()
     attn = build(variant, workload)

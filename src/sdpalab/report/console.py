@@ -278,3 +278,18 @@ def render_comparison(console: Console, comparisons, *, only_changed: bool | Non
     console.print(
         Text(line + (" (same rows not shown)" if only_changed and "same" in counts else ""))
     )
+
+
+def render_plan(console: Console, rows: list[dict[str, Any]], title: str) -> None:
+    """``sdpalab plan``: cache size per KV quantization, from the analytic memory model."""
+    from sdpalab.report.tables import format_bytes
+
+    table = RichTable(title=title, title_justify="left")
+    for name in ("kv_cache", "kv_quant", "per token", "total", "vs bf16"):
+        table.add_column(name, justify="left" if name.startswith("kv") else "right")
+    for row in rows:
+        table.add_row(
+            row["kv_cache"], row["kv_quant"], format_bytes(row["bytes_per_token"]),
+            format_bytes(row["total_bytes"]), f"{row['ratio_to_bf16']:.3f}",
+        )
+    console.print(table)

@@ -1,5 +1,8 @@
 """``sl.build(variant, workload)``: turn a Variant into a callable attention.
 
+(The module is ``builder``, not ``build``: importing a submodule named ``build`` would rebind
+``sdpalab.build`` from the function to the module.)
+
 Stateless variants return ``attn(q, k, v) -> out`` (tensors ``[B, H, S, D]``). A variant with a
 ``kv_cache`` returns a stateful attention: each call appends its k, v and attends its q to
 everything cached so far (causal, bottom-right aligned); ``attn.reset()`` empties it.
