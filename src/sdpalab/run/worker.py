@@ -47,13 +47,20 @@ def _protocol_stream() -> TextIO:
     return proto
 
 
+TRIAL_CACHES = (
+    ("sdpalab.attention.sdpa", "_materialized"),  # dense masks and biases, on the device
+    ("sdpalab.attention.mods", "_make_mod_cached"),  # built mods (some hold tensors)
+    ("sdpalab.attention.flex", "block_mask_for"),  # FlexAttention BlockMasks, on the device
+)
+"""Memoized functions whose entries belong to one trial's geometry: emptied between trials."""
+
+
 def release_memory() -> None:
     """Drop what a finished trial may still hold: garbage, cached masks, CUDA cache and peaks."""
     import torch
 
-    from sdpalab.attention import mods, sdpa
-
-    for cached in (getattr(sdpa, "_materialized", None), getattr(mods, "_make_mod_cached", None)):
+    for module, name in TRIAL_CACHES:
+        cached = getattr(sys.modules.get(module), name, None)
         if hasattr(cached, "cache_clear"):
             cached.cache_clear()
     gc.collect()
