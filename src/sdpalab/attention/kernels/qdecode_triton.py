@@ -140,8 +140,9 @@ def _qdecode_kernel(
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
-    b = pid_bh // H_KV
-    hk = pid_bh % H_KV
+    # 64-bit base offsets: a [32, 8, 128k, 128] bf16 cache has batch strides past 2^31 / 32
+    b = (pid_bh // H_KV).to(tl.int64)
+    hk = (pid_bh % H_KV).to(tl.int64)
 
     # rows of this tile: r = i * G + g  (query token i, query head hk * G + g)
     r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -308,7 +309,7 @@ def _merge_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     """Merge the splits of one query row: weights ``2^(lse_s - max lse)``."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     qi = row % q_len
     hq = (row // q_len) % H_Q
     b = row // (q_len * H_Q)
