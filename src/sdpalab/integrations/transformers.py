@@ -46,7 +46,9 @@ def require_transformers():
     """Import transformers, or fail with the install command."""
     try:
         import transformers
-    except ImportError:
+    except ModuleNotFoundError as err:
+        if err.name != "transformers":  # installed, but something it needs is not
+            raise
         raise ImportError(f"transformers is not installed: {INSTALL}") from None
     return transformers
 
