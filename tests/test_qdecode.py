@@ -107,33 +107,38 @@ def run_case(
     fmt, batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype, device="cpu", *,
     recent=None, causal=True, capacity=0, transpose_q=False, seed=0, **launch,
 ):  # fmt: skip
-    """Run the kernel on random inputs; return (output, float64 reference)."""
+    """Run the kernel on random inputs; return (output, float64 reference) for batch rows 0 and
+    B-1 (all rows when B <= 2: the first and last rows exercise the base offsets)."""
     _skip_fp8(fmt, device)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     n_quant, n_recent = _lengths(fmt, kv_len, recent)
-    k = torch.randn(batch, heads_kv, kv_len, head_dim, generator=gen) * 2 + 0.5
-    v = torch.randn(batch, heads_kv, kv_len, head_dim, generator=gen)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    k = randn(batch, heads_kv, kv_len, head_dim) * 2 + 0.5
+    v = randn(batch, heads_kv, kv_len, head_dim)
     if transpose_q:
-        q = torch.randn(batch, q_len, heads_q, head_dim, generator=gen).transpose(1, 2)
+        q = randn(batch, q_len, heads_q, head_dim).transpose(1, 2).to(dtype)
     else:
-        q = torch.randn(batch, heads_q, q_len, head_dim, generator=gen)
-    q = q.to(device, dtype)
+        q = randn(batch, heads_q, q_len, head_dim).to(dtype)
+    rows = list(range(batch)) if batch <= 2 else [0, batch - 1]
     kq = vq = k_rec = v_rec = None
     parts_k, parts_v = [], []
     if n_quant:
-        kq = _quantize_view(k[:, :, :n_quant].to(device), fmt, "key", capacity)
-        vq = _quantize_view(v[:, :, :n_quant].to(device), fmt, "value", capacity)
-        parts_k.append(dequantize_f64(kq))
-        parts_v.append(dequantize_f64(vq))
+        kq = _quantize_view(k[:, :, :n_quant], fmt, "key", capacity)
+        vq = _quantize_view(v[:, :, :n_quant], fmt, "value", capacity)
+        parts_k.append(dequantize_f64(kq)[rows])
+        parts_v.append(dequantize_f64(vq)[rows])
     if n_recent:
-        k_rec = k[:, :, n_quant:].to(device, dtype)
-        v_rec = v[:, :, n_quant:].to(device, dtype)
-        parts_k.append(k_rec.double())
-        parts_v.append(v_rec.double())
+        k_rec, v_rec = k[:, :, n_quant:].to(dtype), v[:, :, n_quant:].to(dtype)
+        parts_k.append(k_rec[rows].double())
+        parts_v.append(v_rec[rows].double())
+    k = v = None
     out = qdecode_attention(q, kq, vq, k_rec, v_rec, causal=causal, **launch)
     mod = "causal" if causal else "none"
-    ref = attention_ref(q, torch.cat(parts_k, 2), torch.cat(parts_v, 2), mod)
-    return out, ref
+    ref = attention_ref(q[rows], torch.cat(parts_k, 2), torch.cat(parts_v, 2), mod)
+    return out[rows], ref
 
 
 def check_case(*args, **kwargs):
@@ -283,22 +288,28 @@ def test_splits_cover_the_sequence_in_whole_blocks(batch, kv_len):
 
 # ---------------------------------------------------------------- GPU (compiled)
 
-# A sample of the issue's grid: GQA 1/4/8, head_dim 64/80/128, batch 1..32, context 1..128k.
-# (batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype)
-GPU_SHAPES = [
-    (1, 32, 8, 1, 131072, 128, torch.bfloat16),
-    (8, 32, 8, 1, 32768 - 5, 128, torch.bfloat16),
-    (32, 32, 32, 1, 4099, 64, torch.bfloat16),
-    (4, 32, 4, 1, 12345, 80, torch.float16),
-    (2, 16, 2, 4, 8191, 128, torch.bfloat16),
-    (3, 8, 8, 1, 1, 128, torch.float32),
-    (16, 8, 1, 1, 2000, 80, torch.float32),
+# A sample of the issue's grid: GQA 1/4/8, head_dim 64/80/128, batch 1..32, context 1..128k,
+# each shape with the formats listed after it.
+# (batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype): formats
+ALL = " ".join(FORMATS)
+GPU_GRID = {
+    (1, 32, 8, 1, 131072, 128, torch.bfloat16): "int8 int4 fp8 kivi2",
+    (8, 32, 8, 1, 32768 - 5, 128, torch.bfloat16): ALL,
+    (32, 32, 32, 1, 4099, 64, torch.bfloat16): "none int8 int4 kivi4",
+    (4, 32, 4, 1, 12345, 80, torch.float16): ALL,
+    (2, 16, 2, 4, 8191, 128, torch.bfloat16): "int8 int4 fp8 kivi4 kivi2",
+    (3, 8, 8, 1, 1, 128, torch.float32): ALL,
+    (16, 8, 1, 1, 2000, 80, torch.float32): "none int8 int4 kivi2",
+}
+GPU_CASES = [
+    pytest.param(fmt, shape, id=f"{fmt}-" + "x".join(map(str, shape[:6])) + f"-{str(shape[6])[6:]}")
+    for shape, fmts in GPU_GRID.items()
+    for fmt in fmts.split()
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s[:6])))
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt,shape", GPU_CASES)
 def test_matches_oracle_on_gpu(fmt, shape):
     check_case(fmt, *shape, device="cuda")
 
