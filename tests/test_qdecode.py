@@ -337,3 +337,48 @@ def test_gpu_recent_tokens_and_static_views():
     check_case("int4", 4, 32, 8, 1, 3000, 128, torch.bfloat16, device="cuda", recent=77)
     check_case("int8", 4, 32, 8, 2, 3000, 128, torch.bfloat16, device="cuda", capacity=4096)
     check_case("kivi2", 2, 32, 8, 1, 3000, 128, torch.bfloat16, device="cuda", capacity=4096)
+
+
+# ---------------------------------------------------------------- through a cache
+
+
+def _decode_stream(backend, fmt, layout, device, steps=3, prompt=70):
+    import sdpalab as sl
+
+    wl = sl.Workload(phase="decode", batch=1, heads_q=8, heads_kv=2, seq_kv=prompt + steps,
+                     head_dim=64, dtype="bfloat16", device=device)  # fmt: skip
+    attn = sl.build(sl.Variant(backend=backend, kv_cache=layout, kv_quant=fmt), wl)
+    gen = torch.Generator(device).manual_seed(5)
+    outs = []
+    for n in [prompt] + [1] * steps:
+        q = torch.randn(1, 8, n, 64, generator=gen, device=device).bfloat16()
+        k = torch.randn(1, 2, n, 64, generator=gen, device=device).bfloat16()
+        v = torch.randn(1, 2, n, 64, generator=gen, device=device).bfloat16()
+        outs.append(attn(q, k, v))
+    return outs
+
+
+def _check_stream(fmt, layout, device):
+    _skip_fp8(fmt, device)
+    ours = _decode_stream("triton_qdecode", fmt, layout, device)
+    theirs = _decode_stream("math", fmt, layout, device)
+    for a, b in zip(ours, theirs, strict=True):
+        # both attend to the cache's tokens; the fused kernel may read them without the bf16
+        # rounding of the dequantized copy, so allow each side its bf16 tolerance
+        assert compare(a, b.double()).rel_fro_err <= 2 * tolerance(torch.bfloat16, 80)
+
+
+@cpu_only
+@pytest.mark.parametrize(
+    "fmt,layout", [("int8", "static"), ("int4", "dynamic"), ("kivi2", "static")]
+)
+def test_cached_decode_matches_math_backend(fmt, layout):
+    """Prefill then single-token steps through ``sl.build``: the same outputs as SDPA math on the
+    same cache (whether or not the cache hands the kernel its quantized planes)."""
+    _check_stream(fmt, layout, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cached_decode_matches_math_backend_on_gpu(fmt):
+    _check_stream(fmt, "static", "cuda")
