@@ -110,14 +110,12 @@ class SdpalabLayer(CacheLayerMixin):
         self._captured = None
         return keys, values
 
-    def _first_visible(self, query_length: int) -> int:
-        start = self.get_seq_length()
-        return 0 if self.window is None else max(0, start - (self.window - 1))
-
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        """``(kv_length, kv_offset)`` of what ``update`` will return for ``query_length`` tokens."""
-        lo = self._first_visible(query_length)
-        return self.get_seq_length() + query_length - lo, lo
+        """``(kv_length, kv_offset)`` of what ``update`` will return for ``query_length`` tokens:
+        with a window W, keys from W - 1 positions before the first new token (kvcache's rule)."""
+        start = self.get_seq_length()
+        lo = 0 if self.window is None else max(0, start - (self.window - 1))
+        return start + query_length - lo, lo
 
     def get_seq_length(self) -> int:
         return 0 if self.cached is None else self.cached.length
