@@ -47,6 +47,9 @@ class Axis:
     levels: tuple
     """Sorted distinct values (numbers for an ordinal axis)."""
     ordinal: bool
+    moves_with: tuple[str, ...] = ()
+    """Other fields that vary in lockstep with this one (prefill's ``seq_q`` with ``seq_kv``):
+    one factor, analysed once under this name."""
 
     @property
     def log(self) -> bool:
@@ -71,6 +74,7 @@ def axes_of(results: Sequence[Result]) -> tuple[list[Axis], list[dict[str, Any]]
 
     A ``mod_args.*`` field that some results lack (it belongs to some mods only) is folded
     into the ``mod`` axis (``sliding_window(window=64)``), since it is not an independent factor.
+    Fields that move in lockstep (each determines the other) are one axis.
     """
     points = [point_of(r) for r in results]
     keys = sorted({k for p in points for k in p})
@@ -98,8 +102,24 @@ def axes_of(results: Sequence[Result]) -> tuple[list[Axis], list[dict[str, Any]]
             levels = tuple(sorted({_label(v) for v in values}))
             for p in points:
                 p[key] = _label(p.get(key))
+        twin = next((a for a in axes if _lockstep(points, a.name, key)), None)
+        if twin is not None:
+            axes[axes.index(twin)] = Axis(
+                twin.name, twin.levels, twin.ordinal, (*twin.moves_with, key)
+            )
+            continue
         axes.append(Axis(key, levels, numeric))
     return axes, [{a.name: p[a.name] for a in axes} for p in points]
+
+
+def _lockstep(points: Sequence[dict[str, Any]], a: str, b: str) -> bool:
+    forward: dict[str, str] = {}
+    backward: dict[str, str] = {}
+    for p in points:
+        x, y = json_key(p.get(a)), json_key(p.get(b))
+        if forward.setdefault(x, y) != y or backward.setdefault(y, x) != x:
+            return False
+    return True
 
 
 def json_key(value: Any) -> str:
@@ -144,15 +164,17 @@ def sensitivity(
         if len(pairs) < 4:
             rows.append(_empty(name, method, f"{len(pairs)} ok results with {name}; need 4"))
             continue
-        axes, points = axes_of([r for r, _ in pairs])
+        used = [r for r, _ in pairs]
+        axes, points = axes_of(used)
         y = np.log10(np.maximum([v for _, v in pairs], ERROR_FLOOR))
         if not axes:
             rows.append(_empty(name, method, "no axis varies among the results"))
             continue
+        notes = {a.name: axis_note(a, used, points) for a in axes}
         if method in ("optuna", "both"):
-            rows += _optuna_rows(axes, points, y, name, n_boot, seed)
+            rows += _optuna_rows(axes, points, y, name, n_boot, seed, notes)
         if method in ("salib", "both"):
-            rows += _salib_rows(axes, points, y, name, salib_method, n_samples, seed)
+            rows += _salib_rows(axes, points, y, name, salib_method, n_samples, seed, notes)
     table = pd.DataFrame(rows, columns=COLUMNS)
     if not table.empty:
         order = {o: i for i, o in enumerate(dict.fromkeys(table["objective"]))}
@@ -216,16 +238,63 @@ def distributions(axes: Sequence[Axis]) -> dict[str, Any]:
     return dist
 
 
-def _optuna_rows(axes, points, y, objective, n_boot, seed) -> list[dict[str, Any]]:
+def axis_note(axis: Axis, results: Sequence[Result], points: Sequence[dict]) -> str:
+    """What a reader needs about one axis: its kind, its lockstep twins, a mask's sparsity."""
+    parts = []
+    if not axis.ordinal:
+        parts.append(f"categorical, {len(axis.levels)} levels")
+    if axis.moves_with:
+        parts.append(f"{', '.join(axis.moves_with)} moves with it")
+    if axis.name == "mod":
+        masked: dict[str, list[float]] = {}
+        for res, point in zip(results, points, strict=True):
+            if res.allowed_fraction is not None:
+                masked.setdefault(point["mod"], []).append(1.0 - res.allowed_fraction)
+        if masked:
+            shown = ", ".join(
+                f"{lvl} {_percent(v)}"
+                for lvl, v in sorted(masked.items(), key=lambda kv: np.mean(kv[1]))
+            )
+            parts.append(f"mask sparsity (share of scores skipped) by level: {shown}")
+    return "; " + "; ".join(parts) if parts else ""
+
+
+def _percent(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    if hi - lo < 0.005:
+        return f"{lo:.0%}"
+    return f"{lo:.0%}-{hi:.0%}"
+
+
+def _optuna_rows(axes, points, y, objective, n_boot, seed, axis_notes) -> list[dict[str, Any]]:
     optuna = _import_optuna()
-    dist = distributions(axes)
-    trials = [
-        optuna.trial.create_trial(params=p, distributions=dist, value=float(v))
-        for p, v in zip(points, y, strict=True)
-    ]
-    evaluators = {"ped_anova": lambda s: optuna.importance.PedAnovaImportanceEvaluator()}
+
+    def as_trials(dist):
+        return [
+            optuna.trial.create_trial(params=p, distributions=dist, value=float(v))
+            for p, v in zip(points, y, strict=True)
+        ]
+
+    # fANOVA splits sizes as numbers; PED-ANOVA's Parzen estimator on a 50-step grid turns a
+    # size measured at 2 or 3 levels into spikes whose divergence dwarfs every categorical
+    # axis, so it sees each axis as categorical over its measured levels
+    by_method = {
+        "fanova": as_trials(distributions(axes)),
+        "ped_anova": as_trials(
+            {a.name: optuna.distributions.CategoricalDistribution(list(a.levels)) for a in axes}
+        ),
+    }
+    trials = by_method["fanova"]
+    # PED-ANOVA compares the best trials with all: keep at least 5 in the best group
+    quantile = min(0.5, max(0.1, 5 / len(trials)))
+    evaluators = {
+        "ped_anova": lambda s: optuna.importance.PedAnovaImportanceEvaluator(
+            target_quantile=quantile
+        )
+    }
     notes = {
-        "ped_anova": "PED-ANOVA: which axes matter for reaching the best 10 % of trials",
+        "ped_anova": f"PED-ANOVA: which axes matter for reaching the best {quantile:.0%} of "
+        "trials (every axis as categorical over its measured levels)",
         "fanova": "fANOVA: variance share by a random forest",
     }
     try:
@@ -239,6 +308,7 @@ def _optuna_rows(axes, points, y, objective, n_boot, seed) -> list[dict[str, Any
     rows = []
     rng = np.random.default_rng(seed)
     for name, make in evaluators.items():
+        trials = by_method[name]
         try:
             full = _importances(optuna, trials, make(seed))
         except Exception as err:  # e.g. too few trials above the quantile
@@ -266,7 +336,7 @@ def _optuna_rows(axes, points, y, objective, n_boot, seed) -> list[dict[str, Any
                     full.get(axis.name, 0.0),
                     low,
                     high,
-                    note + ("" if axis.ordinal else "; categorical axis"),
+                    note + axis_notes[axis.name],
                 )
             )
     if "fanova" not in evaluators:
@@ -288,7 +358,7 @@ def _importances(optuna, trials, evaluator) -> dict[str, float]:
 # --------------------------------------------------------------------------- SALib
 
 
-def _salib_rows(axes, points, y, objective, salib_method, n_samples, seed):
+def _salib_rows(axes, points, y, objective, salib_method, n_samples, seed, axis_notes):
     try:
         from SALib.analyze import morris as morris_analyze
         from SALib.analyze import sobol as sobol_analyze
@@ -332,7 +402,7 @@ def _salib_rows(axes, points, y, objective, salib_method, n_samples, seed):
             note = (
                 f"Sobol total-order ST (first-order S1={out['S1'][i]:.2f}) "
                 + base
-                + _axis_note(axis)
+                + axis_notes[axis.name]
             )
             rows.append(
                 _row(axis.name, objective, "sobol", st, max(0.0, st - conf), st + conf, note)
@@ -344,18 +414,12 @@ def _salib_rows(axes, points, y, objective, salib_method, n_samples, seed):
             mu, conf = out["mu_star"][i], out["mu_star_conf"][i]
             note = (
                 f"Morris mu* (mean |elementary effect| in log10 units, "
-                f"sigma={out['sigma'][i]:.2f}) " + base + _axis_note(axis)
+                f"sigma={out['sigma'][i]:.2f}) " + base + axis_notes[axis.name]
             )
             rows.append(
                 _row(axis.name, objective, "morris", mu, max(0.0, mu - conf), mu + conf, note)
             )
     return rows
-
-
-def _axis_note(axis: Axis) -> str:
-    if axis.ordinal:
-        return ""
-    return f"; categorical ({len(axis.levels)} levels, encoded as a discrete uniform factor)"
 
 
 def _coords(axis: Axis) -> np.ndarray:
