@@ -49,6 +49,8 @@ def sdpa_arguments(mod_name: str, mod_args: dict, q: torch.Tensor, k: torch.Tens
     if mod_name == "none":
         return {}
     if mod_name == "causal":
+        if q_len == 1:  # one query at the last position sees every key: no mask at all
+            return {}
         if q_len == kv_len:
             return {"is_causal": True}
         return {"attn_mask": causal_lower_right(q_len, kv_len)}
