@@ -45,13 +45,15 @@ from sdpalab.measure.timing import time_fn
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
 KIVI_RESIDUAL = 32
 BF16_BACKENDS = ("cudnn", "flash", "flex")
-CONFIGS = [  # (block_n, num_warps, num_stages)
-    (64, 4, 3),
+CONFIGS = [  # (block_n, num_warps, num_stages); stages 1: plain loads, >1: cp.async pipeline
+    (64, 4, 1),
+    (128, 4, 1),
+    (128, 8, 1),
+    (256, 8, 1),
     (128, 4, 2),
-    (128, 4, 3),
     (128, 8, 2),
-    (128, 8, 3),
     (256, 8, 2),
+    (128, 4, 3),
 ]
 TARGETS = {  # issue 7: (format, batch, seq) -> (min speed-up, min fraction of copy bandwidth)
     ("int8", 8, 32768): (1.8, 0.85),
@@ -399,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqs", default="4096,32768,131072")
     p.add_argument("--formats", default="int8,int4,fp8,kivi4,kivi2")
     p.add_argument("--tune", default="int8,int4,fp8", help="formats whose config is tuned")
+    p.add_argument("--configs", default="{}", help='fixed configs, JSON: {"int4": {"block_n": '
+                   '128, "num_warps": 4, "num_stages": 1}} (a tuned run logs its choice)')  # fmt: skip
     p.add_argument("--repeats", type=int, default=30, help="most timed calls per measurement")
     p.add_argument("--budget-ms", type=float, default=400.0, help="time per measurement, about")
     p.add_argument("--no-flex", action="store_true", help="skip bf16 flex (compiles per shape)")
@@ -431,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"{meta['device']}: copy {ceilings.copy_gbps:.0f} GB/s")
     formats = [f for f in args.formats.split(",") if f]
-    tuning, configs = {}, {}
-    tune_fmts = [f for f in args.tune.split(",") if f and f in formats]
+    tuning, configs = {}, dict(json.loads(args.configs))
+    tune_fmts = [f for f in args.tune.split(",") if f and f in formats and f not in configs]
     if tune_fmts:
         q, k, v = inputs(*map(int, args.tune_shape.split(",")), seed=7)
         for fmt in tune_fmts:
@@ -441,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             free()
         q = k = v = None
         free()
+        log(f"configs: --configs '{json.dumps(configs)}'")
     rows: list[Row] = []
     for batch in map(int, args.batches.split(",")):
         for seq in map(int, args.seqs.split(",")):

@@ -314,22 +314,24 @@ def test_matches_oracle_on_gpu(fmt, shape):
     check_case(fmt, *shape, device="cuda")
 
 
+# the launch configurations benchmarks/qdecode_bench.py times (block_n, num_warps, num_stages)
+BENCH_CONFIGS = [(64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1), (128, 4, 2), (128, 8, 2),
+                 (256, 8, 2), (128, 4, 3)]  # fmt: skip
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8", "kivi4"])
-@pytest.mark.parametrize(
-    "launch",
-    [
-        {"block_n": 64, "num_warps": 4, "num_stages": 3},
-        {"block_n": 128, "num_warps": 4, "num_stages": 2},
-        {"block_n": 128, "num_warps": 8, "num_stages": 3},
-        {"block_n": 256, "num_warps": 8, "num_stages": 2},
-        {"block_n": 128, "num_warps": 4, "num_stages": 2, "splits": 1},
-    ],
-    ids=lambda c: "-".join(f"{k[0]}{v}" for k, v in c.items()),
-)
-def test_every_benchmarked_config_is_correct_on_gpu(fmt, launch):
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+@pytest.mark.parametrize("config", BENCH_CONFIGS, ids=lambda c: "bn{}-w{}-s{}".format(*c))
+def test_every_benchmarked_config_is_correct_on_gpu(fmt, config):
+    launch = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
     check_case(fmt, 2, 32, 8, 1, 5000, 128, torch.bfloat16, device="cuda", **launch)
-    check_case(fmt, 1, 16, 2, 3, 700, 80, torch.float16, device="cuda", **launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_one_split_and_many_splits_on_gpu(fmt):
+    check_case(fmt, 1, 16, 2, 3, 700, 80, torch.float16, device="cuda", splits=1)
+    check_case(fmt, 1, 16, 2, 3, 700, 80, torch.float16, device="cuda", splits=6, block_n=64)
 
 
 @pytest.mark.gpu
