@@ -22,7 +22,9 @@ from sdpalab.attention.kvquant import QTensor
 MODS = ("none", "causal")
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, which must
+    be set before triton is first imported)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
@@ -30,7 +32,7 @@ def availability() -> str | None:
     """None when the kernel can run here, else why not."""
     if importlib.util.find_spec("triton") is None:
         return "triton_qdecode needs triton (pip install triton)"
-    if not torch.cuda.is_available() and not _interpreting():
+    if not torch.cuda.is_available() and not interpreting():
         return "triton_qdecode needs a CUDA GPU (or TRITON_INTERPRET=1 for testing)"
     return None
 

@@ -14,7 +14,7 @@ How one program works (grid: ``B * H_kv`` x query tiles x KV splits):
   tokens, row ``r = i * G + g``) form one ``[BLOCK_M, D]`` tile, so K and V are read once for all
   of them.
 - Packed codes are loaded as int32 words (16-byte vector loads) and turned into float16 with bit
-  tricks instead of integer-to-float conversions, which run at a quarter of the ALU rate: a code
+  tricks instead of integer-to-float conversions (a slow, narrow unit on NVIDIA GPUs): a code
   ``c`` OR-ed under the exponent of 1024.0 is the float16 ``1024 + c``, one subtraction from
   exact. Every code is an integer of at most 8 bits (fp8 is re-biased into float16), so the tile
   of codes is exact in float16 and goes straight into ``tl.dot``.
@@ -34,12 +34,12 @@ float32 inputs take the same path with float32 tiles and IEEE float32 products.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 
 from sdpalab.attention.errors import Unsupported
+from sdpalab.attention.kernels.attend import interpreting
 from sdpalab.attention.kernels.qdecode_triton import _merge_kernel, _qdecode_kernel
 from sdpalab.attention.kvquant import QTensor
 
@@ -54,11 +54,6 @@ MIN_CHUNK_BLOCKS = 4
 MAX_SPLITS = 256
 
 _LOG2E = 1.4426950408889634
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 @functools.cache

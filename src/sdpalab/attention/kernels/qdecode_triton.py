@@ -6,17 +6,15 @@ Key scale modes (``K_MODE``): 0 one scale per token, 1 scale and zero per token 
 2 scale and zero per channel and token group (KIVI keys). Value modes (``V_MODE``): 0 or 1.
 """
 
-import os
-
 import triton
 import triton.language as tl
+
+from sdpalab.attention.kernels.attend import interpreting
 
 _F16_SIGN = tl.constexpr(-0x7FFF8000)  # 0x80008000 as a signed int32
 # Triton's CPU interpreter keeps bfloat16 as raw uint16 and multiplies the bit patterns in
 # tl.dot (triton 3.6 and 3.9); there, bf16 products run in float32, which is exact for them.
-_INTERPRETED = tl.constexpr(
-    os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-)
+_INTERPRETED = tl.constexpr(interpreting())
 
 
 @triton.jit
