@@ -384,3 +384,27 @@ def test_cached_decode_matches_math_backend(fmt, layout):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cached_decode_matches_math_backend_on_gpu(fmt):
     _check_stream(fmt, "static", "cuda")
+
+
+@cpu_only
+@pytest.mark.parametrize(
+    "fmt,layout",
+    [("int8", "static"), ("int4", "dynamic"), ("fp8", "paged"), ("kivi4", "static"),
+     ("kivi2", "dynamic")],
+)
+def test_cache_hands_the_kernel_its_quantized_planes(monkeypatch, fmt, layout):
+    """With the fused backend the cache passes its stored codes, never a dequantized copy."""
+    _skip_fp8(fmt, "cpu")
+    from sdpalab.attention.kernels.attend import QDecodeAttend
+
+    calls = []
+    real = QDecodeAttend.attend_quantized
+
+    def spy(self, q, k, v, *rest, **kwargs):
+        calls.append(k)
+        return real(self, q, k, v, *rest, **kwargs)
+
+    monkeypatch.setattr(QDecodeAttend, "attend_quantized", spy)
+    _decode_stream("triton_qdecode", fmt, layout, "cpu")
+    assert len(calls) == 4  # the prompt, then three single-token steps
+    assert all(isinstance(k, QTensor) for k in calls[1:])

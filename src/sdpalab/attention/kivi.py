@@ -65,6 +65,8 @@ class KiviCache(CachedAttention):
         v_pending = torch.cat([self.v_recent.read(a, start)["x"], v], 2)
         new_k = self.k_codec.encode(k_pending[:, :, : b - a]) if b > a else None
         new_v = self.v_codec.encode(v_pending[:, :, : b - a]) if b > a else None
+        if getattr(self.attend, "reads_quantized", False) and self.window is None:
+            return self._step_fused(q, k, v, a, b, k_pending, v_pending, new_k, new_v)
         k_parts, v_parts = [], []
         if a:
             k_parts.append(self.k_codec.decode(self.k_store.read(0, a // self.group)))
@@ -79,6 +81,24 @@ class KiviCache(CachedAttention):
         if new_k is not None:
             self.k_store.append(new_k)
             self.v_store.append(new_v)
+        self.k_recent.append({"x": k})
+        self.v_recent.append({"x": v})
+        return out
+
+    def _step_fused(self, q, k, v, a, b, k_pending, v_pending, new_k, new_v):
+        """Hand a fused kernel the quantized groups and the full-precision tail as stored."""
+        from sdpalab.attention.kernels.attend import qtensor_from_planes
+
+        if new_k is not None:  # store first; CachedAttention.__call__ rolls back on failure
+            self.k_store.append(new_k)
+            self.v_store.append(new_v)
+        k_q = v_q = None
+        if b:
+            k_q = qtensor_from_planes(self.k_codec, self.k_store.read(0, b // self.group))
+            v_q = qtensor_from_planes(self.v_codec, self.v_store.read(0, b))
+        out = self.attend.attend_quantized(
+            q, k_q, v_q, k_pending[:, :, b - a :], v_pending[:, :, b - a :]
+        )
         self.k_recent.append({"x": k})
         self.v_recent.append({"x": v})
         return out

@@ -217,9 +217,16 @@ class TokenCache(CachedAttention):
 
     def _attend_stored(self, q, start: int, n: int) -> torch.Tensor:
         lo = self._lo(start)
-        k = self.k_codec.decode(self.k_store.read(lo, start + n))
-        v = self.v_codec.decode(self.v_store.read(lo, start + n))
-        return self.attend(q, k, v)
+        k_planes, v_planes = self.k_store.read(lo, start + n), self.v_store.read(lo, start + n)
+        if getattr(self.attend, "reads_quantized", False) and self.k_codec.fmt != "none":
+            # a fused kernel reads the stored codes and scales itself: no dequantized copy
+            from sdpalab.attention.kernels.attend import qtensor_from_planes
+
+            return self.attend.attend_quantized(
+                q, qtensor_from_planes(self.k_codec, k_planes),
+                qtensor_from_planes(self.v_codec, v_planes),
+            )
+        return self.attend(q, self.k_codec.decode(k_planes), self.v_codec.decode(v_planes))
 
     def _room(self):
         return self.k_store.room()

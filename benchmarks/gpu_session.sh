@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything sdpalab runs on a lent GPU, in one go (few, full calls save device time).
+# Usage on the GPU machine, from the repo root:  bash benchmarks/gpu_session.sh OUTDIR [parts...]
+# parts: tests doctor demo qdecode model search (default: all). Each part logs to OUTDIR/<part>.log.
+set -u
+out=${1:?usage: gpu_session.sh OUTDIR [parts...]}; shift
+parts=${*:-tests doctor demo qdecode model search}
+mkdir -p "$out"
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1 COLUMNS=160
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor SDPALAB_CACHE_DIR=$PWD/.cache/sdpalab
+sdpalab() { python3 -m sdpalab.cli "$@"; }
+stamp() { echo "# $(date -u +%FT%TZ) $*"; }
+for part in $parts; do
+  log=$out/$part.log
+  case $part in
+    tests)   stamp "python3 -m pytest -q -m gpu" >"$log"
+             python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore >>"$log" 2>&1 ;;
+    doctor)  stamp "sdpalab doctor" >"$log"; sdpalab doctor >>"$log" 2>&1 ;;
+    demo)    stamp "sdpalab demo --out $out/demo" >"$log"; sdpalab demo --out "$out/demo" >>"$log" 2>&1 ;;
+    qdecode) stamp "python3 benchmarks/qdecode_bench.py --out $out/qdecode.md" >"$log"
+             python3 benchmarks/qdecode_bench.py --out "$out/qdecode.md" >>"$log" 2>&1 ;;
+    model)   stamp "python3 benchmarks/model_bench.py --out $out/model.md" >"$log"
+             python3 benchmarks/model_bench.py --out "$out/model.md" >>"$log" 2>&1 ;;
+    search)  stamp "sdpalab search benchmarks/configs/decode-search-h100.yaml --out $out/search --trials 20" >"$log"
+             sdpalab search benchmarks/configs/decode-search-h100.yaml --out "$out/search" --trials 20 >>"$log" 2>&1
+             sdpalab pareto "$out/search" >>"$log" 2>&1 ;;
+    *) echo "unknown part $part" >&2 ;;
+  esac
+  echo "[$part exit $?]" >>"$log"
+done
