@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdpalab.explore.pareto import ERROR_FLOOR, OBJECTIVES, objective_value
+from sdpalab.explore.objectives import ERROR_FLOOR, OBJECTIVES, objective_value
 from sdpalab.measure.result import Result
 
 METHODS = ("optuna", "salib", "both")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from sdpalab.explore.pareto import (
+from sdpalab.explore.objectives import (
     config_key,
     config_label,
     context_label,
@@ -26,9 +26,9 @@ from sdpalab.explore.pareto import (
     limits,
     meets,
     objective_value,
-    pareto,
     varying_fields,
 )
+from sdpalab.explore.pareto import pareto
 from sdpalab.measure.result import Result
 
 GOLDILOCKS_OBJECTIVES = ("latency_ms", "memory")

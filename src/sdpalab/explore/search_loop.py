@@ -1,0 +1,270 @@
+"""The search's ask → resolve → run → tell loop, and the engine pool it keeps alive.
+
+A proposal is resolved before anything runs: a point outside the grid is told as infeasible;
+a point the store holds is told from the store; a failure certain from a smaller shape (the
+same configuration ran out of memory or time, or broke a memory or latency limit, on a shape
+no larger in any size) is told without running; only the rest is measured, in batches of
+``workers``, by the engine's long-lived worker pool.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdpalab.config import Trial
+from sdpalab.explore.objectives import (
+    CONTEXT_FIELDS,
+    ERROR_FLOOR,
+    FAILED_VIOLATION,
+    constraint_values,
+    objective_value,
+)
+from sdpalab.explore.space import SIZE_FIELDS, choice_point
+from sdpalab.measure.result import Result
+from sdpalab.run.store import ResultStore
+
+REPEAT_LIMIT = 3
+"""Proposals of already-known points in a row before a study is handed the unmeasured point
+nearest the last proposal (fewest axes changed): samplers that have converged repeat themselves,
+and each repeat costs an ask without buying a measurement."""
+_INFERABLE = ("oom", "timeout")
+
+
+class SearchLoop:
+    """The ask → resolve → run → tell loop over the studies of one search."""
+
+    def __init__(self, space, limit, objectives, out, runner, workers, on_result, budget, seed):
+        self.space, self.limit, self.objectives = space, limit, objectives
+        self.out, self.budget, self.on_result = out, budget, on_result
+        self.store = ResultStore(out)
+        self.known: dict[str, Result] = {r.trial_id: r for r in self.store.results()}
+        self.runner = runner or EngineRunner(out, workers, self._stored).run
+        self.batch = workers
+        self.measured = self.reused = self.inferred = self.invalid = 0
+        self.exhausted = False
+        self.rng = np.random.default_rng(seed)
+        self.worst = [-math.inf] * len(objectives)
+
+    def _stored(self, result: Result, counted: bool = True) -> None:
+        self.known[result.trial_id] = result
+        self.measured += counted
+        if self.on_result is not None:
+            self.on_result(result, self.measured, self.budget)
+
+    def close(self) -> None:
+        closer = getattr(self.runner, "__self__", None)
+        if closer is not None and hasattr(closer, "close"):
+            closer.close()
+        self.store.close()
+
+    def run(self, studies, dist) -> None:
+        repeats = [0] * len(studies)
+        for study in studies:  # the worst values so far set the failure penalty
+            for trial in study.trials:
+                if trial.values and trial.user_attrs.get("status") == "ok":
+                    self.worst = [max(w, v) for w, v in zip(self.worst, trial.values, strict=True)]
+        asks_left = 50 * self.budget + 10 * len(self.space.table)  # a guard, never expected
+        while self.measured < self.budget and asks_left > 0:
+            active = [i for i in range(len(studies)) if not self._complete(i)]
+            if not active:
+                self.exhausted = True
+                return
+            progressed = False
+            for i in active:
+                if self.measured >= self.budget:
+                    return
+                room = min(self.batch, self.budget - self.measured)
+                asked, to_run = [], []
+                for _ in range(room):
+                    trial = studies[i].ask(dist)
+                    point = self.space.point_of(trial.params)
+                    engine_trial = self.space.table.get((i, point))
+                    known = self._resolve(i, engine_trial)
+                    if (
+                        known is None
+                        and engine_trial is not None
+                        and any(t.trial_id == engine_trial.trial_id for t in to_run)
+                    ):
+                        known = "pending"
+                    asked.append((trial, engine_trial, known))
+                    asks_left -= 1
+                    if known is None and engine_trial is not None:
+                        to_run.append(engine_trial)
+                ran = {r.trial_id: r for r in self.runner(to_run)} if to_run else {}
+                for r in ran.values():
+                    if r.trial_id not in self.known:  # a custom runner does not store
+                        self._stored(r)
+                        self.store.write(r)
+                new_here = 0
+                for trial, engine_trial, known in asked:
+                    new_here += self._tell(studies[i], trial, engine_trial, known, ran)
+                repeats[i] = 0 if new_here else repeats[i] + len(asked)
+                progressed |= bool(new_here)
+                if repeats[i] >= REPEAT_LIMIT:
+                    self._enqueue_unknown(studies[i], i, near=point)
+                    repeats[i] = 0
+            if not progressed and all(self._complete(i) for i in active):
+                self.exhausted = True
+                return
+
+    def _complete(self, ctx: int) -> bool:
+        return all(
+            self._resolve(ctx, self.space.table[(ctx, p)]) is not None
+            for p in self.space.valid_points(ctx)
+        )
+
+    def _resolve(self, ctx: int, trial: Trial | None):
+        """A stored Result, an inferred failure (a dict), or None: it must be measured."""
+        if trial is None:
+            return "invalid"
+        if trial.trial_id in self.known:
+            return self.known[trial.trial_id]
+        return self._inferred(ctx, trial)
+
+    def _inferred(self, ctx: int, trial: Trial) -> dict[str, Any] | None:
+        """A failure certain from a smaller shape: same variant and dtype, every size <=."""
+        here = self.space.contexts[ctx]
+        point = choice_point(trial)
+        for other_ctx, other in enumerate(self.space.contexts):
+            if other_ctx == ctx or not _smaller_or_equal(other, here):
+                continue
+            key = (other_ctx, tuple(point.get(a) for a in self.space.axes))
+            twin = self.space.table.get(key)
+            if twin is None or twin.trial_id not in self.known:
+                continue
+            res = self.known[twin.trial_id]
+            if res.status in _INFERABLE:
+                return {
+                    "status": res.status,
+                    "from": res.trial_id,
+                    "reason": f"{res.status} on a smaller shape ({res.trial_id})",
+                }
+            cons = constraint_values(res, self.limit)
+            for name in ("max_memory", "max_latency_ms"):
+                if res.ok and cons.get(name, 0) > 0:
+                    return {
+                        "status": "infeasible",
+                        "from": res.trial_id,
+                        "limit": name,
+                        "reason": f"over {name} on a smaller shape ({res.trial_id})",
+                    }
+        return None
+
+    def _tell(self, study, trial, engine_trial, known, ran) -> int:
+        """Tell the study about one asked trial; returns 1 when it was measured just now."""
+        if known == "pending":
+            known = ran.get(engine_trial.trial_id) or self.known.get(engine_trial.trial_id)
+        if known == "invalid":
+            self.invalid += 1
+            trial.set_user_attr("status", "invalid")
+            trial.set_user_attr("reason", "not a point of the config's grid")
+            return self._finish(study, trial, None, source="invalid")
+        if isinstance(known, dict):
+            self.inferred += 1
+            for key, value in known.items():
+                trial.set_user_attr(key if key != "from" else "inferred_from", value)
+            return self._finish(study, trial, None, source="inferred")
+        if known is None:
+            result = ran[engine_trial.trial_id]
+            self._finish(study, trial, result, source="measured")
+            return 1
+        self.reused += 1
+        return self._finish(study, trial, known, source="store")
+
+    def _finish(self, study, trial, result: Result | None, source: str) -> int:
+        trial.set_user_attr("source", source)
+        status_ok = (
+            result is not None
+            and result.ok
+            and all(_finite(objective_value(result, o)) for o in self.objectives)
+        )
+        constraints = [0.0 if status_ok else FAILED_VIOLATION]
+        if result is not None:
+            trial.set_user_attr("trial_id", result.trial_id)
+            trial.set_user_attr("label", result.label)
+            trial.set_user_attr("status", result.status)
+            if result.reason:
+                trial.set_user_attr("reason", result.reason[:300])
+            cons = constraint_values(result, self.limit)
+            constraints += [
+                cons[k] for k in ("max_error", "max_memory", "max_latency_ms") if k in cons
+            ]
+            for o in self.objectives:
+                trial.set_user_attr(o, objective_value(result, o))
+        else:
+            constraints += [FAILED_VIOLATION for k, v in self.limit.items() if v is not None]
+        trial.set_user_attr("constraints", constraints)
+        if status_ok:
+            values = [
+                math.log10(max(objective_value(result, o), ERROR_FLOOR)) for o in self.objectives
+            ]
+            self.worst = [max(w, v) for w, v in zip(self.worst, values, strict=True)]
+        else:  # a failure is told, not dropped: ten times worse than the worst seen
+            values = [(w + 1.0) if math.isfinite(w) else 10.0 for w in self.worst]
+        study.tell(trial, values)
+        return 0
+
+    def _enqueue_unknown(self, study, ctx: int, near: tuple) -> None:
+        """The sampler keeps proposing known points: hand it the unmeasured point that differs
+        from its last proposal on the fewest axes (ties broken at random, seeded)."""
+        unknown = [
+            p
+            for p in self.space.valid_points(ctx)
+            if self._resolve(ctx, self.space.table[(ctx, p)]) is None
+        ]
+        if not unknown:
+            return
+        distance = [sum(a != b for a, b in zip(p, near, strict=True)) for p in unknown]
+        closest = [p for p, d in zip(unknown, distance, strict=True) if d == min(distance)]
+        pick = closest[int(self.rng.integers(len(closest)))]
+        study.enqueue_trial(self.space.params_of(pick))
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _smaller_or_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if any(a.get(k) != b.get(k) for k in CONTEXT_FIELDS if k not in SIZE_FIELDS):
+        return False
+    return all((a.get(k) or 0) <= (b.get(k) or 0) for k in SIZE_FIELDS)
+
+
+class EngineRunner:
+    """The engine's worker pool, kept alive across the search's batches."""
+
+    def __init__(self, out: Path, workers: int, stored: Callable[[Result, bool], None]) -> None:
+        from sdpalab.run.executor import _Pool
+
+        self.out, self.stored = out, stored
+        self.store = ResultStore(out)
+        self.pool = _Pool(out / "logs", workers, self._finish)
+        self.batch: dict[str, Result] = {}
+
+    def _finish(self, result: Result, counted: bool = True) -> None:
+        self.store.write(result)
+        self.batch[result.trial_id] = result
+        self.stored(result, counted)
+
+    def run(self, trials: list[Trial]) -> list[Result]:
+        self.batch = {}
+        pending = deque()
+        for trial in trials:
+            if trial.unsupported is not None:
+                # the config already knows it cannot run: free, not counted against the budget
+                self._finish(trial.result("unsupported", trial.unsupported), counted=False)
+            else:
+                pending.append(trial)
+        if pending:
+            self.pool.run(pending, keep=True)
+        return [self.batch[t.trial_id] for t in trials]
+
+    def close(self) -> None:
+        self.pool.close()
+        self.store.close()
