@@ -338,3 +338,85 @@ def test_space_axes():
     assert len(space.table) == len(spec.trials())
     for _ctx, point in itertools.islice(space.table, 5):
         assert space.point_of(space.params_of(point)) == point
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_cli(monkeypatch, capsys, *args):
+    import sys
+
+    from sdpalab import cli
+
+    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_cli_search_pareto_sensitivity(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "name: tiny\ndevice: cpu\n"
+        "workload: {phase: prefill, batch: 1, heads_q: 2, heads_kv: 1, seq_kv: 32, head_dim: 16}\n"
+        "variants: {backend: [math, eager, flash], mod: [none, causal]}\n"
+        "measure: {warmup: 1, repeats: 3}\nconstraints: {max_error: 1.0e-3}\n"
+    )
+    out = tmp_path / "run"
+    code, text, err = run_cli(
+        monkeypatch,
+        capsys,
+        "search",
+        config,
+        "--out",
+        out,
+        "--trials",
+        4,
+        "--max-memory",
+        "1GiB",
+        "--seed",
+        2,
+    )
+    assert code == 0, err
+    assert "4 measured" in text and "sl.Variant(backend=" in text and "optuna.log" in text
+    assert "error <= 0.001, memory <= 1 GiB" in text  # config limit and flag together
+    code, text, err = run_cli(
+        monkeypatch, capsys, "pareto", out, "--priority", "memory", "--report"
+    )
+    assert code == 0, err
+    assert "recommended (memory)" in text and "variants:" in text
+    assert (out / "report.html").exists()
+    assert "Pareto front and recommendation" in (out / "report.html").read_text()
+    code, text, err = run_cli(
+        monkeypatch, capsys, "sensitivity", out, "--method", "optuna", "--objective", "latency_ms"
+    )
+    assert code == 0, err
+    assert "sensitivity · latency_ms" in text and "backend" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "CONFIG", "--trials", 0), "--trials 0"),
+        (("search", "CONFIG", "--trials", 2, "--sampler", "random"), "--sampler 'random'"),
+        (("search", "CONFIG", "--trials", 2, "--max-memory", "lots"), "size such as"),
+        (("search", "missing.yaml", "--trials", 2), "no such file or preset"),
+        (("search", "CONFIG"), "--trials"),
+        (("pareto", "nowhere"), "does not exist"),
+        (("pareto", "RUN", "--priority", "speed"), "priority='speed'"),
+        (("sensitivity", "RUN", "--method", "magic"), "method='magic'"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):
+    spec = replay_spec()
+    run = tmp_path / "run"
+    search(spec, run, trials=2, runner=replayer(spec))
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\ndevice: cpu\nvariants: {backend: [math, eager]}\n")
+    args = [{"CONFIG": config, "RUN": run}.get(a, a) for a in args]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -33,6 +33,11 @@ _LAZY = {
     "Results": "sdpalab.explore.grid",
     "load_spec": "sdpalab.config",
     "load": "sdpalab.report.load",
+    "search": "sdpalab.explore.search",
+    "pareto": "sdpalab.explore.pareto",
+    "recommend": "sdpalab.explore.recommend",
+    "sensitivity": "sdpalab.explore.sensitivity",
+    "goldilocks_across_shapes": "sdpalab.explore.shapes",
 }
 
 __all__ = ["Variant", "Workload", "measure", *_LAZY]

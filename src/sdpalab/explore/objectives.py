@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from sdpalab.measure.result import Result
@@ -204,3 +205,14 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     if not objectives:
         raise ValueError("objectives must name at least one Result field")
     return tuple(objectives)
+
+
+def run_limits(run_dir: str | Path) -> dict[str, Any]:
+    """The ``constraints`` a run was configured with (from its ``run.json``; ``{}`` if none)."""
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    config = info.get("config") if isinstance(info, dict) else None
+    found = config.get("constraints") if isinstance(config, dict) else None
+    return dict(found) if isinstance(found, dict) else {}

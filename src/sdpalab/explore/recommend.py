@@ -295,3 +295,88 @@ def _formatter(name: str):
     if name == "memory" or name.endswith("_bytes"):
         return format_bytes
     return lambda v: f"{v:.2g}"
+
+
+@dataclass
+class FrontSummary:
+    """Per shape: the Pareto front and the recommendation (or why there is none)."""
+
+    shapes: dict[str, dict[str, Any]]
+    """Shape label (the fields that vary between shapes, ``all`` for one) → its context."""
+    fronts: dict[str, list[Result]]
+    recommendations: dict[str, Recommendation]
+    unavailable: dict[str, str]
+    """Shape label → why nothing could be recommended there."""
+    limits: dict[str, float | None]
+    priority: str
+    objectives: tuple[str, ...]
+
+    @property
+    def front(self) -> list[Result]:
+        return [r for rs in self.fronts.values() for r in rs]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The front as table rows: shape, configuration, objectives, which one is picked."""
+        out = []
+        for shape, front in self.fronts.items():
+            rec = self.recommendations.get(shape)
+            picked = {rec.best.trial_id: "best"} if rec else {}
+            if rec and rec.runner_up is not None:
+                picked[rec.runner_up.trial_id] = "runner-up"
+            for res in sorted(front, key=lambda r: r.latency_ms or math.inf):
+                out.append(
+                    {
+                        "shape": shape,
+                        "configuration": config_label(res),
+                        "latency_ms": res.latency_ms,
+                        "latency_iqr_ms": res.latency_iqr_ms,
+                        "memory_bytes": memory_of(res),
+                        "rel_fro_err": res.rel_fro_err,
+                        "pick": picked.get(res.trial_id, ""),
+                        "trial_id": res.trial_id,
+                    }
+                )
+        return out
+
+
+def summarize_front(
+    results: Iterable[Result],
+    *,
+    priority: str = "latency",
+    max_error: float | None = None,
+    max_memory: Any = None,
+    max_latency_ms: float | None = None,
+    constraints: Any = None,
+    objectives: Sequence[str] = OBJECTIVES,
+) -> FrontSummary:
+    """Front and recommendation of every shape in ``results`` (what ``sdpalab pareto`` shows).
+
+    The front holds the feasible non-dominated results; the recommendation follows
+    :func:`recommend` (accurate results only). Limits: ``constraints`` (e.g. a run's config)
+    overridden by the keyword limits.
+    """
+    from sdpalab.explore.pareto import pareto
+
+    if priority not in PRIORITIES:
+        raise ValueError(
+            f"priority={priority!r} is not valid; choose one of: {', '.join(PRIORITIES)}"
+        )
+    objectives = check_objectives(objectives)
+    limit = limits(
+        constraints, max_error=max_error, max_memory=max_memory, max_latency_ms=max_latency_ms
+    )
+    groups = group_by_context(list(results))
+    contexts = [context_of(g[0]) for g in groups.values()]
+    fields = varying_fields(contexts)
+    summary = FrontSummary({}, {}, {}, {}, limit, priority, objectives)
+    for group, ctx in zip(groups.values(), contexts, strict=True):
+        shape = context_label(ctx, fields)
+        summary.shapes[shape] = ctx
+        summary.fronts[shape] = pareto(group, objectives, constraints=limit)
+        try:
+            summary.recommendations[shape] = recommend(
+                group, priority=priority, objectives=objectives, **limit
+            )
+        except ValueError as err:
+            summary.unavailable[shape] = str(err)
+    return summary

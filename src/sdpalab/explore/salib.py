@@ -63,8 +63,9 @@ def salib_rows(axes, points, y, objective, salib_method, n_samples, seed, axis_n
         for i, axis in enumerate(axes):
             st, conf = out["ST"][i], out["ST_conf"][i]
             note = (
-                f"Sobol total-order ST (first-order S1={out['S1'][i]:.2f}) "
+                "Sobol total-order index ST "
                 + base
+                + f"; first-order S1={out['S1'][i]:.2f}"
                 + axis_notes[axis.name]
             )
             rows.append(
@@ -76,8 +77,10 @@ def salib_rows(axes, points, y, objective, salib_method, n_samples, seed, axis_n
         for i, axis in enumerate(axes):
             mu, conf = out["mu_star"][i], out["mu_star_conf"][i]
             note = (
-                f"Morris mu* (mean |elementary effect| in log10 units, "
-                f"sigma={out['sigma'][i]:.2f}) " + base + axis_notes[axis.name]
+                "Morris mu* (mean |elementary effect|, log10 units) "
+                + base
+                + f"; sigma={out['sigma'][i]:.2f}"
+                + axis_notes[axis.name]
             )
             rows.append(
                 row(axis.name, objective, "morris", mu, max(0.0, mu - conf), mu + conf, note)

@@ -188,6 +188,10 @@ def search(
         raise ValueError(f"--trials {trials!r} is not valid; give a positive integer")
     if workers < 1:
         raise ValueError(f"--workers {workers} is not valid; give 1 or more")
+    if sampler not in SAMPLERS:
+        raise ValueError(
+            f"--sampler {sampler!r} is not valid; choose one of: {', '.join(SAMPLERS)}"
+        )
     from sdpalab.explore.grid import CSV, RUN_JSON, _dump, _write_run_json, default_out
 
     objectives = check_objectives(objectives)

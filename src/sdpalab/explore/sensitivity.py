@@ -23,6 +23,7 @@ The axes are defined in :mod:`sdpalab.explore.factors`; the SALib model in
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -205,4 +206,6 @@ def _importances(optuna, trials, evaluator) -> dict[str, float]:
     values = np.array([t.value for t in trials])
     if np.ptp(values) == 0:
         return {name: 0.0 for name in trials[0].params}
-    return optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True)
+    with warnings.catch_warnings():  # small resamples: Optuna warns, the note says how many
+        warnings.simplefilter("ignore")
+        return optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True)
