@@ -157,18 +157,25 @@ def pareto(
     max_error: _MaxError = None,
     max_latency_ms: _MaxLatency = None,
     report: Annotated[bool, typer.Option(help="Also write DIR/report.html with the front.")] = False,
+    within: Annotated[float, typer.Option(help="Several shapes: show configurations within this "
+                                               "fraction of every shape's front.")] = 0.10,
 ) -> None:
-    """Each shape's Pareto front and the recommended configuration, as a Variant to paste."""
+    """Each shape's Pareto front and the recommended configuration, as a Variant to paste;
+    with several shapes, the configurations that stay near every shape's front."""
     from sdpalab.explore.objectives import run_limits
     from sdpalab.explore.recommend import summarize_front
+    from sdpalab.explore.shapes import goldilocks_across_shapes
     from sdpalab.report.load import load_results
-    from sdpalab.report.search_report import render_front, write_search_report
+    from sdpalab.report.search_report import render_front, render_goldilocks, write_search_report
 
     results = load_results(run_dir)
-    summary = summarize_front(results, priority=priority, constraints=run_limits(run_dir),
-                              max_memory=max_memory, max_error=max_error,
-                              max_latency_ms=max_latency_ms)
+    limits = {"constraints": run_limits(run_dir), "max_memory": max_memory,
+              "max_error": max_error, "max_latency_ms": max_latency_ms}
+    summary = summarize_front(results, priority=priority, **limits)
     render_front(console, summary)
+    if len(summary.shapes) > 1:
+        render_goldilocks(console, goldilocks_across_shapes(results, within, include_all=True,
+                                                            **limits), within)
     if report:
         console.print(f"written: {write_search_report(run_dir, results, summary=summary)}",
                       markup=False, highlight=False)

@@ -69,6 +69,41 @@ def render_front(console: Console, summary) -> None:
         console.print(Text(rec.variant_yaml()))
 
 
+def render_goldilocks(console: Console, table, within: float, top: int = 10) -> None:
+    """Configurations measured on every shape, by their worst gap to a shape's front."""
+    if table.empty:
+        console.print(Text("no configuration ran within the limits on every shape", style="yellow"))
+        return
+    title = (
+        f"one configuration for every shape: within {within:.0%} of each front? "
+        "(gap on latency and memory; accurate and within limits everywhere)"
+    )
+    block = Table(title=title, title_justify="left", title_style="bold")
+    gaps = [c for c in table.columns if c.startswith("gap[")]
+    for name in ("configuration", "worst gap", *(g[4:-1] for g in gaps)):
+        block.add_column(name, justify="left" if name == "configuration" else "right")
+    for row in table.head(top).to_dict("records"):
+        style = "bold green" if row["goldilocks"] else ""
+        block.add_row(
+            Text(row["label"], style=style),
+            f"{row['worst_gap']:.0%}",
+            *(f"{row[g]:.0%}" for g in gaps),
+        )
+    console.print(block)
+    picks = table[table["goldilocks"].astype(bool)]
+    if picks.empty:
+        console.print(
+            Text(
+                f"none is within {within:.0%} everywhere; the closest is "
+                f"{table['label'].iloc[0]} ({table['worst_gap'].iloc[0]:.0%})"
+            )
+        )
+    else:
+        console.print(
+            Text(f"goldilocks: {picks['variant'].iloc[0]}  # dtype={picks['dtype'].iloc[0]!r}")
+        )
+
+
 def render_search(console: Console, found, summary) -> None:
     """A finished search: what it measured, reused and inferred; then the fronts."""
     console.print(
