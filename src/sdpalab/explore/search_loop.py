@@ -50,6 +50,7 @@ class SearchLoop:
         self.exhausted = False
         self.rng = np.random.default_rng(seed)
         self.worst = [-math.inf] * len(objectives)
+        self._left: dict[int, list[tuple]] = {}
 
     def _stored(self, result: Result, counted: bool = True) -> None:
         self.known[result.trial_id] = result
@@ -114,10 +115,17 @@ class SearchLoop:
                 return
 
     def _complete(self, ctx: int) -> bool:
-        return all(
-            self._resolve(ctx, self.space.table[(ctx, p)]) is not None
-            for p in self.space.valid_points(ctx)
-        )
+        return not self._unknown(ctx)
+
+    def _unknown(self, ctx: int) -> list[tuple]:
+        """Points of shape ``ctx`` that nothing resolves yet. A resolved point stays resolved
+        (the store only grows), so each call re-checks only what was left the time before."""
+        left = self._left.get(ctx)
+        if left is None:
+            left = self.space.valid_points(ctx)
+        left = [p for p in left if self._resolve(ctx, self.space.table[(ctx, p)]) is None]
+        self._left[ctx] = left
+        return left
 
     def _resolve(self, ctx: int, trial: Trial | None):
         """A stored Result, an inferred failure (a dict), or None: it must be measured."""
@@ -213,11 +221,7 @@ class SearchLoop:
     def _enqueue_unknown(self, study, ctx: int, near: tuple) -> None:
         """The sampler keeps proposing known points: hand it the unmeasured point that differs
         from its last proposal on the fewest axes (ties broken at random, seeded)."""
-        unknown = [
-            p
-            for p in self.space.valid_points(ctx)
-            if self._resolve(ctx, self.space.table[(ctx, p)]) is None
-        ]
+        unknown = self._unknown(ctx)
         if not unknown:
             return
         distance = [sum(a != b for a, b in zip(p, near, strict=True)) for p in unknown]
