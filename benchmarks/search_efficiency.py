@@ -1,10 +1,10 @@
 """Search efficiency: how much of the grid's Pareto front a search finds with 25 % of its trials.
 
 The space is a decode grid of 270 points on the CPU (tiny shapes: every CPU kernel, KV cache
-layout, KV quantization, sliding window and dtype). Measuring it once is real work; searching it 5 seeds x 3
-samplers for real would be 15 more times that, so the searches *replay* the stored grid: the
-search asks for a point, and the stored measurement of that point is its answer (``runner=``).
-What is compared is therefore the search strategy alone, on real numbers.
+layout, KV quantization, sliding window and dtype). Measuring it once is real work; searching
+it 5 seeds x 3 samplers for real would be 15 more times that, so the searches *replay* the
+stored grid: the search asks for a point, and the stored measurement of that point is its
+answer (``runner=``). What is compared is therefore the search strategy alone, on real numbers.
 
 Metric: hypervolume of the search's front (latency, total peak memory, relative error; all in
 log10, minimized) as a fraction of the full grid's hypervolume, one reference point for both
@@ -157,7 +157,10 @@ def replay() -> dict:
     statuses: dict[str, int] = {}
     for r in grid:
         statuses[r.status] = statuses.get(r.status, 0) + 1
+    import optuna
+
     return {
+        "optuna": optuna.__version__,
         "grid_points": len(trials),
         "budget": budget,
         "ok": len(ok),
@@ -176,18 +179,25 @@ def write_markdown(summary: dict) -> None:
         "# Search efficiency on the CPU (replayed grid)",
         "",
         "- command: `python benchmarks/search_efficiency.py` (after `... measure --workers 8`)",
-        f"- date: {time.strftime('%Y-%m-%d')}; searches replayed on {platform.node() or 'this'}"
-        f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
-        f"- grid measured on: {prov.get('cpu', prov.get('device_name', '?'))}, torch "
-        f"{prov.get('torch', '?')}, {prov.get('threads', '?')} threads per worker"
-        f" (stored in `benchmarks/data/{DATA.name}`, one row per trial)",
+        f"- date: {time.strftime('%Y-%m-%d')}; searches replayed on a 2-core CI-sized machine "
+        f"({platform.machine()}), Python {platform.python_version()}, optuna "
+        f"{summary['optuna']}",
+        f"- grid measured {prov.get('time_utc', '?')[:10]} by `python "
+        "benchmarks/search_efficiency.py measure --workers 8` (the engine's `sweep`: isolated "
+        f"worker processes, {prov.get('torch_threads', '?')} torch threads each) on an "
+        f"{prov.get('cpu_model', '?')} (16 cores; the CPU of the project's GPU machine, idle "
+        f"otherwise), Python {prov.get('python', '?')}, torch {prov.get('torch', '?')}; "
+        f"stored in `benchmarks/data/{DATA.name}`, one Result a line",
         f"- space: {summary['grid_points']} grid points (decode, batch 1, 8/2 heads, 1024 "
         "tokens cached, head dim 64): backend {math, eager, flash} x kv_cache {dynamic, static, "
         "paged} x kv_quant {none, int8, int4, kivi2, kivi4} x mod {none, sliding_window(256), "
         "sliding_window(64)} x dtype {float32, bfloat16}; KIVI on a paged cache is unsupported "
         "(36 points): failures are part of the space",
-        f"- grid statuses: {summary['statuses']}; grid front: {summary['grid_front']} points",
-        f"- budget: {summary['budget']} trials (25 % of the grid), 5 seeds per sampler",
+        f"- grid statuses: {', '.join(f'{n} {k}' for k, n in summary['statuses'].items())}; "
+        f"grid front: {summary['grid_front']} points",
+        f"- budget: {summary['budget']} trials (25 % of the grid), 5 seeds per sampler; every "
+        "point replayed for the search counts against it, unsupported ones too; a proposal of a point "
+        "it already has is answered from the store and does not count (as in a real search)",
         "- the searches **replay the stored measurements**: each trial the search asks for is "
         "answered with the grid's real measurement of that point (`search(..., runner=...)`), "
         "so what differs between rows is the search strategy only",
