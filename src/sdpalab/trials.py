@@ -25,7 +25,8 @@ class Constraints:
     max_error: float | None = None
     """Largest relative Frobenius error against the float64 oracle."""
     max_memory: int | None = None
-    """Largest peak memory above the inputs, bytes."""
+    """Largest total peak memory, bytes: inputs, KV cache and the call's own peak
+    (``Result.peak_mem_total_bytes``), as the search and the recommendation check it."""
     max_latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
