@@ -22,7 +22,8 @@ inferred failure without running, and so is one whose memory or latency limit a 
 already broke.
 
 The study lives in ``DIR/optuna.log`` (Optuna's JournalStorage), so ``optuna-dashboard
-DIR/optuna.log`` opens it; calling ``search`` again on the same DIR extends it.
+DIR/optuna.log`` opens it; calling ``search`` again on the same DIR extends it. The space is
+:mod:`sdpalab.explore.space`; the ask/resolve/run/tell loop :mod:`sdpalab.explore.search_loop`.
 """
 
 from __future__ import annotations
