@@ -1,4 +1,4 @@
-"""The float64 oracle: plain attention, computed densely in float64 on the CPU.
+"""The float64 oracle: plain attention, computed densely in float64 (on the inputs' device).
 
 Grouped-query attention is handled by viewing the query heads as ``[B, H_kv, G, S, D]`` (query
 head ``h`` uses KV head ``h // G``, as SDPA's ``enable_gqa`` does). Mods are applied densely;
@@ -27,11 +27,11 @@ def attention_ref(
     ``q_start`` is the sequence position of the first query row; by default the queries are
     the last ``q_len`` positions (bottom-right). Passing it lets a caller check a slice of the
     rows of a long sequence without building the whole score matrix.
-    Returns ``[B, H_q, q_len, D]`` in float64 on the CPU.
+    Computed in float64 on the inputs' device; returns ``[B, H_q, q_len, D]`` float64 on the CPU.
     """
-    q = q_BHSD.detach().to("cpu", torch.float64)
-    k = k_BHSD.detach().to("cpu", torch.float64)
-    v = v_BHSD.detach().to("cpu", torch.float64)
+    # float64 on the inputs' own device (a GPU's float64 is exact too, and far faster than
+    # copying a long cache to the CPU); the result is returned on the CPU.
+    q, k, v = (x.detach().to(torch.float64) for x in (q_BHSD, k_BHSD, v_BHSD))
     batch, heads_q, q_len, head_dim = q.shape
     heads_kv, kv_len = k.shape[1], k.shape[2]
     if heads_q % heads_kv:
@@ -40,7 +40,8 @@ def attention_ref(
         start = kv_len - q_len if q_start is None else q_start
         # make_mod aligns by offset = kv_len - q_len; choose the length that gives this start.
         mod = make_mod(
-            mod, mod_args or {}, q_len=kv_len - start, kv_len=kv_len, heads=heads_q, device="cpu"
+            mod, mod_args or {}, q_len=kv_len - start, kv_len=kv_len, heads=heads_q,
+            device=str(q.device),
         )
     scale = default_scale(head_dim) if scale is None else scale
     group = heads_q // heads_kv
@@ -49,4 +50,4 @@ def attention_ref(
     scores = apply_dense(mod, scores.reshape(batch, heads_q, q_len, kv_len))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key → zeros
     out = torch.matmul(probs.view(batch, heads_kv, group, q_len, kv_len), v.unsqueeze(2))
-    return out.reshape(batch, heads_q, q_len, head_dim)
+    return out.reshape(batch, heads_q, q_len, head_dim).cpu()

@@ -132,7 +132,8 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
         if cached:
             inner = getattr(attn, "attn", attn)  # projections wrap the cache
             if prefix:  # fill the cache with the context (queries of the prefix are not checked)
-                q_prefix = torch.randn(q.shape[0], q.shape[1], prefix, q.shape[3]).to(q)
+                shape = (q.shape[0], q.shape[1], prefix, q.shape[3])
+                q_prefix = torch.randn(shape, device=q.device, dtype=q.dtype)
                 attn(q_prefix, k[:, :, :prefix], v[:, :, :prefix])
 
             def setup() -> None:
