@@ -79,6 +79,24 @@ def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor
     return ref_rows(q_rows, k, v), rows
 
 
+FILL_MAX_SCORES = 1 << 27
+"""Most score elements one cache-filling call may create (a math backend materializes them)."""
+
+
+def _fill_cache(attn, q, k, v, prefix: int) -> None:
+    """Fill a cached attention with the first ``prefix`` tokens of k, v (untimed, unchecked).
+
+    In chunks, so that a backend that materializes scores needs ``chunk x prefix`` of them,
+    not ``prefix x prefix``: filling the context is set-up, not the trial.
+    """
+    batch, heads_q, _, head_dim = q.shape
+    chunk = max(1, FILL_MAX_SCORES // (batch * heads_q * max(prefix, 1)))
+    for start in range(0, prefix, chunk):
+        n = min(chunk, prefix - start)
+        q_chunk = torch.randn(batch, heads_q, n, head_dim, device=q.device, dtype=q.dtype)
+        attn(q_chunk, k[:, :, start : start + n], v[:, :, start : start + n])
+
+
 def _classify(err: BaseException) -> tuple[str, str]:
     text = f"{type(err).__name__}: {err}".strip()
     if isinstance(err, Unsupported):
@@ -131,10 +149,7 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
     with torch.inference_mode():
         if cached:
             inner = getattr(attn, "attn", attn)  # projections wrap the cache
-            if prefix:  # fill the cache with the context (queries of the prefix are not checked)
-                shape = (q.shape[0], q.shape[1], prefix, q.shape[3])
-                q_prefix = torch.randn(shape, device=q.device, dtype=q.dtype)
-                attn(q_prefix, k[:, :, :prefix], v[:, :, :prefix])
+            _fill_cache(attn, q, k, v, prefix)
 
             def setup() -> None:
                 inner.rollback(prefix)
