@@ -8,7 +8,7 @@ from sdpalab.measure.accuracy import compare, tolerance
 
 
 def test_build_and_measure_stay_functions_after_use():
-    import sdpalab.builder  # noqa: F401  (importing submodules must not shadow the API)
+    import sdpalab.builder
     import sdpalab.measure.trial  # noqa: F401
 
     wl = sl.Workload(batch=2, heads_q=8, heads_kv=2, seq_kv=96, head_dim=64)
@@ -43,5 +43,7 @@ def test_failures_are_statuses_not_exceptions():
 
 def test_performance_analysis_report():
     q = torch.randn(1, 4, 256, 32)
-    text = sl.PerformanceAnalysis(torch.nn.functional.scaled_dot_product_attention, (q, q, q)).report()
+    text = sl.PerformanceAnalysis(
+        torch.nn.functional.scaled_dot_product_attention, (q, q, q)
+    ).report()
     assert "latency" in text and "peak memory" in text and "MiB" in text

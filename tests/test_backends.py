@@ -103,7 +103,9 @@ def test_flex_decode_and_chunk():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mod", ["none", "causal", "sliding_window", "alibi"])
-@pytest.mark.parametrize("backend", ["math", "flash", "efficient", "cudnn", "auto", "eager", "flex"])
+@pytest.mark.parametrize(
+    "backend", ["math", "flash", "efficient", "cudnn", "auto", "eager", "flex"]
+)
 def test_gpu_backends_match_oracle(backend, mod):
     q, k, v = (t.cuda() for t in _inputs(2, 8, 2, 129, 300, 64, dtype=torch.bfloat16))
     try:

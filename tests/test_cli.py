@@ -25,7 +25,10 @@ def run_cli(capsys, *argv):
     [
         (["plan", "--heads-kv", "8", "--head-dim", "128", "--context", "12x"], "--context '12x'"),
         (["plan", "--heads-kv", "0", "--head-dim", "128"], "--heads-kv 0 must be positive"),
-        (["plan", "--heads-kv", "8", "--head-dim", "64", "--kv-cache", "ring"], "--kv-cache 'ring'"),
+        (
+            ["plan", "--heads-kv", "8", "--head-dim", "64", "--kv-cache", "ring"],
+            "--kv-cache 'ring'",
+        ),
         (["plan", "--heads-kv", "8", "--head-dim", "64", "--kv-quant", "int3"], "kv_quant='int3'"),
         (["plan", "--heads-kv", "8"], "Missing option '--head-dim'"),
         (["list", "things"], "list 'things' is not valid; choose one of: variants, mods, presets"),
@@ -44,7 +47,16 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, fragment):
 
 def test_plan_prints_every_quantization(capsys):
     code, out, _ = run_cli(
-        capsys, "plan", "--heads-kv", "8", "--head-dim", "128", "--layers", "32", "--context", "128k"
+        capsys,
+        "plan",
+        "--heads-kv",
+        "8",
+        "--head-dim",
+        "128",
+        "--layers",
+        "32",
+        "--context",
+        "128k",
     )
     assert code == 0
     for quant in ("none", "int8", "int4", "fp8", "kivi2", "kivi4"):
@@ -66,7 +78,9 @@ def test_demo_quick_writes_a_run(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "sdpalab.cli", "demo", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -76,3 +90,13 @@ def test_demo_quick_writes_a_run(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["counts"].get("ok", 0) > 0
     assert "math" in proc.stdout and "ok" in proc.stdout
+
+
+@pytest.mark.slow
+def test_doctor_reports_backends_and_ceilings(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDPALAB_CACHE_DIR", str(tmp_path))
+    code, out, _ = run_cli(capsys, "doctor", "--device", "cpu")
+    assert code == 0
+    assert "math/float32" in out and "efficient/float32" in out and "unsupported" in out
+    assert "TFLOP/s" in out and "GB/s" in out
+    assert (tmp_path / "ceilings.json").is_file()

@@ -389,8 +389,13 @@ def test_cached_decode_matches_math_backend_on_gpu(fmt):
 @cpu_only
 @pytest.mark.parametrize(
     "fmt,layout",
-    [("int8", "static"), ("int4", "dynamic"), ("fp8", "paged"), ("kivi4", "static"),
-     ("kivi2", "dynamic")],
+    [
+        ("int8", "static"),
+        ("int4", "dynamic"),
+        ("fp8", "paged"),
+        ("kivi4", "static"),
+        ("kivi2", "dynamic"),
+    ],
 )
 def test_cache_hands_the_kernel_its_quantized_planes(monkeypatch, fmt, layout):
     """With the fused backend the cache passes its stored codes, never a dequantized copy."""

@@ -21,7 +21,10 @@ def test_defaults_fill_in():
         ({"seq_kv": 1.5}, "seq_kv=1.5"),
         ({"heads_q": 8, "heads_kv": 3}, "heads_q=8 must be a multiple of heads_kv=3"),
         ({"seq_q": 10, "seq_kv": 5}, "seq_q=10 must be at most seq_kv=5"),
-        ({"dtype": "float8"}, "dtype='float8' is not valid; choose one of: float32, bfloat16, float16"),
+        (
+            {"dtype": "float8"},
+            "dtype='float8' is not valid; choose one of: float32, bfloat16, float16",
+        ),
         ({"device": "tpu"}, "device='tpu'"),
     ],
 )
@@ -43,7 +46,10 @@ def test_cuda_without_gpu_is_bad_input():
         ({"backend": "xformers"}, "backend='xformers' is not valid; choose one of: math, flash"),
         ({"mod": "diagonal"}, "mod='diagonal' is not valid; choose one of: none, causal"),
         ({"mod": "sliding_window"}, "needs mod_args.window"),
-        ({"mod": "sliding_window", "mod_args": {"window": 0}}, "mod_args.window=0 must be positive"),
+        (
+            {"mod": "sliding_window", "mod_args": {"window": 0}},
+            "mod_args.window=0 must be positive",
+        ),
         ({"mod": "causal", "mod_args": {"window": 4}}, "not a parameter of 'causal'"),
         ({"mod": "document", "mod_args": {"lengths": []}}, "list of positive integers"),
         ({"kv_cache": "ring"}, "kv_cache='ring' is not valid"),
@@ -66,6 +72,8 @@ def test_variant_identity_and_printing():
     b = sl.Variant(backend="flex", mod="sliding_window", mod_args={"window": 256})
     assert a == b and hash(a) == hash(b) and a.key() == b.key()
     assert a.label() == "flex/sliding_window(window=256)"
-    assert a.python() == "sl.Variant(backend='flex', mod='sliding_window', mod_args={'window': 256})"
+    assert (
+        a.python() == "sl.Variant(backend='flex', mod='sliding_window', mod_args={'window': 256})"
+    )
     assert eval(a.python(), {"sl": sl}) == a
     assert sl.Variant(weight_quant="int8_dynamic").projections is True

@@ -1,11 +1,11 @@
 """sdpalab: find the attention configuration that fits your workload and budget.
 
-    import sdpalab as sl
-    wl = sl.Workload(phase="prefill", batch=2, heads_q=8, heads_kv=2, seq_q=1024, seq_kv=1024,
-                     head_dim=64, dtype="float32", device="cpu")
-    var = sl.Variant(backend="flex", mod="sliding_window", mod_args={"window": 256})
-    attn = sl.build(var, wl)        # attn(q, k, v) -> out, tensors [B, H, S, D]
-    res = sl.measure(var, wl)       # Result: latency, peak memory, error vs float64, ...
+import sdpalab as sl
+wl = sl.Workload(phase="prefill", batch=2, heads_q=8, heads_kv=2, seq_q=1024, seq_kv=1024,
+                 head_dim=64, dtype="float32", device="cpu")
+var = sl.Variant(backend="flex", mod="sliding_window", mod_args={"window": 256})
+attn = sl.build(var, wl)        # attn(q, k, v) -> out, tensors [B, H, S, D]
+res = sl.measure(var, wl)       # Result: latency, peak memory, error vs float64, ...
 """
 
 from __future__ import annotations

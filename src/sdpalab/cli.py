@@ -31,7 +31,9 @@ class BadInput(Exception):
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo-<time>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/demo-<time>).")
+    ] = None,
     quick: Annotated[bool, typer.Option(help="Smaller sizes (seconds, for tests).")] = False,
 ) -> None:
     """Run a small preset on this machine: prefill and decode, every kernel it has."""
@@ -97,7 +99,9 @@ def report(
 @app.command()
 def sweep(
     config: Annotated[str, typer.Argument(help="Sweep config: a YAML file or a preset name.")],
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>-<time>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<name>-<time>).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Run only the trials OUT has no row for.")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
 ) -> None:
@@ -125,7 +129,9 @@ _MaxLatency = Annotated[float | None, typer.Option(help="Limit on the median lat
 def search(
     config: Annotated[str, typer.Argument(help="Sweep config: a YAML file or a preset name.")],
     trials: Annotated[int, typer.Option(help="New measurements to make (stored points are free).")],
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>-search-<time>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<name>-search-<time>).")
+    ] = None,
     sampler: Annotated[str, typer.Option(help="nsga2, tpe or gp.")] = "nsga2",
     max_memory: _MaxMemory = None,
     max_error: _MaxError = None,
@@ -142,11 +148,26 @@ def search(
     from sdpalab.report.search_report import render_search
 
     with progress_callback(console) as on_result:
-        found = run_search(config, out, trials=trials, sampler=sampler, max_memory=max_memory,
-                           max_error=max_error, max_latency_ms=max_latency_ms, resume=resume,
-                           workers=workers, seed=seed, on_result=on_result)
-    render_search(console, found, summarize_front(found.results, priority=priority,
-                                                  objectives=found.objectives, **found.limits))
+        found = run_search(
+            config,
+            out,
+            trials=trials,
+            sampler=sampler,
+            max_memory=max_memory,
+            max_error=max_error,
+            max_latency_ms=max_latency_ms,
+            resume=resume,
+            workers=workers,
+            seed=seed,
+            on_result=on_result,
+        )
+    render_search(
+        console,
+        found,
+        summarize_front(
+            found.results, priority=priority, objectives=found.objectives, **found.limits
+        ),
+    )
 
 
 @app.command()
@@ -156,9 +177,15 @@ def pareto(
     max_memory: _MaxMemory = None,
     max_error: _MaxError = None,
     max_latency_ms: _MaxLatency = None,
-    report: Annotated[bool, typer.Option(help="Also write DIR/report.html with the front.")] = False,
-    within: Annotated[float, typer.Option(help="Several shapes: show configurations within this "
-                                               "fraction of every shape's front.")] = 0.10,
+    report: Annotated[
+        bool, typer.Option(help="Also write DIR/report.html with the front.")
+    ] = False,
+    within: Annotated[
+        float,
+        typer.Option(
+            help="Several shapes: show configurations within this fraction of every shape's front."
+        ),
+    ] = 0.10,
 ) -> None:
     """Each shape's Pareto front and the recommended configuration, as a Variant to paste;
     with several shapes, the configurations that stay near every shape's front."""
@@ -169,16 +196,24 @@ def pareto(
     from sdpalab.report.search_report import render_front, render_goldilocks, write_search_report
 
     results = load_results(run_dir)
-    limits = {"constraints": run_limits(run_dir), "max_memory": max_memory,
-              "max_error": max_error, "max_latency_ms": max_latency_ms}
+    limits = {
+        "constraints": run_limits(run_dir),
+        "max_memory": max_memory,
+        "max_error": max_error,
+        "max_latency_ms": max_latency_ms,
+    }
     summary = summarize_front(results, priority=priority, **limits)
     render_front(console, summary)
     if len(summary.shapes) > 1:
-        render_goldilocks(console, goldilocks_across_shapes(results, within, include_all=True,
-                                                            **limits), within)
+        render_goldilocks(
+            console, goldilocks_across_shapes(results, within, include_all=True, **limits), within
+        )
     if report:
-        console.print(f"written: {write_search_report(run_dir, results, summary=summary)}",
-                      markup=False, highlight=False)
+        console.print(
+            f"written: {write_search_report(run_dir, results, summary=summary)}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -186,10 +221,15 @@ def sensitivity(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (a sweep or a search).")],
     method: Annotated[str, typer.Option(help="optuna, salib or both.")] = "both",
     objective: Annotated[
-        list[str] | None, typer.Option(help="Result field to explain (repeatable); default "
-                                            "latency_ms, peak_mem_total_bytes, rel_fro_err.")
+        list[str] | None,
+        typer.Option(
+            help="Result field to explain (repeatable); default "
+            "latency_ms, peak_mem_total_bytes, rel_fro_err."
+        ),
     ] = None,
-    report: Annotated[bool, typer.Option(help="Also write DIR/report.html with the table.")] = False,
+    report: Annotated[
+        bool, typer.Option(help="Also write DIR/report.html with the table.")
+    ] = False,
 ) -> None:
     """Which axes drive each objective: Optuna importances and SALib Sobol indices."""
     from sdpalab.explore.objectives import OBJECTIVES
@@ -201,8 +241,11 @@ def sensitivity(
     table = analyse(results, objectives=tuple(objective or OBJECTIVES), method=method)
     render_sensitivity(console, table)
     if report:
-        console.print(f"written: {write_search_report(run_dir, results, sensitivity=table)}",
-                      markup=False, highlight=False)
+        console.print(
+            f"written: {write_search_report(run_dir, results, sensitivity=table)}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _tokens(text: str) -> int:
@@ -212,7 +255,9 @@ def _tokens(text: str) -> int:
     try:
         number = int(value[:-1]) * units[value[-1]] if value[-1:] in units else int(value)
     except (ValueError, IndexError):
-        raise BadInput(f"--context {text!r} is not a token count; use e.g. 4096, 32k or 1M") from None
+        raise BadInput(
+            f"--context {text!r} is not a token count; use e.g. 4096, 32k or 1M"
+        ) from None
     if number <= 0:
         raise BadInput(f"--context {text!r} must be positive")
     return number
@@ -225,7 +270,9 @@ def plan(
     layers: Annotated[int, typer.Option(help="Decoder layers.")] = 1,
     context: Annotated[str, typer.Option(help="Tokens per sequence: 4096, 32k, 1M.")] = "4096",
     batch: Annotated[int, typer.Option(help="Sequences.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Compute dtype of the unquantized cache.")] = "bfloat16",
+    dtype: Annotated[
+        str, typer.Option(help="Compute dtype of the unquantized cache.")
+    ] = "bfloat16",
     kv_cache: Annotated[str, typer.Option(help="static, dynamic, sliding or paged.")] = "static",
     kv_quant: Annotated[
         list[str] | None, typer.Option(help="Only these quantizations (repeatable).")
@@ -238,22 +285,37 @@ def plan(
     from sdpalab.report.console import render_plan
     from sdpalab.spec import KV_CACHES, KV_QUANTS
 
-    for name, value in (("--heads-kv", heads_kv), ("--head-dim", head_dim), ("--layers", layers),
-                        ("--batch", batch)):
+    for name, value in (
+        ("--heads-kv", heads_kv),
+        ("--head-dim", head_dim),
+        ("--layers", layers),
+        ("--batch", batch),
+    ):
         if value <= 0:
             raise BadInput(f"{name} {value} must be positive")
     if kv_cache not in KV_CACHES[1:]:
-        raise BadInput(f"--kv-cache {kv_cache!r} is not valid; choose one of: {', '.join(KV_CACHES[1:])}")
+        raise BadInput(
+            f"--kv-cache {kv_cache!r} is not valid; choose one of: {', '.join(KV_CACHES[1:])}"
+        )
     if kv_cache == "sliding" and window is None:
         raise BadInput("--kv-cache sliding needs --window")
     extra = {k: v for k, v in (("window", window), ("page_size", page_size)) if v is not None}
     tokens = _tokens(context)
     rows = plan_table(
-        heads_kv=heads_kv, head_dim=head_dim, layers=layers, context=tokens, batch=batch,
-        dtype=dtype, kv_quants=tuple(kv_quant or KV_QUANTS), kv_cache=kv_cache, **extra,
+        heads_kv=heads_kv,
+        head_dim=head_dim,
+        layers=layers,
+        context=tokens,
+        batch=batch,
+        dtype=dtype,
+        kv_quants=tuple(kv_quant or KV_QUANTS),
+        kv_cache=kv_cache,
+        **extra,
     )
-    title = (f"KV cache: {layers} layers x {heads_kv} KV heads x D={head_dim}, {tokens} tokens x "
-             f"batch {batch}, {dtype} (analytic model)")
+    title = (
+        f"KV cache: {layers} layers x {heads_kv} KV heads x D={head_dim}, {tokens} tokens x "
+        f"batch {batch}, {dtype} (analytic model)"
+    )
     render_plan(console, rows, title)
 
 
@@ -303,14 +365,22 @@ def reproduce_case_study(
 
 @app.command("model")
 def model_(
-    model: Annotated[str, typer.Argument(help="minilm, tiny-llama, or a local model dir / config.json")],
-    backend: Annotated[str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")] = "auto",
-    mod: Annotated[str, typer.Option(help="Mod (none: the model's own causal or full mask)")] = "none",
+    model: Annotated[
+        str, typer.Argument(help="minilm, tiny-llama, or a local model dir / config.json")
+    ],
+    backend: Annotated[
+        str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")
+    ] = "auto",
+    mod: Annotated[
+        str, typer.Option(help="Mod (none: the model's own causal or full mask)")
+    ] = "none",
     mod_args: Annotated[str, typer.Option(help='JSON, e.g. {"window": 256}')] = "{}",
     kv_cache: Annotated[str, typer.Option(help="none, dynamic, static, sliding or paged")] = "none",
     kv_quant: Annotated[str, typer.Option(help="none, int8, int4, fp8, kivi2 or kivi4")] = "none",
     kv_args: Annotated[str, typer.Option(help='JSON, e.g. {"window": 1024}')] = "{}",
-    prompt_len: Annotated[int, typer.Option(help="Prompt tokens (decoders) or tokens per forward (encoders).")] = 128,
+    prompt_len: Annotated[
+        int, typer.Option(help="Prompt tokens (decoders) or tokens per forward (encoders).")
+    ] = 128,
     new_tokens: Annotated[int, typer.Option(help="Tokens generated greedily (decoders).")] = 32,
     batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
@@ -331,8 +401,15 @@ def model_(
         raise BadInput(f"--mod-args/--kv-args must be JSON objects: {err}") from None
     variant = Variant(backend=backend, mod=mod, kv_cache=kv_cache, kv_quant=kv_quant, **extra)
     try:
-        bench = bench_model(model, variant, prompt_len=prompt_len, new_tokens=new_tokens,
-                            batch=batch, device=device, dtype=dtype)
+        bench = bench_model(
+            model,
+            variant,
+            prompt_len=prompt_len,
+            new_tokens=new_tokens,
+            batch=batch,
+            device=device,
+            dtype=dtype,
+        )
     except ImportError as err:
         raise BadInput(str(err)) from None
     columns, rows = model_table(bench)

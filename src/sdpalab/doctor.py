@@ -40,8 +40,8 @@ def doctor_report(device: str = "auto", *, remeasure: bool = False) -> dict[str,
     backends = {
         f"{backend}/{dtype}": probe_backend(backend, device, dtype)
         for backend in BACKENDS
-        if backend != "flex" or dtype == dtypes[0]  # flex compiles: probe once
         for dtype in dtypes
+        if backend != "flex" or dtype == dtypes[0]  # flex compiles: probe it once
     }
     ceilings = None if remeasure else load_ceilings(device)
     if ceilings is None:

@@ -62,10 +62,14 @@ def resolve_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not valid; choose auto, cpu, cuda or cuda:N") from None
+        raise ValueError(
+            f"device={device!r} is not valid; choose auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} is not available here (no CUDA); choose cpu or auto")
+            raise ValueError(
+                f"device={device!r} is not available here (no CUDA); choose cpu or auto"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
                 f"device={device!r} does not exist; this machine has "

@@ -25,7 +25,11 @@ def make_eager(mod_name: str, mod_args: dict) -> Callable:
         scores = scores.view(batch, heads_q, q_len, kv_len).float()
         if mod_name != "none":
             mod = make_mod(
-                mod_name, mod_args, q_len=q_len, kv_len=kv_len, heads=heads_q,
+                mod_name,
+                mod_args,
+                q_len=q_len,
+                kv_len=kv_len,
+                heads=heads_q,
                 device=str(q_BHSD.device),
             )
             scores = apply_dense(mod, scores)

@@ -223,7 +223,8 @@ class TokenCache(CachedAttention):
             from sdpalab.attention.kernels.attend import qtensor_from_planes
 
             return self.attend.attend_quantized(
-                q, qtensor_from_planes(self.k_codec, k_planes),
+                q,
+                qtensor_from_planes(self.k_codec, k_planes),
                 qtensor_from_planes(self.v_codec, v_planes),
             )
         return self.attend(q, self.k_codec.decode(k_planes), self.v_codec.decode(v_planes))

@@ -196,8 +196,10 @@ def validate_mod(name: str, args: dict[str, Any]) -> dict[str, Any]:
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if typ is list:
-            ok = isinstance(value, list | tuple) and value and all(
-                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value
+            ok = (
+                isinstance(value, list | tuple)
+                and value
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value)
             )
             if not ok:
                 raise ValueError(f"mod_args.{key}={value!r} must be a list of positive integers")

@@ -64,7 +64,9 @@ class ProjectedAttention(nn.Module):
 
     def float64_weights(self) -> dict[str, torch.Tensor]:
         """The unquantized weights in float64 (take them before quantizing)."""
-        return {n: getattr(self, n).weight.detach().to("cpu", torch.float64).clone() for n in "qkvo"}
+        return {
+            n: getattr(self, n).weight.detach().to("cpu", torch.float64).clone() for n in "qkvo"
+        }
 
 
 def quantize_projections(module: ProjectedAttention, weight_quant: str) -> ProjectedAttention:

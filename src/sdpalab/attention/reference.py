@@ -40,7 +40,11 @@ def attention_ref(
         start = kv_len - q_len if q_start is None else q_start
         # make_mod aligns by offset = kv_len - q_len; choose the length that gives this start.
         mod = make_mod(
-            mod, mod_args or {}, q_len=kv_len - start, kv_len=kv_len, heads=heads_q,
+            mod,
+            mod_args or {},
+            q_len=kv_len - start,
+            kv_len=kv_len,
+            heads=heads_q,
             device=str(q.device),
         )
     scale = default_scale(head_dim) if scale is None else scale

@@ -54,7 +54,9 @@ def sdpa_arguments(mod_name: str, mod_args: dict, q: torch.Tensor, k: torch.Tens
         if q_len == kv_len:
             return {"is_causal": True}
         return {"attn_mask": causal_lower_right(q_len, kv_len)}
-    mod = make_mod(mod_name, mod_args, q_len=q_len, kv_len=kv_len, heads=heads, device=str(q.device))
+    mod = make_mod(
+        mod_name, mod_args, q_len=q_len, kv_len=kv_len, heads=heads, device=str(q.device)
+    )
     return {"attn_mask": _materialized(mod, heads, q_len, kv_len, str(q.device), q.dtype)}
 
 

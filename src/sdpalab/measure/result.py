@@ -104,14 +104,27 @@ class Result:
 
     def to_row(self) -> dict[str, Any]:
         """Flat row for tables and CSV: variant and workload fields prefixed, metrics as is."""
-        row: dict[str, Any] = {"trial_id": self.trial_id, "label": self.label, "status": self.status}
+        row: dict[str, Any] = {
+            "trial_id": self.trial_id,
+            "label": self.label,
+            "status": self.status,
+        }
         for key, value in self.workload.items():
             row[f"wl_{key}"] = value
         for key, value in self.variant.items():
-            row[f"v_{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+            row[f"v_{key}"] = (
+                json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+            )
         for f in dataclasses.fields(self):
-            if f.name not in ("variant", "workload", "provenance", "settings", "trial_id", "label",
-                              "status"):
+            if f.name not in (
+                "variant",
+                "workload",
+                "provenance",
+                "settings",
+                "trial_id",
+                "label",
+                "status",
+            ):
                 row[f.name] = getattr(self, f.name)
         return row
 

@@ -174,7 +174,9 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
             expected, rows = _oracle(attn, variant, q, k, v)
             acc = compare(out[:, :, rows], expected)
             result.max_abs_err, result.rel_fro_err, result.cosine = (
-                acc.max_abs_err, acc.rel_fro_err, acc.cosine,
+                acc.max_abs_err,
+                acc.rel_fro_err,
+                acc.cosine,
             )
             result.tolerance = tolerance(workload.torch_dtype)
 
@@ -185,8 +187,12 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
         result.input_bytes = input_bytes
 
         timing = time_fn(
-            step, device=workload.device, warmup=settings.warmup, repeats=settings.repeats,
-            flush_l2=settings.flush_l2, setup=setup,
+            step,
+            device=workload.device,
+            warmup=settings.warmup,
+            repeats=settings.repeats,
+            flush_l2=settings.flush_l2,
+            setup=setup,
         )
         result.latency_ms, result.latency_iqr_ms = timing.latency_ms, timing.latency_iqr_ms
         result.latency_n, result.noisy = timing.latency_n, timing.noisy
@@ -197,7 +203,8 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
             held = input_bytes + (result.kv_cache_bytes or 0)
             peak = peak_memory(step, device=workload.device, baseline_bytes=held)
             result.peak_mem_bytes, result.peak_mem_total_bytes = (
-                peak.peak_mem_bytes, peak.peak_mem_total_bytes,
+                peak.peak_mem_bytes,
+                peak.peak_mem_total_bytes,
             )
             result.memory_method = peak.method
 
@@ -213,19 +220,29 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
     wl = workload
     result.allowed_fraction = allowed_fraction(mod, args, wl.seq_q, wl.seq_kv)
     result.flops = attention_flops(
-        batch=wl.batch, heads_q=wl.heads_q, q_len=wl.seq_q, kv_len=wl.seq_kv,
-        head_dim=wl.head_dim, allowed_fraction=result.allowed_fraction,
+        batch=wl.batch,
+        heads_q=wl.heads_q,
+        q_len=wl.seq_q,
+        kv_len=wl.seq_kv,
+        head_dim=wl.head_dim,
+        allowed_fraction=result.allowed_fraction,
     )
     if cached:  # what one step must read and write, in storage format (kvplan's model)
         result.step_bytes = _kv_model(variant, workload, "step")
         result.bytes_moved = result.step_bytes
     else:
         result.bytes_moved = attention_bytes(
-            batch=wl.batch, heads_q=wl.heads_q, heads_kv=wl.heads_kv, q_len=wl.seq_q,
-            kv_len=wl.seq_kv, head_dim=wl.head_dim, elem_bytes=q.element_size(),
+            batch=wl.batch,
+            heads_q=wl.heads_q,
+            heads_kv=wl.heads_kv,
+            q_len=wl.seq_q,
+            kv_len=wl.seq_kv,
+            head_dim=wl.head_dim,
+            elem_bytes=q.element_size(),
         )
-    rates = throughput(result.flops, result.bytes_moved, result.latency_ms,
-                       load_ceilings(wl.device))
+    rates = throughput(
+        result.flops, result.bytes_moved, result.latency_ms, load_ceilings(wl.device)
+    )
     result.tflops, result.gbps = rates["tflops"], rates["gbps"]
     result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
 
@@ -235,8 +252,12 @@ def _kv_model(variant: Variant, workload: Workload, which: str) -> int:
     from sdpalab.attention.kvplan import cache_bytes_model, step_bytes_model
 
     common = dict(
-        kv_cache=variant.kv_cache, kv_quant=variant.kv_quant, batch=workload.batch,
-        heads_kv=workload.heads_kv, head_dim=workload.head_dim, tokens=workload.seq_kv,
+        kv_cache=variant.kv_cache,
+        kv_quant=variant.kv_quant,
+        batch=workload.batch,
+        heads_kv=workload.heads_kv,
+        head_dim=workload.head_dim,
+        tokens=workload.seq_kv,
         dtype_bytes=torch.empty((), dtype=workload.torch_dtype).element_size(),
         **variant.kv_args,
     )

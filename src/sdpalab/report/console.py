@@ -289,7 +289,10 @@ def render_plan(console: Console, rows: list[dict[str, Any]], title: str) -> Non
         table.add_column(name, justify="left" if name.startswith("kv") else "right")
     for row in rows:
         table.add_row(
-            row["kv_cache"], row["kv_quant"], format_bytes(row["bytes_per_token"]),
-            format_bytes(row["total_bytes"]), f"{row['ratio_to_bf16']:.3f}",
+            row["kv_cache"],
+            row["kv_quant"],
+            format_bytes(row["bytes_per_token"]),
+            format_bytes(row["total_bytes"]),
+            f"{row['ratio_to_bf16']:.3f}",
         )
     console.print(table)
