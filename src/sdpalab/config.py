@@ -16,6 +16,11 @@ Several sub-grids go under ``grids:`` (a list); each takes the top-level ``workl
 being crossed). ``dtype: auto`` is float32 on the CPU and bfloat16 (else float16) on a GPU;
 ``backend: available`` is every kernel this kind of device has.
 
+A whole model can be the workload instead of one attention call: ``workload: {model:
+tiny-llama, prompt_len: [64, 128], new_tokens: 16, batch: 1, dtype: auto}`` (keys
+:data:`MODEL_AXES`; ``model`` a built-in name or a local path). Each trial then runs the model's
+prefill and greedy generation with the variant (:mod:`sdpalab.measure.model_trial`).
+
 Every value is checked on its own when the file is loaded: a bad one is a ``ValueError`` whose
 one-line message reads ``<file>: <key.path>: <what is wrong>; valid: ...``. Values that are
 each valid but cannot go together (``kv_quant: int8`` without a cache, ``seq_q > seq_kv``, a
@@ -76,6 +81,9 @@ AVAILABLE_BACKENDS = {
 """What ``backend: available`` expands to per device type; a kernel that refuses a particular
 shape or dtype at run time is recorded as ``unsupported``."""
 WORKLOAD_AXES = ("phase", "batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim", "dtype")
+MODEL_AXES = ("model", "prompt_len", "new_tokens", "batch", "dtype")
+"""The keys of a model workload (``workload: {model: tiny-llama, ...}``): a trial runs the model
+end to end (see :mod:`sdpalab.measure.model_trial`) instead of one attention call."""
 VARIANT_AXES = (
     "backend",
     "mod",
@@ -188,6 +196,17 @@ def _mod_entry(value: Any) -> Any:
     )
 
 
+def _model_name(value: str) -> str:
+    from sdpalab.integrations.models import BUILTINS
+
+    if value in BUILTINS or Path(value).expanduser().exists():
+        return value
+    raise ValueError(
+        f"{value!r} is neither a built-in model nor an existing path; valid: "
+        f"{', '.join(BUILTINS)}, a local model directory or a config.json"
+    )
+
+
 def _kv_args(value: dict) -> dict:
     for key, arg in value.items():
         _valid(key, tuple(KV_ARGS))
@@ -213,6 +232,7 @@ _PosInt = Annotated[StrictInt, AfterValidator(_positive)]
 _PosNumber = Annotated[float, BeforeValidator(_number), AfterValidator(_positive_number)]
 _PosInts = _axis(_PosInt)
 _Phases = _axis(_choice(*PHASES))
+_Models = _axis(Annotated[StrictStr, AfterValidator(_model_name)])
 _DTypes = _axis(_choice("auto", *DTYPES))
 _Backends = _axis(
     Annotated[StrictStr, AfterValidator(lambda v: _valid(v, ("available", *known_backends())))]
@@ -224,7 +244,9 @@ _KVCaches = _axis(_choice(*KV_CACHES))
 _KVQuants = _axis(_choice(*KV_QUANTS))
 _WQuants = _axis(_choice(*WEIGHT_QUANTS))
 _Bools = _axis(StrictBool)
-_ZIPPABLE = tuple(k for k in (*WORKLOAD_AXES, *VARIANT_AXES) if k != "mod_args")
+_ZIPPABLE = tuple(
+    k for k in dict.fromkeys((*WORKLOAD_AXES, *MODEL_AXES, *VARIANT_AXES)) if k != "mod_args"
+)
 _Zip = Annotated[list[_choice(*_ZIPPABLE)], AfterValidator(_nonempty)]
 
 
@@ -244,6 +266,9 @@ class WorkloadAxes(_Model):
     seq_kv: _PosInts = None
     head_dim: _PosInts = None
     dtype: _DTypes = None
+    model: _Models = None
+    prompt_len: _PosInts = None
+    new_tokens: _PosInts = None
 
 
 class VariantAxes(_Model):
@@ -394,6 +419,7 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
     for i, grid in enumerate(model.grids or [GridModel()]):
         path = f"grids[{i}]" if model.grids else ""
         workload = _merge(model.workload, grid.workload)
+        _check_workload_kind(f"{source}: {path + '.' if path else ''}workload", workload)
         variants = _merge(model.variants, grid.variants)
         own = grid.variants is not None and grid.variants.mod_args is not None
         _check_mod_args(f"{source}: {path}.variants" if own else f"{source}: variants", variants)
@@ -420,6 +446,19 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
     return SweepSpec(
         model.name, device, tuple(grids), base_settings, constraints, source, model.description
     )
+
+
+def _check_workload_kind(where: str, workload: dict[str, list]) -> None:
+    """A model workload takes only :data:`MODEL_AXES`; an attention one none of the model's."""
+    if "model" in workload:
+        bad = [k for k in workload if k not in MODEL_AXES]
+        valid = ", ".join(MODEL_AXES)
+        if bad:
+            raise ValueError(f"{where}.{bad[0]}: not a key of a model workload; valid: {valid}")
+    else:
+        bad = [k for k in workload if k in ("prompt_len", "new_tokens")]
+        if bad:
+            raise ValueError(f"{where}.{bad[0]}: needs workload.model (a model workload)")
 
 
 def _merge(base: BaseModel | None, over: BaseModel | None) -> dict[str, list]:

@@ -15,7 +15,40 @@ from types import SimpleNamespace
 from typing import Any
 
 from sdpalab.measure.result import MeasureSettings, Result
-from sdpalab.spec import Variant, Workload, trial_id
+from sdpalab.spec import DTYPES, Variant, Workload, resolve_device, supported_dtypes, trial_id
+
+
+@dataclass(frozen=True)
+class ModelWorkload:
+    """A whole model as the workload: ``model`` (a built-in name or a local path) runs a prefill
+    of ``prompt_len`` seeded random tokens and greedy generation of ``new_tokens`` tokens, for
+    ``batch`` sequences in ``dtype`` (see :mod:`sdpalab.measure.model_trial`)."""
+
+    model: str
+    prompt_len: int = 128
+    new_tokens: int = 32
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "new_tokens", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+        object.__setattr__(self, "device", resolve_device(self.device))
+        if self.dtype not in supported_dtypes(self.device):
+            raise ValueError(f"dtype={self.dtype} is not supported on {self.device}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def is_model_workload(workload: dict[str, Any]) -> bool:
+    """Whether a workload dict (a trial's, a Result's) names a model rather than one call."""
+    return workload.get("model") is not None
 
 
 @dataclass(frozen=True)
@@ -72,7 +105,7 @@ class Trial:
     workload_spec: dict[str, Any]
     settings: MeasureSettings
     variant: Variant | None = None
-    workload: Workload | None = None
+    workload: Workload | ModelWorkload | None = None
     unsupported: str | None = None
     grid: str = ""
 
@@ -168,9 +201,10 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
         f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         for f in dataclasses.fields(Variant)
     } | var
-    w_spec = {f.name: f.default for f in dataclasses.fields(Workload)} | wl
+    kind = ModelWorkload if is_model_workload(wl) else Workload
+    w_spec = {f.name: f.default for f in dataclasses.fields(kind)} | wl
     try:
-        variant, workload = Variant(**var), Workload(**wl)
+        variant, workload = Variant(**var), kind(**wl)
     except ValueError as err:
         v_obj, w_obj = (
             SimpleNamespace(to_dict=lambda: v_spec),

@@ -25,8 +25,22 @@ from sdpalab.measure.result import Result
 
 OBJECTIVES = ("latency_ms", "peak_mem_total_bytes", "rel_fro_err")
 """Default objectives, all minimized."""
-CONTEXT_FIELDS = ("phase", "batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim", "device")
-"""Workload fields that describe the work itself; ``dtype`` is left out: it is a choice."""
+CONTEXT_FIELDS = (
+    "model",
+    "phase",
+    "batch",
+    "heads_q",
+    "heads_kv",
+    "seq_q",
+    "seq_kv",
+    "head_dim",
+    "prompt_len",
+    "new_tokens",
+    "device",
+)
+"""Workload fields that describe the work itself; ``dtype`` is left out: it is a choice. A
+model workload has ``model``, ``prompt_len`` and ``new_tokens`` and none of the attention
+shape's fields (and the other way round); a context holds only the fields its workload has."""
 LIMIT_NAMES = ("max_error", "max_memory", "max_latency_ms")
 ERROR_FLOOR = 1e-12
 """Errors are compared in log space; an exact 0 counts as this."""

@@ -18,8 +18,17 @@ from sdpalab.config import Trial
 from sdpalab.explore.objectives import CONTEXT_FIELDS
 
 INSTALL = "pip install 'sdpalab[search]'"
-SIZE_FIELDS = ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim")
-"""Workload sizes along which attention's memory and time only grow."""
+SIZE_FIELDS = (
+    "batch",
+    "heads_q",
+    "heads_kv",
+    "seq_q",
+    "seq_kv",
+    "head_dim",
+    "prompt_len",
+    "new_tokens",
+)
+"""Workload sizes along which attention's (and a model's) memory and time only grow."""
 
 
 def import_optuna():
@@ -50,7 +59,8 @@ def choice_point(trial: Trial) -> dict[str, Any]:
 
 
 def context_of_trial(trial: Trial) -> dict[str, Any]:
-    return {k: trial.workload_spec.get(k) for k in CONTEXT_FIELDS}
+    spec = trial.workload_spec
+    return {k: spec.get(k) for k in CONTEXT_FIELDS if k in spec}
 
 
 @dataclass

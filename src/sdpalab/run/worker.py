@@ -77,11 +77,18 @@ def run_one(message: dict[str, Any]) -> dict[str, Any]:
     from sdpalab.measure.result import MeasureSettings, Result
     from sdpalab.measure.trial import measure
     from sdpalab.spec import Variant, Workload
+    from sdpalab.trials import ModelWorkload, is_model_workload
 
     try:
         variant = Variant(**message["variant"])
-        workload = Workload(**message["workload"])
-        result = measure(variant, workload, MeasureSettings(**message["settings"]))
+        settings = MeasureSettings(**message["settings"])
+        if is_model_workload(message["workload"]):  # a whole model, end to end
+            from sdpalab.measure.model_trial import measure_model
+
+            result = measure_model(variant, ModelWorkload(**message["workload"]), settings)
+        else:
+            workload = Workload(**message["workload"])
+            result = measure(variant, workload, settings)
     except Exception as err:  # measure() itself does not raise; building the specs might
         print(traceback.format_exc(), file=sys.stderr)
         result = Result(
