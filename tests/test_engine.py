@@ -184,7 +184,8 @@ def test_sigkill_then_resume_keeps_exactly_one_row_per_trial(tmp_path):
     with ResultStore(out) as store:
         after = {r.trial_id: r for r in store.results()}
     assert all(after[i] == r for i, r in before.items())
-    assert f"{24 - len(before)} trials in" in done.stdout
+    if len(before) < 24:  # on a fast machine the sweep may finish before the kill lands
+        assert f"{24 - len(before)} trials in" in done.stdout
 
 
 def test_unsupported_trials_are_stored_without_a_worker(tmp_path):
