@@ -292,7 +292,6 @@ class MeasureModel(_Model):
     flush_l2: StrictBool | None = None
     check_accuracy: StrictBool | None = None
     memory: StrictBool | None = None
-    decode_steps: _PosInt | None = None
     seed: StrictInt | None = None
 
 

@@ -26,19 +26,13 @@ class MeasureSettings:
     flush_l2: bool = False
     check_accuracy: bool = True
     memory: bool = True
-    decode_steps: int = 1
-    """decode: steps timed per sample (each step appends ``seq_q`` tokens; rolled back after)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("warmup", "decode_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"measure.{name}={value!r} must be a non-negative integer")
+        if not isinstance(self.warmup, int) or isinstance(self.warmup, bool) or self.warmup < 0:
+            raise ValueError(f"measure.warmup={self.warmup!r} must be a non-negative integer")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise ValueError(f"measure.repeats={self.repeats!r} must be a positive integer")
-        if self.decode_steps < 1:
-            raise ValueError(f"measure.decode_steps={self.decode_steps!r} must be at least 1")
         if not self.timeout_s > 0:
             raise ValueError(f"measure.timeout_s={self.timeout_s!r} must be positive")
 
