@@ -107,6 +107,9 @@ def test_faults_are_results_and_healthy_trials_survive(tmp_path):
         assert r.kernel and r.provenance.get("torch")
     # the CSV and run.json sit beside the store
     assert (out / "results.csv").read_text().count("\n") == 41
+    # and the report, whose failures section names every fault
+    page = (out / "report.html").read_text()
+    assert all(status in page for status in ("crash", "timeout", "oom", "numerical_fail"))
     import json
 
     info = json.loads((out / "run.json").read_text())

@@ -116,6 +116,9 @@ def sweep(
     spec = load_spec(config)
     with progress_callback(console) as on_result:
         run = run_sweep(spec, out, resume=resume, workers=workers, on_result=on_result)
+    from sdpalab.report.html import write_report
+
+    write_report(run.out, results=run.results)
     render_run(console, run)
 
 
@@ -161,12 +164,17 @@ def search(
             seed=seed,
             on_result=on_result,
         )
-    render_search(
-        console,
-        found,
-        summarize_front(
-            found.results, priority=priority, objectives=found.objectives, **found.limits
-        ),
+    summary = summarize_front(
+        found.results, priority=priority, objectives=found.objectives, **found.limits
+    )
+    render_search(console, found, summary)
+    from sdpalab.report.search_report import write_search_report
+
+    console.print(
+        f"written: {write_search_report(found.out, found.results, summary=summary)}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
