@@ -28,18 +28,11 @@ RUN_JSON = "run.json"
 CSV = "results.csv"
 
 
-@dataclass
-class Results:
-    """A finished sweep: its Results in trial order and where they are stored."""
+class ResultList:
+    """What a sweep's and a search's outcome share: iterate their ``results``, or take them as
+    a DataFrame."""
 
     results: list[Result]
-    out: Path
-    spec: SweepSpec | None = None
-    elapsed_s: float | None = None
-    name: str = field(default="")
-
-    def __post_init__(self) -> None:
-        self.name = self.name or (self.spec.name if self.spec else self.out.name)
 
     def __len__(self) -> int:
         return len(self.results)
@@ -53,6 +46,20 @@ class Results:
         import pandas as pd
 
         return pd.DataFrame([r.to_row() for r in self.results])
+
+
+@dataclass
+class Results(ResultList):
+    """A finished sweep: its Results in trial order and where they are stored."""
+
+    results: list[Result]
+    out: Path
+    spec: SweepSpec | None = None
+    elapsed_s: float | None = None
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        self.name = self.name or (self.spec.name if self.spec else self.out.name)
 
     def counts(self) -> dict[str, int]:
         """Trials per status."""

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdpalab.config import SweepSpec, Trial, load_spec
+from sdpalab.explore.grid import ResultList
 from sdpalab.explore.objectives import (
     FAILED_VIOLATION,
     OBJECTIVES,
@@ -54,7 +55,7 @@ from sdpalab.measure.result import Result
 from sdpalab.run.store import ResultStore
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 SAMPLERS = ("nsga2", "tpe", "gp")
 JOURNAL = "optuna.log"
@@ -64,7 +65,7 @@ JOURNAL = "optuna.log"
 
 
 @dataclass
-class SearchResult:
+class SearchResult(ResultList):
     """What a search measured or reused, where it lives, and how it went."""
 
     results: list[Result]
@@ -88,18 +89,6 @@ class SearchResult:
     """Every point of every shape is known: the search stopped early."""
     elapsed_s: float = 0.0
     spec: SweepSpec | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __iter__(self):
-        return iter(self.results)
-
-    @property
-    def df(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame([r.to_row() for r in self.results])
 
     def front(self, *, noise_aware: bool = True) -> list[Result]:
         """The feasible non-dominated results per shape, under the search's limits."""
