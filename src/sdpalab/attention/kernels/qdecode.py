@@ -40,6 +40,7 @@ import triton
 
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kernels.attend import interpreting
+from sdpalab.attention.kernels.qdecode_fast import _fast_kernel
 from sdpalab.attention.kernels.qdecode_triton import _merge_kernel, _qdecode_kernel
 from sdpalab.attention.kvquant import QTensor
 
@@ -49,6 +50,12 @@ KEY_MODE = {"int8": 0, "fp8": 0, "int4": 1, "kivi4": 2, "kivi2": 2}
 """0: one scale per token; 1: scale and zero per token and channel group; 2: per channel and
 token group (KIVI keys)."""
 MAX_CHANNEL_GROUPS = 16
+CODE_OFFSET = {"int8": 128.0, "int4": 0.0, "fp8": 0.0}
+"""What the fast kernel's code tiles add to each code (``qdecode_fast``)..."""
+CODE_UNIT_INV = {"int8": 2.0**24, "int4": 2.0**24, "fp8": 256.0}
+"""... and what they must be multiplied by: integer codes are float16 subnormals, fp8 codes
+are re-based by 2^-8."""
+KERNELS = ("fast", "general")
 PROGRAMS_PER_SM = 8
 MIN_CHUNK_BLOCKS = 4
 MAX_SPLITS = 256
@@ -61,13 +68,34 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def default_config(fmt: str, dtype: torch.dtype) -> dict:
+def fast_unavailable(k: QTensor | None, v: QTensor | None, n_recent, dtype, head_dim: int):
+    """None when the fast kernel (``qdecode_fast``) reads this cache, else why not."""
+    if k is None or k.fmt not in CODE_OFFSET:
+        return f"it reads {', '.join(CODE_OFFSET)} caches"
+    if n_recent:
+        return "it reads no full-precision recent tokens"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"it computes in float16 or bfloat16, not {dtype}"
+    words = head_dim // CODES_PER_WORD[k.fmt]
+    if head_dim & (head_dim - 1) or words < 16:
+        return f"head_dim {head_dim} is not a power of two of at least 16 words of {k.fmt}"
+    if k.fmt == "int4":
+        if k.group_size != v.group_size:
+            return f"key groups of {k.group_size} and value groups of {v.group_size} differ"
+        if head_dim % k.group_size or k.group_size % CODES_PER_WORD["int4"]:
+            return f"int4 groups of {k.group_size} do not tile head_dim {head_dim} in whole words"
+    return None
+
+
+def default_config(fmt: str, dtype: torch.dtype, fast: bool = False) -> dict:
     """Keys per block, warps and pipeline depth of one format.
 
     Chosen from the sm_90 compiler's register and shared-memory report (triton 3.6): these are
     the largest blocks that compile without spilling; ``benchmarks/qdecode_bench.py`` times the
     alternatives on an H100 and reports the fastest.
     """
+    if fast:
+        return {"block_n": 128, "num_warps": 4, "num_stages": 2}
     if dtype == torch.float32:  # float32 tiles: small blocks, or the registers spill
         return {"block_n": 32, "num_warps": 8, "num_stages": 2}
     if fmt.startswith("kivi"):
@@ -158,6 +186,7 @@ def qdecode_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     splits: int | None = None,
+    kernel: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, H_q, q_len, D]`` over quantized then recent tokens (module doc).
 
@@ -166,7 +195,9 @@ def qdecode_attention(
     positions after the quantized ones, or None. ``causal``: bottom-right. ``scale``: softmax
     scale (default ``1/sqrt(D)``). ``block_n``/``num_warps``/``num_stages``/``splits`` override
     the launch configuration (``splits``: number of KV chunks; default from the SM count).
-    Returns ``[B, H_q, q_len, D]`` in q's dtype. A row that sees no key gets zeros.
+    ``kernel``: ``"fast"`` (int8, fp8 and int4 without recent tokens, float16 or bfloat16
+    queries, power-of-two head_dim of at least 16 words) or ``"general"``; default: fast where
+    it applies. Returns ``[B, H_q, q_len, D]`` in q's dtype. A row that sees no key gets zeros.
     """
     heads_kv = _check_inputs(q_BHSD, k, v, k_recent, v_recent)
     device = q_BHSD.device
@@ -187,7 +218,13 @@ def qdecode_attention(
     q = q_BHSD if q_BHSD.stride(-1) == 1 else q_BHSD.contiguous()
     dtype = q.dtype
     f32 = dtype == torch.float32
-    cfg = default_config(fmt, dtype)
+    why_not = fast_unavailable(k, v, n_recent, dtype, head_dim)
+    if kernel not in (None, *KERNELS):
+        raise ValueError(f"kernel={kernel!r}; valid: {', '.join(KERNELS)}")
+    if kernel == "fast" and why_not:
+        raise Unsupported(f"the fast qdecode kernel does not apply: {why_not}")
+    fast = kernel != "general" and why_not is None
+    cfg = default_config(fmt, dtype, fast=fast)
     geo = launch_geometry(
         batch=batch,
         heads_q=heads_q,
@@ -197,8 +234,9 @@ def qdecode_attention(
         fmt=fmt,
         dtype=dtype,
         device=device,
-        block_n=block_n,
+        block_n=block_n or cfg["block_n"],
         splits=splits,
+        copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
     )
     block_n, block_m, splits, chunk = geo["block_n"], geo["block_m"], geo["splits"], geo["chunk"]
     block_d = triton.next_power_of_2(head_dim)
@@ -256,25 +294,40 @@ def qdecode_attention(
         return [0] * 4 if t is q else [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
 
     grid = (batch * heads_kv, geo["m_tiles"], splits)
-    _qdecode_kernel[grid](
-        q, out, part, lse,
-        kw, ks, kz, vw, vs, vz, kr, vr,
-        q_len, n_quant, kv_len, chunk, splits,
-        (head_dim**-0.5 if scale is None else scale) * _LOG2E,
-        *q.stride()[:3], *out.stride()[:3],
-        *strides(kw, 3), *scale_strides(ks),
-        *strides(vw, 3), *scale_strides(vs),
-        *strides(kr, 3), *strides(vr, 3),
-        heads_kv,
-        G=group, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        FMT=FMT_ID[fmt], NW=nw, WP=wp,
-        K_MODE=k_mode, K_GROUP=k_group, K_NG=k_ng, K_TG=k_tg,
-        V_MODE=v_mode, V_GROUP=v_group, V_NG=v_ng, SCALE_MUL=scale_mul,
-        BLOCK_M=block_m, BLOCK_N=block_n,
-        CAUSAL=causal, SPLIT=splits > 1, HAS_QUANT=n_quant > 0, HAS_RES=n_recent > 0,
-        Q_NORM=dtype == torch.bfloat16, F32=f32,
-        num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"],
-    )  # fmt: skip
+    warps = num_warps or cfg["num_warps"]
+    stages = num_stages or cfg["num_stages"]
+    if fast:
+        _fast_kernel[grid](
+            q, out, part, lse, kw, ks, kz, vw, vs, vz,
+            q_len, kv_len, chunk, splits, (head_dim**-0.5 if scale is None else scale) * _LOG2E,
+            *q.stride()[:3], *out.stride()[:3],
+            *strides(kw, 3), *scale_strides(ks), *strides(vw, 3), *scale_strides(vs),
+            heads_kv,
+            G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
+            NG=geo["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
+            R=geo["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    else:
+        _qdecode_kernel[grid](
+            q, out, part, lse,
+            kw, ks, kz, vw, vs, vz, kr, vr,
+            q_len, n_quant, kv_len, chunk, splits,
+            (head_dim**-0.5 if scale is None else scale) * _LOG2E,
+            *q.stride()[:3], *out.stride()[:3],
+            *strides(kw, 3), *scale_strides(ks),
+            *strides(vw, 3), *scale_strides(vs),
+            *strides(kr, 3), *strides(vr, 3),
+            heads_kv,
+            G=group, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            FMT=FMT_ID[fmt], NW=nw, WP=wp,
+            K_MODE=k_mode, K_GROUP=k_group, K_NG=k_ng, K_TG=k_tg,
+            V_MODE=v_mode, V_GROUP=v_group, V_NG=v_ng, SCALE_MUL=scale_mul,
+            BLOCK_M=block_m, BLOCK_N=block_n,
+            CAUSAL=causal, SPLIT=splits > 1, HAS_QUANT=n_quant > 0, HAS_RES=n_recent > 0,
+            Q_NORM=dtype == torch.bfloat16, F32=f32,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
     if splits > 1:
         _merge_kernel[(batch * heads_q * q_len,)](
             part, lse, out, q_len, heads_q, splits, *out.stride()[:3],
@@ -296,10 +349,12 @@ def launch_geometry(
     device: torch.device,
     block_n: int | None = None,
     splits: int | None = None,
+    copies: int = 1,
 ) -> dict:
-    """The launch ``qdecode_attention`` picks: ``block_m`` query rows per tile (G * q_len rows,
-    padded to at least 16 for ``tl.dot``), ``m_tiles``, ``block_n`` keys per step, and the
-    split-KV ``splits`` x ``chunk`` keys (whole blocks).
+    """The launch ``qdecode_attention`` picks: ``block_m`` rows per tile (``rows_per_tile`` of
+    the G * q_len query rows, times ``copies`` for the fast kernel's channel groups, padded to at
+    least 16 for ``tl.dot``), ``m_tiles``, ``block_n`` keys per step, and the split-KV
+    ``splits`` x ``chunk`` keys (whole blocks).
 
     Splits: about ``PROGRAMS_PER_SM`` programs per SM, so that the last, partly filled wave of
     equal-sized programs is a small part of the run, and at least ``MIN_CHUNK_BLOCKS`` blocks
@@ -307,8 +362,10 @@ def launch_geometry(
     """
     block_n = block_n or default_config(fmt, dtype)["block_n"]
     rows = heads_q // heads_kv * q_len
-    block_m = min(max(16, triton.next_power_of_2(rows)), 32 if dtype == torch.float32 else 64)
-    m_tiles = triton.cdiv(rows, block_m)
+    most = 32 if dtype == torch.float32 else 64
+    per_tile = min(max(16 // copies, triton.next_power_of_2(rows)), most // copies)
+    block_m = per_tile * copies
+    m_tiles = triton.cdiv(rows, per_tile)
     kv_len = max(kv_len, 1)
     blocks = triton.cdiv(kv_len, block_n)
     if splits is None:
@@ -321,8 +378,8 @@ def launch_geometry(
         )
     splits = max(1, min(splits, blocks))
     chunk = triton.cdiv(blocks, splits) * block_n
-    return {"block_m": block_m, "m_tiles": m_tiles, "block_n": block_n,
-            "splits": triton.cdiv(kv_len, chunk), "chunk": chunk}  # fmt: skip
+    return {"block_m": block_m, "m_tiles": m_tiles, "block_n": block_n, "copies": copies,
+            "rows_per_tile": per_tile, "splits": triton.cdiv(kv_len, chunk), "chunk": chunk}  # fmt: skip
 
 
 def bytes_read(q_BHSD, k=None, v=None, k_recent=None, v_recent=None) -> int:
