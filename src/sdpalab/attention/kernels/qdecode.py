@@ -57,6 +57,9 @@ CODE_UNIT_INV = {"int8": 2.0**24, "int4": 2.0**24, "fp8": 256.0}
 are re-based by 2^-8."""
 KERNELS = ("fast", "general")
 PROGRAMS_PER_SM = 8
+FAST_PROGRAMS_PER_SM = 4
+"""Programs of the fast kernel an H100 SM holds at once (2 warps of up to 255 registers, up
+to 57 KiB of shared memory each)."""
 MIN_CHUNK_BLOCKS = 4
 MAX_SPLITS = 256
 
@@ -90,12 +93,14 @@ def fast_unavailable(k: QTensor | None, v: QTensor | None, n_recent, dtype, head
 def default_config(fmt: str, dtype: torch.dtype, fast: bool = False) -> dict:
     """Keys per block, warps and pipeline depth of one format.
 
-    Chosen from the sm_90 compiler's register and shared-memory report (triton 3.6): these are
-    the largest blocks that compile without spilling; ``benchmarks/qdecode_bench.py`` times the
-    alternatives on an H100 and reports the fastest.
+    General kernel: chosen from the sm_90 compiler's register and shared-memory report (triton
+    3.6), the largest blocks that compile without spilling. Fast kernel: the fastest for int8,
+    int4 and fp8 of block_n 32/64/128 x warps 1/2/4/8 x stages 1..4 timed on an H100
+    (``benchmarks/qdecode_explore.py``). ``benchmarks/qdecode_bench.py`` times the alternatives
+    again and reports the fastest.
     """
     if fast:
-        return {"block_n": 128, "num_warps": 4, "num_stages": 2}
+        return {"block_n": 128, "num_warps": 2, "num_stages": 2}
     if dtype == torch.float32:  # float32 tiles: small blocks, or the registers spill
         return {"block_n": 32, "num_warps": 8, "num_stages": 2}
     if fmt.startswith("kivi"):
@@ -237,6 +242,7 @@ def qdecode_attention(
         block_n=block_n or cfg["block_n"],
         splits=splits,
         copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
+        fast=fast,
     )
     block_n, block_m, splits, chunk = geo["block_n"], geo["block_m"], geo["splits"], geo["chunk"]
     block_d = triton.next_power_of_2(head_dim)
@@ -350,15 +356,19 @@ def launch_geometry(
     block_n: int | None = None,
     splits: int | None = None,
     copies: int = 1,
+    fast: bool = False,
 ) -> dict:
     """The launch ``qdecode_attention`` picks: ``block_m`` rows per tile (``rows_per_tile`` of
     the G * q_len query rows, times ``copies`` for the fast kernel's channel groups, padded to at
     least 16 for ``tl.dot``), ``m_tiles``, ``block_n`` keys per step, and the split-KV
     ``splits`` x ``chunk`` keys (whole blocks).
 
-    Splits: about ``PROGRAMS_PER_SM`` programs per SM, so that the last, partly filled wave of
-    equal-sized programs is a small part of the run, and at least ``MIN_CHUNK_BLOCKS`` blocks
-    per split, so that the partial results stay a small fraction of the bytes read.
+    Splits: general kernel, about ``PROGRAMS_PER_SM`` programs per SM, so that the last,
+    partly filled wave of equal-sized programs is a small part of the run; fast kernel, one
+    full wave of ``FAST_PROGRAMS_PER_SM`` programs per SM (timed on an H100: B=8, 32k keys:
+    8 splits 0.204 ms, 16 splits 0.210 ms; B=1, 128k keys: 66 splits 0.116 ms, 99 splits
+    0.137 ms). Both keep at least ``MIN_CHUNK_BLOCKS`` blocks per split, so that the partial
+    results stay a small fraction of the bytes read.
     """
     block_n = block_n or default_config(fmt, dtype)["block_n"]
     rows = heads_q // heads_kv * q_len
@@ -371,8 +381,9 @@ def launch_geometry(
     if splits is None:
         sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
         base = batch * heads_kv * m_tiles
+        fill = (FAST_PROGRAMS_PER_SM * sms) // base if fast else triton.cdiv(PROGRAMS_PER_SM * sms, base)
         splits = min(
-            triton.cdiv(PROGRAMS_PER_SM * sms, base),
+            fill,
             triton.cdiv(blocks, MIN_CHUNK_BLOCKS),
             MAX_SPLITS,
         )

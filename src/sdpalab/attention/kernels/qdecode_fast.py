@@ -51,39 +51,64 @@ def _codes(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
 
 
 @triton.jit
-def _positions(w, FMT: tl.constexpr, E: tl.constexpr):
-    """Words ``[N, WP]`` → four float16 code tiles ``[N, TW]`` (``_channel`` maps their
-    columns to channels). int8 and fp8: tile t holds byte t of each word. int4: tile t holds
-    nibbles t and t + 4 of each word side by side, as the two halves of one 32-bit register."""
+def _joined(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
+    """The codes at bits ``SHIFT`` and ``SHIFT + 16`` of words ``[N, WP]`` side by side
+    ``[N, 2 * WP]``, as the two halves of one 32-bit register (no data moves)."""
+    lo, hi = _codes(w, SHIFT, FMT)
+    return tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
+
+
+@triton.jit
+def _key_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
+    """Key words ``[N, WP]`` → ``E / 2`` float16 code tiles ``[N, 2 * WP]`` (``_joined_channel``
+    maps their columns to channels; the last two repeat when E = 4)."""
     if E == 4:
-        c0, c2 = _codes(w, 0, FMT)
-        c1, c3 = _codes(w, 8, FMT)
+        c0 = _joined(w, 0, FMT)
+        c1 = _joined(w, 8, FMT)
+        c2, c3 = c0, c1
     else:
-        lo, hi = _codes(w, 0, FMT)
-        c0 = tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
-        lo, hi = _codes(w, 4, FMT)
-        c1 = tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
-        lo, hi = _codes(w, 8, FMT)
-        c2 = tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
-        lo, hi = _codes(w, 12, FMT)
-        c3 = tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
+        c0 = _joined(w, 0, FMT)
+        c1 = _joined(w, 4, FMT)
+        c2 = _joined(w, 8, FMT)
+        c3 = _joined(w, 12, FMT)
     return c0, c1, c2, c3
 
 
 @triton.jit
-def _channel(col, T: tl.constexpr, E: tl.constexpr):
-    """The channel of column ``col`` of code tile ``T``."""
+def _value_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
+    """Value words ``[N, WP]`` → four float16 code tiles (``_value_channel``). A value operand
+    pairs its registers along the keys, so the byte codes of int8 and fp8 stay one tile per
+    byte ``[N, WP]``; int4 nibbles are joined ``[N, 2 * WP]`` as for keys (measured faster)."""
+    if E == 4:
+        c0, c2 = _codes(w, 0, FMT)
+        c1, c3 = _codes(w, 8, FMT)
+    else:
+        c0 = _joined(w, 0, FMT)
+        c1 = _joined(w, 4, FMT)
+        c2 = _joined(w, 8, FMT)
+        c3 = _joined(w, 12, FMT)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _joined_channel(col, T: tl.constexpr, E: tl.constexpr):
+    """The channel of column ``col`` of joined tile ``T`` (codes ``T`` and ``T + E/2``)."""
+    return (col // 2) * E + T + (col % 2) * (E // 2)
+
+
+@triton.jit
+def _value_channel(col, T: tl.constexpr, E: tl.constexpr):
     if E == 4:
         return col * 4 + T
     else:
-        return (col // 2) * 8 + T + (col % 2) * 4
+        return _joined_channel(col, T, E)
 
 
 @triton.jit
 def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
             alpha):  # fmt: skip
     """Queries of code tile ``T``'s channels, of each row's group only, over alpha, float16."""
-    ch = _channel(col, T, E)
+    ch = _joined_channel(col, T, E)
     keep = row_ok[:, None] & ((ch // GROUP)[None, :] == g_row[:, None])
     x = tl.load(base + ch[None, :], mask=keep, other=0.0).to(tl.float32)
     return (x / alpha[:, None]).to(tl.float16)
@@ -91,7 +116,7 @@ def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: t
 
 @triton.jit
 def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr):
-    ch = _channel(col, T, E)
+    ch = _value_channel(col, T, E)
     keep = row_ok[:, None] & ((ch // GROUP)[None, :] == g_row[:, None])
     tl.store(base + ch[None, :], x, mask=keep)
 
@@ -149,18 +174,18 @@ def _block(
         vw = tl.load(vw_base + n[:, None] * s_vwn + j[None, :])
 
     # ---- scores (base 2): per copy, alpha * scale * (q16·codes - q_off) [+ zero * sum q]
-    k0, k1, k2, k3 = _positions(kw, FMT, E)
+    k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
     raw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) - q_off[:, None]
     raw = tl.dot(q0, tl.trans(k0), raw)
     raw = tl.dot(q1, tl.trans(k1), raw)
-    raw = tl.dot(q2, tl.trans(k2), raw)
-    raw = tl.dot(q3, tl.trans(k3), raw)
+    if E == 8:
+        raw = tl.dot(q2, tl.trans(k2), raw)
+        raw = tl.dot(q3, tl.trans(k3), raw)
     qk, _ = _times_group(raw, ks_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
+    if NG > 1:  # zero * sum(q); the ones are raw * 0 + 1, to stay in the product's layout
+        qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
+        qk += qz * q_zero[:, None]
     qk = qk * row_scale[:, None]
-    if NG > 1:
-        ones = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + q_zero[:, None]
-        qz, _ = _times_group(ones, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
-        qk += qz
     qk = _group_total(qk, NG, R)
 
     # ---- online softmax (base 2), the same in every copy of a row
@@ -177,17 +202,20 @@ def _block(
     beta_new = tl.maximum(beta, top)
     f = corr * (beta / beta_new)
     inv = 1.0 / beta_new
-    pv = (psv * inv[:, None]).to(tl.float16)
+    pv_neg = (psv * (-inv)[:, None]).to(tl.float16)
     if OFF != 0:
-        ps = ps * f + tl.sum(pv.to(tl.float32), 1)
+        ps = ps * f - tl.sum(pv_neg.to(tl.float32), 1)
     if NG > 1:
         pz, _ = _times_group(p, vz_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
         zs = zs * f + tl.sum(pz, 1) * inv
-    v0, v1, v2, v3 = _positions(vw, FMT, E)
-    a0 = tl.dot(pv, v0, a0 * f[:, None])
-    a1 = tl.dot(pv, v1, a1 * f[:, None])
-    a2 = tl.dot(pv, v2, a2 * f[:, None])
-    a3 = tl.dot(pv, v3, a3 * f[:, None])
+    v0, v1, v2, v3 = _value_tiles(vw, FMT, E)
+    # A fresh product per block, added in float32: tensor cores truncate as they accumulate,
+    # and the int8 code bias makes the accumulators ~100x the result. (Subtracting the product
+    # of -pv keeps Triton from folding the sum back into the product's accumulator.)
+    a0 = a0 * f[:, None] - tl.dot(pv_neg, v0)
+    a1 = a1 * f[:, None] - tl.dot(pv_neg, v1)
+    a2 = a2 * f[:, None] - tl.dot(pv_neg, v2)
+    a3 = a3 * f[:, None] - tl.dot(pv_neg, v3)
     return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3
 
 
@@ -207,7 +235,7 @@ def _fast_kernel(
     fp8); else ``NG`` channel groups of ``WP / NG`` words with a scale and a zero each (int4).
     Code tiles hold ``(code + OFF) / UNIT_INV``."""
     BLOCK_M: tl.constexpr = NG * R
-    TW: tl.constexpr = WP * E // 4  # columns of a code tile
+    TW: tl.constexpr = WP * E // 4  # columns of a value tile
     GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -225,20 +253,24 @@ def _fast_kernel(
     row_ok = qi < q_len
     d = tl.arange(0, HEAD_DIM)
     j = tl.arange(0, WP)
-    col = tl.arange(0, TW)
+    col = tl.arange(0, TW)  # of a value tile
+    kcol = tl.arange(0, 2 * WP)  # of a key tile
     q_base = Q + b * s_qb + hq[:, None] * s_qh + qi[:, None] * s_qs
     in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
     q = tl.load(q_base + d[None, :], mask=in_d, other=0.0).to(tl.float32)
     # a power of two: q / alpha is exact
     alpha = tl.exp2(tl.ceil(tl.log2(_row_norm(q))))
-    q0 = _load_q(q_base, col, row_ok, g_row, 0, E, GROUP, alpha)
-    q1 = _load_q(q_base, col, row_ok, g_row, 1, E, GROUP, alpha)
-    q2 = _load_q(q_base, col, row_ok, g_row, 2, E, GROUP, alpha)
-    q3 = _load_q(q_base, col, row_ok, g_row, 3, E, GROUP, alpha)
+    q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha)
+    q1 = _load_q(q_base, kcol, row_ok, g_row, 1, E, GROUP, alpha)
+    if E == 8:
+        q2 = _load_q(q_base, kcol, row_ok, g_row, 2, E, GROUP, alpha)
+        q3 = _load_q(q_base, kcol, row_ok, g_row, 3, E, GROUP, alpha)
+    else:
+        q2, q3 = q0, q1
     q16 = (q / alpha[:, None]).to(tl.float16).to(tl.float32)
     q_off = (OFF / UNIT_INV) * tl.sum(q16, 1)  # what the code bias adds to the raw products
     row_scale = alpha * (UNIT_INV * qk_scale)  # scores come out in the base-2 softmax domain
-    q_zero = tl.sum(q, 1) * qk_scale  # times a zero: that group's zero's share of the score
+    q_zero = tl.sum(q, 1) / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
 
     qi_first = (pid_m * R) // G
     if CAUSAL:
