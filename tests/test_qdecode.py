@@ -4,11 +4,13 @@ The oracle attends over the cache dequantized exactly (float64, from the layouts
 ``kvquant``; a test checks that reading against ``kvquant.dequantize``), so the only error left is
 the kernel's own arithmetic and the tolerance is ``tolerance(dtype, kv_len)``.
 
-Without a GPU the kernel runs in Triton's CPU interpreter (``tests/conftest.py`` sets
+Without a GPU the kernels run in Triton's CPU interpreter (``tests/conftest.py`` sets
 ``TRITON_INTERPRET=1`` before triton is imported) on tiny shapes that still reach every path:
 each format, GQA 4:1, 8:8 and 12:4, head_dim 64 and 80, lengths that are not multiples of the
 block, several KV splits (the log-sum-exp merge), multi-token causal steps, several query tiles,
-recent full-precision tokens. Tests marked ``gpu`` run the compiled kernel on the issue's grid.
+recent full-precision tokens; and the fast kernel (int8, fp8, int4 at power-of-two head dims)
+with GQA 1 to 16, int4 groups of 32 to 128 channels, and values far from 1. Tests marked
+``gpu`` run the compiled kernels on the issue's grid.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ pytest.importorskip("triton")
 
 from sdpalab.attention.dispatch import make_attend
 from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.kernels import qdecode_triton
+from sdpalab.attention.kernels import qdecode, qdecode_triton
 from sdpalab.attention.kernels.attend import qtensor_from_planes
 from sdpalab.attention.kernels.qdecode import (
     CODES_PER_WORD,
     launch_geometry,
+    plan_launch,
     qdecode_attention,
 )
 from sdpalab.attention.kvquant import BITS, QTensor, dequantize, fp8_supported, quantize
@@ -286,6 +289,105 @@ def test_splits_cover_the_sequence_in_whole_blocks(batch, kv_len):
     assert geo["block_m"] == 16 and geo["m_tiles"] == 1
 
 
+# ---------------------------------------------------------------- the fast kernel (CPU)
+
+# (batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype, launch overrides)
+FAST_CASES = [
+    pytest.param((1, 4, 1, 1, 1, 128, torch.bfloat16, {}), id="one-token"),
+    pytest.param((2, 32, 8, 1, 300, 128, torch.bfloat16, {"block_n": 64, "splits": 3}), id="gqa4-split3"),
+    pytest.param((1, 8, 8, 1, 77, 128, torch.float16, {}), id="mha-fp16"),
+    pytest.param((1, 16, 2, 1, 200, 128, torch.bfloat16, {"block_n": 32}), id="gqa8"),
+    pytest.param((2, 12, 4, 5, 129, 128, torch.bfloat16, {"block_n": 32, "splits": 2}), id="step5-gqa3"),
+    pytest.param((1, 16, 1, 3, 90, 128, torch.float16, {"block_n": 32}), id="step3-gqa16-tiles"),
+    pytest.param((1, 8, 2, 1, 100, 64, torch.bfloat16, {"block_n": 32}), id="d64"),
+]  # fmt: skip
+
+
+@cpu_only
+@pytest.mark.parametrize("case", FAST_CASES)
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+def test_fast_kernel_matches_oracle_interpreted(fmt, case):
+    *shape, dtype, launch = case
+    if fmt == "int4" and shape[5] == 64:  # 8 words of int4: too few for tl.dot
+        with pytest.raises(Unsupported, match="at least 16 words"):
+            run_case(fmt, *shape, dtype, kernel="fast", **launch)
+        return
+    check_case(fmt, *shape, dtype, kernel="fast", **launch)
+
+
+def _int4_case(group, magnitude, dtype, device="cpu", kv_len=150, splits=None):
+    gen = torch.Generator(device).manual_seed(group)
+    k = torch.randn(2, 2, kv_len, 128, generator=gen, device=device) * magnitude + magnitude / 2
+    v = torch.randn(2, 2, kv_len, 128, generator=gen, device=device) * magnitude
+    q = torch.randn(2, 8, 1, 128, generator=gen, device=device).to(dtype)
+    kq = quantize(k, "int4", role="key", group_size=group)
+    vq = quantize(v, "int4", role="value", group_size=group)
+    out = qdecode_attention(q, kq, vq, kernel="fast", block_n=64, splits=splits)
+    ref = attention_ref(q, dequantize_f64(kq), dequantize_f64(vq), "causal")
+    return compare(out, ref), tolerance(dtype, kv_len)
+
+
+@cpu_only
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_fast_int4_every_channel_group_count(group):
+    """Groups of 32, 64 and 128 channels: 4, 2 and 1 stacked copies of each query row."""
+    acc, tol = _int4_case(group, 1.0, torch.bfloat16)
+    assert acc.rel_fro_err <= tol, (group, acc)
+
+
+@cpu_only
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("magnitude", [1e-4, 1e3])
+def test_fast_kernel_values_far_from_one(fmt, magnitude):
+    """Scales near float16's smallest normals and far above 1: the float16 probabilities times
+    scales stay in range (relative to the running largest scale)."""
+    gen = torch.Generator().manual_seed(3)
+    k = torch.randn(1, 2, 200, 128, generator=gen) * magnitude
+    v = torch.randn(1, 2, 200, 128, generator=gen) * magnitude
+    # bfloat16: outputs near 1e-5 are below float16's normal range
+    q = (torch.randn(1, 8, 1, 128, generator=gen) / magnitude**0.5).bfloat16()
+    kq, vq = quantize(k, fmt, role="key"), quantize(v, fmt, role="value")
+    out = qdecode_attention(q, kq, vq, kernel="fast", block_n=64)
+    ref = attention_ref(q, dequantize_f64(kq), dequantize_f64(vq), "causal")
+    assert compare(out, ref).rel_fro_err <= tolerance(torch.bfloat16, 200)
+
+
+def test_plan_takes_the_fast_kernel_where_it_applies():
+    bf16 = torch.bfloat16
+    q = torch.randn(1, 8, 1, 128, dtype=bf16)
+    k8 = quantize(torch.randn(1, 2, 40, 128), "int8")
+    k4 = quantize(torch.randn(1, 2, 40, 128), "int4")
+    kivi = quantize(torch.randn(1, 2, 64, 128), "kivi4", role="key")
+    recent = torch.randn(1, 2, 5, 128, dtype=bf16)
+    assert plan_launch(q, k8, k8)["kernel"] == "fast"
+    assert plan_launch(q, k4, k4)["kernel"] == "fast"
+    assert plan_launch(q, k8, k8, kernel="general")["kernel"] == "general"
+    assert plan_launch(q.float(), k8, k8)["kernel"] == "general"
+    assert plan_launch(q, k8, k8, recent, recent)["kernel"] == "general"
+    kivi_v = quantize(torch.randn(1, 2, 64, 128), "kivi4", role="value")
+    assert plan_launch(q, kivi, kivi_v)["kernel"] == "general"
+    q80, k80 = torch.randn(1, 8, 1, 80, dtype=bf16), quantize(torch.randn(1, 2, 9, 80), "int8")
+    assert plan_launch(q80, k80, k80)["kernel"] == "general"
+    with pytest.raises(Unsupported, match="head_dim 80 is not a power of two"):
+        plan_launch(q80, k80, k80, kernel="fast")
+    with pytest.raises(ValueError, match="valid: fast, general"):
+        plan_launch(q, k8, k8, kernel="quick")
+
+
+@pytest.mark.parametrize(
+    "batch,kv_len,splits", [(8, 32768, 8), (1, 131072, 64), (32, 32768, 2), (64, 32768, 1)]
+)
+def test_fast_splits_fill_one_wave_of_an_h100(monkeypatch, batch, kv_len, splits):
+    """4 programs per SM on 132 SMs: up to 528 programs, the split counts timed fastest there
+    (B=1: 66 asked, 64 chunks of 16 whole blocks)."""
+    monkeypatch.setattr(qdecode, "_sm_count", lambda index: 132)
+    geo = launch_geometry(
+        batch=batch, heads_q=32, heads_kv=8, q_len=1, kv_len=kv_len, fmt="int8",
+        dtype=torch.bfloat16, device=torch.device("cuda", 0), block_n=128, fast=True,
+    )  # fmt: skip
+    assert geo["splits"] == splits
+
+
 # ---------------------------------------------------------------- GPU (compiled)
 
 # A sample of the issue's grid: GQA 1/4/8, head_dim 64/80/128, batch 1..32, context 1..128k,
@@ -315,8 +417,8 @@ def test_matches_oracle_on_gpu(fmt, shape):
 
 
 # the launch configurations benchmarks/qdecode_bench.py times (block_n, num_warps, num_stages)
-BENCH_CONFIGS = [(64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1), (128, 4, 2), (128, 8, 2),
-                 (256, 8, 2), (128, 4, 3)]  # fmt: skip
+BENCH_CONFIGS = [(128, 2, 2), (128, 2, 3), (64, 2, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2),
+                 (256, 4, 2), (128, 2, 1)]  # fmt: skip
 
 
 @pytest.mark.gpu
@@ -332,6 +434,29 @@ def test_every_benchmarked_config_is_correct_on_gpu(fmt, config):
 def test_one_split_and_many_splits_on_gpu(fmt):
     check_case(fmt, 1, 16, 2, 3, 700, 80, torch.float16, device="cuda", splits=1)
     check_case(fmt, 1, 16, 2, 3, 700, 80, torch.float16, device="cuda", splits=6, block_n=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+@pytest.mark.parametrize("kernel", ["fast", "general"])
+def test_both_kernels_on_gpu(fmt, kernel):
+    check_case(fmt, 3, 32, 8, 1, 4097, 128, torch.bfloat16, device="cuda", kernel=kernel)
+    check_case(fmt, 2, 16, 2, 3, 999, 64, torch.float16, device="cuda", kernel=kernel)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+def test_fast_kernel_one_split_over_128k_keys_on_gpu(fmt):
+    """One program reads all 128k keys: the accumulation over a long sequence stays exact."""
+    check_case(fmt, 1, 32, 8, 1, 131072, 128, torch.bfloat16, device="cuda", splits=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("magnitude", [1e-4, 1.0, 1e3])
+def test_fast_int4_groups_and_magnitudes_on_gpu(group, magnitude):
+    acc, tol = _int4_case(group, magnitude, torch.bfloat16, "cuda", kv_len=5000, splits=4)
+    assert acc.rel_fro_err <= tol, (group, magnitude, acc)
 
 
 @pytest.mark.gpu

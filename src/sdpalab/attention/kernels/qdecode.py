@@ -8,7 +8,12 @@ layouts as in ``kvquant``, positions ``[0, n_quant)``) followed by full-precisio
 residual window, or the whole cache when nothing is quantized). Causal alignment is bottom-right:
 query ``i`` sees keys ``< kv_len - q_len + i + 1``.
 
-How one program works (grid: ``B * H_kv`` x query tiles x KV splits):
+Two kernels share this host side. The fast kernel (``qdecode_fast``) reads int8, fp8 and int4
+caches without recent tokens into float16 or bfloat16 queries at power-of-two head dims; its
+module doc explains how. The general kernel (``qdecode_triton``) reads every format, the recent
+tokens and float32, and is described here. ``plan_launch`` says which one a call takes.
+
+How one program of the general kernel works (grid: ``B * H_kv`` x query tiles x KV splits):
 
 - GQA inside the kernel: the ``G = H_q / H_kv`` query heads of a KV head (times ``q_len`` query
   tokens, row ``r = i * G + g``) form one ``[BLOCK_M, D]`` tile, so K and V are read once for all
@@ -223,28 +228,15 @@ def qdecode_attention(
     q = q_BHSD if q_BHSD.stride(-1) == 1 else q_BHSD.contiguous()
     dtype = q.dtype
     f32 = dtype == torch.float32
-    why_not = fast_unavailable(k, v, n_recent, dtype, head_dim)
-    if kernel not in (None, *KERNELS):
-        raise ValueError(f"kernel={kernel!r}; valid: {', '.join(KERNELS)}")
-    if kernel == "fast" and why_not:
-        raise Unsupported(f"the fast qdecode kernel does not apply: {why_not}")
-    fast = kernel != "general" and why_not is None
-    cfg = default_config(fmt, dtype, fast=fast)
-    geo = launch_geometry(
-        batch=batch,
-        heads_q=heads_q,
-        heads_kv=heads_kv,
-        q_len=q_len,
-        kv_len=kv_len,
-        fmt=fmt,
-        dtype=dtype,
-        device=device,
-        block_n=block_n or cfg["block_n"],
-        splits=splits,
-        copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
-        fast=fast,
+    plan = plan_launch(
+        q, k, v, k_recent, v_recent, heads_kv=heads_kv, block_n=block_n, num_warps=num_warps,
+        num_stages=num_stages, splits=splits, kernel=kernel,
+    )  # fmt: skip
+    fast = plan["kernel"] == "fast"
+    block_n, block_m, splits, chunk = (
+        plan[key] for key in ("block_n", "block_m", "splits", "chunk")
     )
-    block_n, block_m, splits, chunk = geo["block_n"], geo["block_m"], geo["splits"], geo["chunk"]
+    warps, stages = plan["num_warps"], plan["num_stages"]
     block_d = triton.next_power_of_2(head_dim)
 
     # quantized planes as kernel arguments
@@ -299,9 +291,7 @@ def qdecode_attention(
         # [B, H, entries, channels]; entries of per-token scales [B, H, S, 1] step by stride(2)
         return [0] * 4 if t is q else [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
 
-    grid = (batch * heads_kv, geo["m_tiles"], splits)
-    warps = num_warps or cfg["num_warps"]
-    stages = num_stages or cfg["num_stages"]
+    grid = (batch * heads_kv, plan["m_tiles"], splits)
     if fast:
         _fast_kernel[grid](
             q, out, part, lse, kw, ks, kz, vw, vs, vz,
@@ -310,8 +300,8 @@ def qdecode_attention(
             *strides(kw, 3), *scale_strides(ks), *strides(vw, 3), *scale_strides(vs),
             heads_kv,
             G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
-            NG=geo["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
-            R=geo["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
+            NG=plan["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
+            R=plan["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:
@@ -341,6 +331,57 @@ def qdecode_attention(
             num_warps=4,
         )  # fmt: skip
     return out
+
+
+def plan_launch(
+    q_BHSD: torch.Tensor,
+    k: QTensor | None = None,
+    v: QTensor | None = None,
+    k_recent: torch.Tensor | None = None,
+    v_recent: torch.Tensor | None = None,
+    *,
+    heads_kv: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    splits: int | None = None,
+    kernel: str | None = None,
+) -> dict:
+    """The launch ``qdecode_attention`` makes for these inputs and overrides: ``kernel``
+    (``"fast"`` or ``"general"``), ``num_warps``, ``num_stages`` and the ``launch_geometry``."""
+    if kernel not in (None, *KERNELS):
+        raise ValueError(f"kernel={kernel!r}; valid: {', '.join(KERNELS)}")
+    if heads_kv is None:
+        heads_kv = _check_inputs(q_BHSD, k, v, k_recent, v_recent)
+    batch, heads_q, q_len, head_dim = q_BHSD.shape
+    fmt = "none" if k is None else k.fmt
+    n_quant = 0 if k is None else k.shape[2]
+    n_recent = 0 if k_recent is None else k_recent.shape[2]
+    why_not = fast_unavailable(k, v, n_recent, q_BHSD.dtype, head_dim)
+    if kernel == "fast" and why_not:
+        raise Unsupported(f"the fast triton_qdecode kernel does not apply: {why_not}")
+    fast = kernel != "general" and why_not is None
+    cfg = default_config(fmt, q_BHSD.dtype, fast=fast)
+    geo = launch_geometry(
+        batch=batch,
+        heads_q=heads_q,
+        heads_kv=heads_kv,
+        q_len=q_len,
+        kv_len=n_quant + n_recent,
+        fmt=fmt,
+        dtype=q_BHSD.dtype,
+        device=q_BHSD.device,
+        block_n=block_n or cfg["block_n"],
+        splits=splits,
+        copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
+        fast=fast,
+    )
+    return {
+        "kernel": "fast" if fast else "general",
+        "num_warps": num_warps or cfg["num_warps"],
+        "num_stages": num_stages or cfg["num_stages"],
+        **geo,
+    }
 
 
 def launch_geometry(
@@ -381,7 +422,11 @@ def launch_geometry(
     if splits is None:
         sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
         base = batch * heads_kv * m_tiles
-        fill = (FAST_PROGRAMS_PER_SM * sms) // base if fast else triton.cdiv(PROGRAMS_PER_SM * sms, base)
+        fill = (
+            (FAST_PROGRAMS_PER_SM * sms) // base
+            if fast
+            else triton.cdiv(PROGRAMS_PER_SM * sms, base)
+        )
         splits = min(
             fill,
             triton.cdiv(blocks, MIN_CHUNK_BLOCKS),
@@ -408,4 +453,12 @@ def bytes_read(q_BHSD, k=None, v=None, k_recent=None, v_recent=None) -> int:
     return total
 
 
-__all__ = ["bytes_read", "default_config", "interpreting", "launch_geometry", "qdecode_attention"]
+__all__ = [
+    "bytes_read",
+    "default_config",
+    "fast_unavailable",
+    "interpreting",
+    "launch_geometry",
+    "plan_launch",
+    "qdecode_attention",
+]

@@ -182,7 +182,8 @@ def _block(
         raw = tl.dot(q2, tl.trans(k2), raw)
         raw = tl.dot(q3, tl.trans(k3), raw)
     qk, _ = _times_group(raw, ks_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
-    if NG > 1:  # zero * sum(q); the ones are raw * 0 + 1, to stay in the product's layout
+    if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
+        # product's layout
         qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
         qk += qz * q_zero[:, None]
     qk = qk * row_scale[:, None]
@@ -205,7 +206,7 @@ def _block(
     pv_neg = (psv * (-inv)[:, None]).to(tl.float16)
     if OFF != 0:
         ps = ps * f - tl.sum(pv_neg.to(tl.float32), 1)
-    if NG > 1:
+    if E == 8:
         pz, _ = _times_group(p, vz_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
         zs = zs * f + tl.sum(pz, 1) * inv
     v0, v1, v2, v3 = _value_tiles(vw, FMT, E)
@@ -231,9 +232,10 @@ def _fast_kernel(
     WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
     R: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
-    """One (batch, KV head) x ``R`` query rows x KV split. ``NG`` = 1: one scale per token (int8,
-    fp8); else ``NG`` channel groups of ``WP / NG`` words with a scale and a zero each (int4).
-    Code tiles hold ``(code + OFF) / UNIT_INV``."""
+    """One (batch, KV head) x ``R`` query rows x KV split. int8, fp8 (E = 4): one scale per
+    token, ``NG`` = 1. int4 (E = 8): a scale and a zero per token and group of ``HEAD_DIM / NG``
+    channels (``NG`` = 1 when a group is the whole head). Code tiles hold
+    ``(code + OFF) / UNIT_INV``."""
     BLOCK_M: tl.constexpr = NG * R
     TW: tl.constexpr = WP * E // 4  # columns of a value tile
     GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
