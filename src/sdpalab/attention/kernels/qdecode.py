@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kernels.attend import interpreting
@@ -69,6 +68,16 @@ MIN_CHUNK_BLOCKS = 4
 MAX_SPLITS = 256
 
 _LOG2E = 1.4426950408889634
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (host side: ``triton.next_power_of_2`` and
+    ``triton.cdiv`` are constexpr functions, ~5 us a call from Python)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 @functools.cache
@@ -237,7 +246,7 @@ def qdecode_attention(
         plan[key] for key in ("block_n", "block_m", "splits", "chunk")
     )
     warps, stages = plan["num_warps"], plan["num_stages"]
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = _pow2(head_dim)
 
     # quantized planes as kernel arguments
     k_mode = v_mode = 0
@@ -247,12 +256,12 @@ def qdecode_attention(
     if k is not None:
         per_word = CODES_PER_WORD[fmt]
         nw = head_dim // per_word
-        wp = triton.next_power_of_2(nw)
+        wp = _pow2(nw)
         scale_mul = 256.0 if fmt == "fp8" else 1.0
         k_mode, v_mode = KEY_MODE[fmt], (0 if fmt in ("int8", "fp8") else 1)
         if k_mode == 1:
             k_group = k.group_size
-            k_ng = triton.cdiv(head_dim, k_group)
+            k_ng = _cdiv(head_dim, k_group)
         if k_mode == 2:
             k_group = k.group_size
             if k_group & (k_group - 1):
@@ -260,7 +269,7 @@ def qdecode_attention(
             k_tg = max(1, block_n // k_group)
         if v_mode == 1:
             v_group = v.group_size
-            v_ng = triton.cdiv(head_dim, v_group)
+            v_ng = _cdiv(head_dim, v_group)
         if max(k_ng, v_ng) > MAX_CHANNEL_GROUPS:
             raise Unsupported(
                 f"triton_qdecode handles at most {MAX_CHANNEL_GROUPS} channel groups per head; "
@@ -327,7 +336,7 @@ def qdecode_attention(
     if splits > 1:
         _merge_kernel[(batch * heads_q * q_len,)](
             part, lse, out, q_len, heads_q, splits, *out.stride()[:3],
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, _pow2(splits)),
             num_warps=4,
         )  # fmt: skip
     return out
@@ -414,28 +423,24 @@ def launch_geometry(
     block_n = block_n or default_config(fmt, dtype)["block_n"]
     rows = heads_q // heads_kv * q_len
     most = 32 if dtype == torch.float32 else 64
-    per_tile = min(max(16 // copies, triton.next_power_of_2(rows)), most // copies)
+    per_tile = min(max(16 // copies, _pow2(rows)), most // copies)
     block_m = per_tile * copies
-    m_tiles = triton.cdiv(rows, per_tile)
+    m_tiles = _cdiv(rows, per_tile)
     kv_len = max(kv_len, 1)
-    blocks = triton.cdiv(kv_len, block_n)
+    blocks = _cdiv(kv_len, block_n)
     if splits is None:
         sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
         base = batch * heads_kv * m_tiles
-        fill = (
-            (FAST_PROGRAMS_PER_SM * sms) // base
-            if fast
-            else triton.cdiv(PROGRAMS_PER_SM * sms, base)
-        )
+        fill = (FAST_PROGRAMS_PER_SM * sms) // base if fast else _cdiv(PROGRAMS_PER_SM * sms, base)
         splits = min(
             fill,
-            triton.cdiv(blocks, MIN_CHUNK_BLOCKS),
+            _cdiv(blocks, MIN_CHUNK_BLOCKS),
             MAX_SPLITS,
         )
     splits = max(1, min(splits, blocks))
-    chunk = triton.cdiv(blocks, splits) * block_n
+    chunk = _cdiv(blocks, splits) * block_n
     return {"block_m": block_m, "m_tiles": m_tiles, "block_n": block_n, "copies": copies,
-            "rows_per_tile": per_tile, "splits": triton.cdiv(kv_len, chunk), "chunk": chunk}  # fmt: skip
+            "rows_per_tile": per_tile, "splits": _cdiv(kv_len, chunk), "chunk": chunk}  # fmt: skip
 
 
 def bytes_read(q_BHSD, k=None, v=None, k_recent=None, v_recent=None) -> int:
