@@ -290,4 +290,4 @@ def test_cli_model_prints_the_table(monkeypatch, capsys):
         "cpu",
     )
     out = capsys.readouterr().out
-    assert code == 0 and "math/dynamic+int8" in out and "SdpalabCache(dynamic+int8)" in out
+    assert code == 0 and "math/dynamic+int8" in out and "SdpalabCache(dynamic+int8)" in out, out

@@ -265,6 +265,7 @@ def model_(
     decode, peak memory, KV cache bytes, and agreement with the stock run."""
     import json
 
+    from rich.measure import Measurement
     from rich.table import Table
 
     from sdpalab.integrations.bench_model import bench_model, model_table
@@ -291,7 +292,10 @@ def model_(
     shown = Table(*columns, title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})")
     for row in rows:
         shown.add_row(*row)
-    Console(width=max(console.width, 160)).print(shown)  # print(width=) cannot exceed the console's
+    # as wide as the table needs, so that no name is cut (print(width=) cannot exceed the console's)
+    wide = Console(width=10_000)
+    needed = Measurement.get(wide, wide.options, shown).maximum
+    Console(width=max(console.width, needed)).print(shown)
 
 
 def main() -> None:
