@@ -122,13 +122,14 @@ def fp8_supported(device_type: str) -> str | None:
 def _f16_up(x: torch.Tensor) -> torch.Tensor:
     """float32 → the smallest float16 not below it."""
     h = x.to(torch.float16)
-    return torch.where(h.float() < x, torch.nextafter(h, h.new_tensor(float("inf"))), h)
+    # full_like, not new_tensor: a Python scalar copied to the GPU would synchronize the stream
+    return torch.where(h.float() < x, torch.nextafter(h, torch.full_like(h, float("inf"))), h)
 
 
 def _f16_down(x: torch.Tensor) -> torch.Tensor:
     """float32 → the largest float16 not above it."""
     h = x.to(torch.float16)
-    return torch.where(h.float() > x, torch.nextafter(h, h.new_tensor(float("-inf"))), h)
+    return torch.where(h.float() > x, torch.nextafter(h, torch.full_like(h, float("-inf"))), h)
 
 
 def _safe(scale: torch.Tensor) -> torch.Tensor:
