@@ -109,9 +109,9 @@ def default_config(fmt: str, dtype: torch.dtype, fast: bool = False) -> dict:
 
     General kernel: chosen from the sm_90 compiler's register and shared-memory report (triton
     3.6), the largest blocks that compile without spilling. Fast kernel: the fastest for int8,
-    int4 and fp8 of block_n 32/64/128 x warps 1/2/4/8 x stages 1..4 timed on an H100
-    (``benchmarks/qdecode_explore.py``). ``benchmarks/qdecode_bench.py`` times the alternatives
-    again and reports the fastest.
+    int4 and fp8 of block_n 32..256 x warps 1..8 x stages 1..4 timed on an H100
+    (``benchmarks/qdecode_explore.py``; ``benchmarks/results/qdecode-explore-h100.md``).
+    ``benchmarks/qdecode_bench.py`` times the alternatives again and reports the fastest.
     """
     if fast:
         return {"block_n": 128, "num_warps": 2, "num_stages": 2}
