@@ -4,11 +4,14 @@ kernel in ``qdecode_triton.py`` takes the rest).
 
 Codes by position. A 32-bit word of the cache holds ``E`` codes (4 bytes, or 8 nibbles) of
 channels ``E*j .. E*j + E-1``. A dot product does not care in which order it visits channels, so
-the codes of a word are never put back into channel order: code position ``p`` of every word of
-a tile is one ``[BLOCK_N, WP]`` operand (channels ``E*j + p``), multiplied with the matching
-slice ``q[:, E*j + p]`` loaded once per program, and the output keeps one accumulator per
-position, stored with the same stride. Decoding is one shift and one AND (int8: and an XOR) per
-pair of codes and two 16-bit halves, with no joins or reshapes.
+the codes of a word are never put back into channel order. ``_codes`` turns a tile of words into
+two float16 tiles, the codes at bits ``s`` and ``s + 16`` of every word, with one shift and one
+AND (int8: and an XOR) per pair. Key tiles put those two side by side (``_joined``): in
+registers they already are the two halves of one 32-bit word, which is how a tensor core takes
+a pair of key channels; the queries are gathered once per program in the same channel order
+(``_joined_channel``). A value operand pairs its registers along the keys instead, so int8 and
+fp8 value tiles stay one tile per byte; int4 value tiles are joined as well (timed faster). The
+output keeps one accumulator per value tile, stored with the matching stride.
 
 Codes as float16 subnormals. The bits of an integer code ``u < 1024`` read as a float16 are the
 subnormal ``u * 2^-24``, exactly, with no offset to take off (int8 codes are stored biased by
@@ -25,8 +28,11 @@ times its group's scales, and at the end channel ``c`` is read from the copy of 
 copies fill rows that ``tl.dot`` would pad anyway (decode has 1 to 8 rows per KV head).
 
 Value scales are taken relative to a running maximum ``beta`` (like the softmax's running
-maximum), so the float16 probabilities times scales never overflow and the accumulators chain
-through ``tl.dot``.
+maximum), so the float16 probabilities times scales never overflow. Each block's product is
+added to the float32 accumulators outside the tensor cores, which truncate as they accumulate
+(the int8 bias makes their sums ~100x the result).
+
+Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md``.
 """
 
 import triton
@@ -107,7 +113,7 @@ def _value_channel(col, T: tl.constexpr, E: tl.constexpr):
 @triton.jit
 def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
             alpha):  # fmt: skip
-    """Queries of code tile ``T``'s channels, of each row's group only, over alpha, float16."""
+    """Queries of key tile ``T``'s channels, of each row's group only, over alpha, float16."""
     ch = _joined_channel(col, T, E)
     keep = row_ok[:, None] & ((ch // GROUP)[None, :] == g_row[:, None])
     x = tl.load(base + ch[None, :], mask=keep, other=0.0).to(tl.float32)
@@ -116,6 +122,7 @@ def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: t
 
 @triton.jit
 def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr):
+    """Output of value tile ``T``, each row's group only."""
     ch = _value_channel(col, T, E)
     keep = row_ok[:, None] & ((ch // GROUP)[None, :] == g_row[:, None])
     tl.store(base + ch[None, :], x, mask=keep)
