@@ -47,7 +47,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=32768)
-    p.add_argument("--only", default="", help="backend/quant,... (default: all of VARIANTS)")
     p.add_argument("--torch-quantize", action="store_true",
                    help="quantize appended int8 tokens with torch ops, not the one-launch kernel")  # fmt: skip
     args = p.parse_args()
@@ -62,8 +61,7 @@ def main() -> None:
     quantizer = "torch ops" if args.torch_quantize else "one launch"
     print(f"decode step B={args.batch} S={args.seq} H=32/8 D=128 bf16, static cache, "
           f"int8 appends quantized by {quantizer}, {torch.cuda.get_device_name()}")  # fmt: skip
-    chosen = [tuple(x.split("/")) for x in args.only.split(",") if x] or VARIANTS
-    for backend, quant in chosen:
+    for backend, quant in VARIANTS:
         variant = sl.Variant(backend=backend, kv_cache="static", kv_quant=quant)
         r = sl.measure(variant, wl, settings)
         shown = f"{r.latency_ms:.3f} ms ± {r.latency_iqr_ms:.3f}" if r.latency_ms else r.reason

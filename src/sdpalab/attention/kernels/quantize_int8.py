@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-_INV_127 = tl.constexpr(1.0 / 127.0)
-_RINT = tl.constexpr(1.5 * 2.0**23)  # v + _RINT - _RINT rounds |v| < 2^22 to an integer
+_INV_127 = 1.0 / 127.0
+_RINT = 1.5 * 2.0**23  # v + _RINT - _RINT rounds |v| < 2^22 to an integer, half to even
 
 
 @triton.jit
