@@ -177,23 +177,6 @@ def _asymmetric(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int):
     return codes.clamp_(0, (1 << bits) - 1).to(torch.uint8), scale, zero
 
 
-def _quantize_int8_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 ``[..., D]`` → int8 codes and float16 scales ``[..., 1]`` (module doc)."""
-    scale = _f16_up(x.abs().amax(-1, keepdim=True) / 127)
-    data = torch.round(x / _safe(scale).float()).clamp_(-127, 127).to(torch.int8)
-    return data, scale
-
-
-@functools.cache
-def _fused_int8():
-    """``kernels.quantize_int8.quantize_int8`` when triton imports, else None."""
-    try:
-        from sdpalab.attention.kernels.quantize_int8 import quantize_int8
-    except ImportError:
-        return None
-    return quantize_int8
-
-
 def quantize(
     x_BHSD: torch.Tensor, fmt: str, *, role: str = "value", group_size: int | None = None
 ) -> QTensor:
@@ -205,15 +188,13 @@ def quantize(
     _check(fmt, role, group_size)
     if x_BHSD.dim() != 4:
         raise ValueError(f"quantize expects [B, H, S, D]; got shape {tuple(x_BHSD.shape)}")
-    head_dim = x_BHSD.shape[-1]
-    if fmt == "int8":
-        if x_BHSD.is_cuda and _fused_int8():
-            data, scale = _fused_int8()(x_BHSD)  # the same bits in one launch
-        else:
-            data, scale = _quantize_int8_torch(x_BHSD.float())
-        return QTensor(fmt, data, scale, None, head_dim, role)
     x = x_BHSD.float()
+    head_dim = x.shape[-1]
     group = group_size_for(fmt, group_size)
+    if fmt == "int8":
+        scale = _f16_up(x.abs().amax(-1, keepdim=True) / 127)
+        data = torch.round(x / _safe(scale).float()).clamp_(-127, 127).to(torch.int8)
+        return QTensor(fmt, data, scale, None, head_dim, role)
     if fmt == "fp8":
         reason = fp8_supported(x.device.type)
         if reason:
