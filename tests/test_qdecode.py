@@ -421,6 +421,38 @@ BENCH_CONFIGS = [(128, 2, 2), (128, 2, 3), (64, 2, 2), (64, 4, 2), (64, 4, 3), (
                  (256, 4, 2), (128, 2, 1)]  # fmt: skip
 
 
+def _bench_module():
+    """``benchmarks/qdecode_bench.py`` as a module (registered: its dataclasses need it)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "qdecode_bench" in sys.modules:
+        return sys.modules["qdecode_bench"]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "qdecode_bench.py"
+    spec = importlib.util.spec_from_file_location("qdecode_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["qdecode_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_tests_cover_every_benchmarked_config():
+    assert _bench_module().CONFIGS == BENCH_CONFIGS
+
+
+@cpu_only
+def test_benchmark_dry_run_writes_its_table(tmp_path, capsys):
+    """``qdecode_bench.py --device cpu`` end to end on a tiny shape (the numbers mean nothing)."""
+    out = tmp_path / "qdecode.md"
+    args = ["--out", str(out), "--device", "cpu", "--batches", "1", "--seqs", "64",
+            "--formats", "int8,int4", "--tune", "", "--no-flex", "--repeats", "2"]  # fmt: skip
+    assert _bench_module().main(args) == 0
+    text = out.read_text()
+    assert "| 1 | 64 | fused int8 |" in text and "kernel=fast" in text
+    assert "| 1 | 64 | dequant+flash int4 |" in text
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
 @pytest.mark.parametrize("config", BENCH_CONFIGS, ids=lambda c: "bn{}-w{}-s{}".format(*c))
