@@ -38,7 +38,7 @@ Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md
 import triton
 import triton.language as tl
 
-from sdpalab.attention.kernels.qdecode_triton import _row_norm
+from sdpalab.attention.kernels.qdecode_triton import _key_range, _row_norm
 
 
 @triton.jit
@@ -88,11 +88,8 @@ def _value_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
     if E == 4:
         c0, c2 = _codes(w, 0, FMT)
         c1, c3 = _codes(w, 8, FMT)
-    else:
-        c0 = _joined(w, 0, FMT)
-        c1 = _joined(w, 4, FMT)
-        c2 = _joined(w, 8, FMT)
-        c3 = _joined(w, 12, FMT)
+    else:  # one return: the compiler refuses returns of different shapes
+        c0, c1, c2, c3 = _key_tiles(w, FMT, E)
     return c0, c1, c2, c3
 
 
@@ -281,17 +278,7 @@ def _fast_kernel(
     row_scale = alpha * (UNIT_INV * qk_scale)  # scores come out in the base-2 softmax domain
     q_zero = tl.sum(q, 1) / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
 
-    qi_first = (pid_m * R) // G
-    if CAUSAL:
-        lim = kv_len - q_len + qi
-        i_last = tl.minimum((pid_m * R + R - 1) // G, q_len - 1)
-        hi = tl.minimum(kv_len - q_len + i_last + 1, kv_len)
-    else:
-        lim = kv_len - 1 + 0 * qi
-        hi = kv_len
-        qi_first = q_len - 1
-    lo = pid_s * chunk
-    hi = tl.minimum(hi, lo + chunk)
+    lim, lo, hi, seen_by_all = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, R, G, CAUSAL)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -311,9 +298,7 @@ def _fast_kernel(
     vz_base = VZ + b * s_vsb + hk * s_vsh
 
     # blocks every row sees in full need no masks; the last partial or causal blocks do
-    full = (
-        lo + tl.maximum(tl.minimum(hi, kv_len - q_len + qi_first + 1) - lo, 0) // BLOCK_N * BLOCK_N
-    )
+    full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
     state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3)
     for n0 in range(lo, full, BLOCK_N):
         state = _block(state, n0 + offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,

@@ -101,6 +101,26 @@ def _row_norm(x):
 
 
 @triton.jit
+def _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, ROWS: tl.constexpr, G: tl.constexpr,
+               CAUSAL: tl.constexpr):  # fmt: skip
+    """Keys of split ``pid_s`` for query tile ``pid_m`` (``ROWS`` rows ``i * G + g``; ``qi``
+    the query token of each row): ``lim`` (per row, the last key it sees), ``[lo, hi)`` (the
+    keys the tile reads: its last visible key bounds the loops) and ``seen_by_all`` (keys
+    ``< seen_by_all`` every row of the tile sees)."""
+    if CAUSAL:
+        lim = kv_len - q_len + qi
+        i_last = tl.minimum((pid_m * ROWS + ROWS - 1) // G, q_len - 1)
+        hi = tl.minimum(kv_len - q_len + i_last + 1, kv_len)
+        seen_by_all = kv_len - q_len + (pid_m * ROWS) // G + 1
+    else:
+        lim = kv_len - 1 + 0 * qi
+        hi = kv_len
+        seen_by_all = kv_len
+    lo = pid_s * chunk
+    return lim, lo, tl.minimum(hi, lo + chunk), seen_by_all
+
+
+@triton.jit
 def _softmax_update(qk, valid, m_i, l_i, acc, qk_scale):
     """One online-softmax step in base 2; returns p (float32) and the rescaled state."""
     s = tl.where(valid, qk * qk_scale, float("-inf"))
@@ -153,16 +173,7 @@ def _qdecode_kernel(
     q_raw = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q = q_raw.to(tl.float32)
 
-    # keys a row may see: [0, lim]; the tile's last visible key bounds the loops
-    if CAUSAL:
-        lim = kv_len - q_len + qi
-        i_last = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // G, q_len - 1)
-        hi = tl.minimum(kv_len - q_len + i_last + 1, kv_len)
-    else:
-        lim = kv_len - 1 + 0 * qi
-        hi = kv_len
-    lo = pid_s * chunk
-    hi = tl.minimum(hi, lo + chunk)
+    lim, lo, hi, _ = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, BLOCK_M, G, CAUSAL)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
