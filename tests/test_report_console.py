@@ -16,7 +16,8 @@ from sdpalab.report.console import (
     render_run,
 )
 from sdpalab.report.load import export, load_results
-from sdpalab.report.tables import format_bytes, format_ms, group_tables
+from sdpalab.report.tables import format_ms, group_tables
+from sdpalab.units import format_bytes
 
 
 def _text(render, *args, **kwargs) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from sdpalab.casestudy.corrections import Correction
 from sdpalab.casestudy.experiments import Row
 from sdpalab.casestudy.published import NOTES
-from sdpalab.report.tables import format_bytes, format_ms
+from sdpalab.report.tables import format_ms
+from sdpalab.units import format_bytes
 
 
 @dataclass

@@ -32,6 +32,7 @@ from sdpalab.explore.objectives import (
 )
 from sdpalab.explore.pareto import _front, _matrix
 from sdpalab.measure.result import Result
+from sdpalab.units import format_bytes
 
 PRIORITIES = ("latency", "memory", "error", "balanced")
 _PRIORITY_OBJECTIVE = {"latency": "latency_ms", "memory": "memory", "error": "rel_fro_err"}
@@ -101,13 +102,6 @@ def describe(result: Result) -> str:
     if result.rel_fro_err is not None:
         parts.append(f"err {result.rel_fro_err:.2g}")
     return " ".join(parts).rstrip(",")
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 def recommend(

@@ -17,11 +17,11 @@ from rich.text import Text
 from sdpalab.report.tables import (
     counts_line,
     failures,
-    format_bytes,
     format_ms,
     group_tables,
     status_counts,
 )
+from sdpalab.units import format_bytes
 
 NOISY_MARK = "!"
 STATUS_STYLE = {
@@ -282,7 +282,6 @@ def render_comparison(console: Console, comparisons, *, only_changed: bool | Non
 
 def render_plan(console: Console, rows: list[dict[str, Any]], title: str) -> None:
     """``sdpalab plan``: cache size per KV quantization, from the analytic memory model."""
-    from sdpalab.report.tables import format_bytes
 
     table = RichTable(title=title, title_justify="left")
     for name in ("kv_cache", "kv_quant", "per token", "total", "vs bf16"):

@@ -24,7 +24,8 @@ from sdpalab.report.figure import colors, log2_tokens, ok_rows, plt, save, slug
 from sdpalab.report.load import decode_json
 from sdpalab.report.mask_plot import mask_density, plot_mask
 from sdpalab.report.search_plots import pareto_front, plot_pareto, plot_sensitivity
-from sdpalab.report.tables import SHAPE, format_bytes, row_label, trial_rows
+from sdpalab.report.tables import SHAPE, row_label, trial_rows
+from sdpalab.units import format_bytes
 
 __all__ = [
     "fitted_slope",

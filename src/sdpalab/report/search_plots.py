@@ -12,7 +12,8 @@ from matplotlib.colors import LogNorm
 
 from sdpalab.report.figure import bytes_ticks, colors, ok_rows, plt, save
 from sdpalab.report.load import frame, records
-from sdpalab.report.tables import format_bytes, row_label
+from sdpalab.report.tables import row_label
+from sdpalab.units import format_bytes
 
 
 def trial_ids(items: Any) -> set[str]:

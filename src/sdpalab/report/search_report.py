@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sdpalab.report.markup import escape, html_table
-from sdpalab.report.tables import format_bytes, format_ms
+from sdpalab.report.tables import format_ms
+from sdpalab.units import format_bytes
 
 _LIMIT_TEXT = {
     "max_error": "error <= {:.3g}",

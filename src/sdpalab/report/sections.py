@@ -9,12 +9,12 @@ from typing import Any
 from sdpalab.report.markup import escape, html_table
 from sdpalab.report.tables import (
     failures,
-    format_bytes,
     format_ms,
     group_tables,
     row_label,
     trial_rows,
 )
+from sdpalab.units import format_bytes
 
 
 def summary_html(results) -> str:
