@@ -38,7 +38,7 @@ Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md
 import triton
 import triton.language as tl
 
-from sdpalab.attention.kernels.qdecode_triton import _key_range, _row_norm
+from sdpalab.attention.kernels.qdecode_triton import _key_range, _plane_bases, _row_norm
 
 
 @triton.jit
@@ -290,12 +290,9 @@ def _fast_kernel(
     a2 = tl.zeros([BLOCK_M, TW], tl.float32)
     a3 = tl.zeros([BLOCK_M, TW], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
-    kw_base = KW + b * s_kwb + hk * s_kwh
-    ks_base = KS + b * s_ksb + hk * s_ksh
-    kz_base = KZ + b * s_ksb + hk * s_ksh
-    vw_base = VW + b * s_vwb + hk * s_vwh
-    vs_base = VS + b * s_vsb + hk * s_vsh
-    vz_base = VZ + b * s_vsb + hk * s_vsh
+    kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
+        KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
+    )
 
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N

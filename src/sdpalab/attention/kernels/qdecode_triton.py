@@ -121,6 +121,17 @@ def _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, ROWS: tl.constexpr, G: tl
 
 
 @triton.jit
+def _plane_bases(KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb,
+                 s_vsh):  # fmt: skip
+    """Where (batch ``b``, KV head ``hk``) starts in each stored plane: key and value words,
+    scales, zeros (zeros share their scales' strides)."""
+    return (
+        KW + b * s_kwb + hk * s_kwh, KS + b * s_ksb + hk * s_ksh, KZ + b * s_ksb + hk * s_ksh,
+        VW + b * s_vwb + hk * s_vwh, VS + b * s_vsb + hk * s_vsh, VZ + b * s_vsb + hk * s_vsh,
+    )  # fmt: skip
+
+
+@triton.jit
 def _softmax_update(qk, valid, m_i, l_i, acc, qk_scale):
     """One online-softmax step in base 2; returns p (float32) and the rescaled state."""
     s = tl.where(valid, qk * qk_scale, float("-inf"))
@@ -191,12 +202,9 @@ def _qdecode_kernel(
             qd = q_raw.to(tl.float16)
             alpha = tl.full([BLOCK_M], 1.0, tl.float32)
         j = tl.arange(0, WP)
-        kw_base = KW + b * s_kwb + hk * s_kwh
-        ks_base = KS + b * s_ksb + hk * s_ksh
-        kz_base = KZ + b * s_ksb + hk * s_ksh
-        vw_base = VW + b * s_vwb + hk * s_vwh
-        vs_base = VS + b * s_vsb + hk * s_vsh
-        vz_base = VZ + b * s_vsb + hk * s_vsh
+        kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
+            KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
+        )
         quant_hi = tl.minimum(hi, n_quant)
         for n0 in range(lo, quant_hi, BLOCK_N):
             n = n0 + offs_n
