@@ -148,27 +148,30 @@ def dequantized(kq, vq, k_rec, v_rec, dtype):
 DEVICE = "cuda"
 
 
+def graph_ms(fn, repeats: int) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph, the L2 flushed before each replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm the allocator and compile caches on the capture stream
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
+
+
 def timed(fn, repeats: int, graph: bool) -> tuple[float, float, float | None]:
     """(median ms, IQR ms, median ms of CUDA-graph replays or None)."""
     on_gpu = DEVICE == "cuda"
     t = time_fn(fn, device=DEVICE, warmup=3, repeats=repeats, flush_l2=on_gpu)
-    graph_ms = None
+    replay_ms = None
     if graph and on_gpu:
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn()  # warm the allocator and compile caches on the capture stream
-            torch.cuda.current_stream().wait_stream(stream)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                fn()
-            graph_ms = time_fn(g.replay, device="cuda", warmup=2, repeats=repeats,
-                               flush_l2=True).latency_ms  # fmt: skip
-            del g
+            replay_ms = graph_ms(fn, repeats)
         except Exception as err:  # graphs are a side measurement; never lose the row for one
             print(f"  (graph capture failed: {type(err).__name__}: {err})", file=sys.stderr)
-    return t.latency_ms, t.latency_iqr_ms, graph_ms
+    return t.latency_ms, t.latency_iqr_ms, replay_ms
 
 
 def spin_up(seconds: float = 0.2) -> None:

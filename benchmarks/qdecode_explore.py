@@ -23,19 +23,6 @@ from sdpalab.attention.kernels.qdecode import bytes_read, qdecode_attention
 from sdpalab.measure.timing import time_fn
 
 
-def graph_ms(fn, repeats: int = 20) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph, L2 flushed before each replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
-
-
 def host_us(fn, calls: int = 50) -> float:
     """Host microseconds per call, launches only (the GPU may still be running)."""
     fn()
@@ -73,7 +60,7 @@ def explore(batch: int, seq: int, fmt: str, q, k, v, args) -> None:
 
         try:
             err = qb.rel_err(fused(), ref)
-            rows.append((graph_ms(fused), cfg, err))
+            rows.append((qb.graph_ms(fused, 20), cfg, err))
         except Exception as exc:  # a configuration that fails is reported, not fatal
             print(f"  {fmt} {cfg}: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
     rows.sort(key=lambda row: row[0])
@@ -108,7 +95,7 @@ def main() -> None:
         nbytes = (2 * q.numel() + k.numel() + v.numel()) * 2
         for name in ("cudnn", "flash"):
             attend = qb.make_attend(name, "none", {})
-            ms = graph_ms(lambda attend=attend, q=q, k=k, v=v: attend(q, k, v))
+            ms = qb.graph_ms(lambda attend=attend, q=q, k=k, v=v: attend(q, k, v), 20)
             print(f"B={batch} S={seq} {name}: {ms:.4f} ms {nbytes / ms / 1e6:.0f} GB/s", flush=True)
         for fmt in args.formats.split(","):
             explore(batch, seq, fmt, q, k, v, args)
