@@ -6,10 +6,11 @@ dequantize-then-SDPA path (issue 7).
 
 Shapes: B in {1, 8, 32}, S in {4k, 32k, 128k}, H_q=32, H_kv=8, D=128, one query token, bf16.
 Every time is the median of repeated CUDA-event timings with the L2 cache flushed before each
-call (``sdpalab.measure.timing.time_fn``); "graph" times replay the same call captured in a CUDA
-graph (no host launch cost: the device time). Bytes are the fewest the step must move: q and
-the output once and the stored cache once (values, scales, zeros, recent full-precision
-tokens). GB/s is those bytes over a time; "of copy" divides by the copy bandwidth measured here
+call (``sdpalab.measure.timing.time_fn``, which flushes by reading a buffer twice the L2's size:
+a memset would leave dirty lines whose write-back lands in the timed call, ``l2_flush.py``);
+"graph" times replay the same call captured in a CUDA graph (no host launch cost: the device
+time). Bytes are the fewest the step must move: q and the output once and the stored cache
+once (values, scales, zeros, recent full-precision tokens). GB/s is those bytes over a time; "of copy" divides by the copy bandwidth measured here
 (a large device-to-device copy, read + written bytes). Speed-up is over the fastest bf16 backend
 of the same shape. The eager columns include the host's launch cost where the GPU waits for it
 (small shapes); the graph columns are the device's time, and issue 7's targets (bandwidth
@@ -361,9 +362,9 @@ def markdown(meta: dict, tuning: dict, rows: list[Row], checks: list[dict]) -> s
         f"{meta['driver']}, git {meta['git_sha']}",
         "",
         f"H_q={HEADS_Q}, H_kv={HEADS_KV}, D={HEAD_DIM}, one query token, bfloat16. ms: median of "
-        "CUDA-event timings with the L2 flushed before each call (host launch included where "
-        "the GPU waits for it); graph ms: the same call replayed from a CUDA graph, the "
-        "device's time, on which the targets are judged. Bytes: q + output + the stored cache "
+        "CUDA-event timings with the L2 flushed (by a read) before each call (host launch "
+        "included where the GPU waits for it); graph ms: the same call replayed from a CUDA "
+        "graph, the device's time, on which the targets are judged. Bytes: q + output + the stored cache "
         "(values, scales, zeros, full-precision recent tokens) once. GB/s, of copy and speed-up "
         "(over the fastest bf16 backend of the shape) for both times; err: relative Frobenius "
         "error of the fused output against dequantize-then-SDPA (bf16).",

@@ -76,8 +76,11 @@ def time_fn(
 
     ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ``setup`` (e.g. rolling a KV cache
     back) runs before every call, warm-up included, outside the timed region. ``flush_l2``
-    (CUDA only) overwrites a buffer twice the size of the L2 cache before each call, outside
-    the timed region, so every call starts with a cold cache.
+    (CUDA only) reads a buffer twice the size of the L2 cache before each call, outside the
+    timed region, so every call starts with a cold cache. Reading, not writing: after a memset
+    the L2 holds dirty lines, and the timed call's own reads evict them, so their write-back
+    lands inside the timed region (about 9 us a call on an H100, the same with or without the
+    kernel's own data in the cache: ``benchmarks/results/l2-flush-h100.md``).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=} {warmup=}")
@@ -107,7 +110,8 @@ def _time_cuda(fn, dev, warmup, repeats, flush_l2, setup) -> list[float]:
     scratch = None
     if flush_l2:
         l2_bytes = torch.cuda.get_device_properties(dev).L2_cache_size
-        scratch = torch.empty(2 * l2_bytes, dtype=torch.int8, device=dev)
+        scratch = torch.ones(2 * l2_bytes // 8, dtype=torch.int64, device=dev)
+        sink = torch.empty((), dtype=torch.int64, device=dev)
     for _ in range(warmup):
         if setup is not None:
             setup()
@@ -121,7 +125,7 @@ def _time_cuda(fn, dev, warmup, repeats, flush_l2, setup) -> list[float]:
         if setup is not None:
             setup()
         if scratch is not None:
-            scratch.zero_()
+            torch.sum(scratch, dim=0, out=sink)  # leaves the L2 holding clean lines of scratch
         start.record()
         fn()
         end.record()
