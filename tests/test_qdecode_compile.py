@@ -45,7 +45,8 @@ for fmt, fid, e, ng, off, unit in [("int8", 1, 4, 1, 128.0, 2.0**24), ("fp8", 2,
                                    ("int4", 3, 8, 2, 0.0, 2.0**24)]:
     for causal, split in [(True, True), (False, False)]:
         consts = dict(G=4, HEAD_DIM=128, FMT=fid, E=e, WP=128 // e, NG=ng, OFF=off,
-                      UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split)
+                      UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split,
+                      PREFETCH=True)
         sizes[f"fast-{fmt}-{causal}"] = build(_fast_kernel, consts, 2, 2)
 general = dict(G=4, HEAD_DIM=80, BLOCK_D=128, FMT=4, NW=10, WP=16, K_MODE=2, K_GROUP=32,
                K_NG=1, K_TG=4, V_MODE=1, V_GROUP=32, V_NG=3, SCALE_MUL=1.0, BLOCK_M=16,

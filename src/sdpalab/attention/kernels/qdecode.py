@@ -199,6 +199,7 @@ def qdecode_attention(
             G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
             NG=plan["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
             R=plan["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
+            PREFETCH=not interpreting(),
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:

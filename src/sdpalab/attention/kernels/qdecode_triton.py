@@ -94,6 +94,14 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
+def _prefetch(ptrs):
+    """Ask for the lines at ``ptrs`` to be brought into L1 (no result, nothing waits on it).
+    Compiled kernels only: the interpreter cannot run PTX."""
+    tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
 def _row_norm(x):
     """Largest magnitude of each row, 1 where the row is zero."""
     a = tl.max(tl.abs(x), 1)
