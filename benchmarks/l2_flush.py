@@ -31,6 +31,7 @@ import qdecode_bench as qb
 from sdpalab.attention.dispatch import make_attend
 from sdpalab.attention.kernels.qdecode import bytes_read, qdecode_attention
 from sdpalab.measure.provenance import provenance
+from sdpalab.measure.timing import capture_graph
 
 FLUSHES = ("memset", "read", "none")
 SHAPES = ((1, 4096), (8, 32768), (1, 131072))
@@ -38,14 +39,7 @@ SHAPES = ((1, 4096), (8, 32768), (1, 131072))
 
 def replay_ms(fn, flush: str, calls: int = 50) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph, after ``flush`` before each replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = capture_graph(fn, "cuda")
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     scratch = torch.ones(2 * l2 // 8, dtype=torch.int64, device="cuda")
     sink = torch.empty((), dtype=torch.int64, device="cuda")

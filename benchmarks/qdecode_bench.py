@@ -44,7 +44,7 @@ from sdpalab.attention.kernels.qdecode import bytes_read, plan_launch, qdecode_a
 from sdpalab.attention.kvquant import QTensor, dequantize, quantize
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.roofline import measure_ceilings
-from sdpalab.measure.timing import time_fn
+from sdpalab.measure.timing import capture_graph, time_fn
 
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
 KIVI_RESIDUAL = 32
@@ -151,14 +151,7 @@ DEVICE = "cuda"
 
 def graph_ms(fn, repeats: int) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph, the L2 flushed before each replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # warm the allocator and compile caches on the capture stream
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = capture_graph(fn, DEVICE)
     return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
 
 

@@ -20,6 +20,7 @@ def test_build_and_measure_stay_functions_after_use():
     res = sl.measure(var, wl, sl.MeasureSettings(repeats=3, warmup=1))
     assert res.status == "ok" and res.rel_fro_err < tolerance(torch.float32)
     assert res.latency_ms > 0 and res.peak_mem_bytes > 0 and res.kernel == "math"
+    assert res.timing_method == "cpu_clock"
     assert 0 < res.allowed_fraction < 0.2
 
 

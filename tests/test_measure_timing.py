@@ -63,3 +63,75 @@ def test_cuda_events_time_a_known_kernel_and_l2_flush_runs():
     assert t.latency_ms > 1.0  # ~10M cycles: several ms on any GPU
     flushed = time_fn(lambda: x.add_(1), device="cuda:0", repeats=5, flush_l2=True)
     assert flushed.latency_n == 5 and flushed.latency_ms > 0
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+GRAPH_VARIANTS = [
+    ("cudnn", "static", "none"),
+    ("math", "sliding", "none"),  # a ring of kv_args.window = 128 slots (flash takes no mask)
+    ("triton_qdecode", "static", "int8"),
+    ("triton_qdecode", "static", "int4"),
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend,kv_cache,kv_quant", GRAPH_VARIANTS)
+def test_a_captured_decode_step_replays_the_eager_step(backend, kv_cache, kv_quant):
+    """What ``sl.measure`` times on a GPU: the decode step captured after a rollback, replayed.
+    Each replay must compute the eager step's output, bit for bit."""
+    import sdpalab as sl
+    from sdpalab.measure.timing import capture_graph
+
+    wl = sl.Workload(phase="decode", batch=2, heads_q=8, heads_kv=2, seq_kv=333, head_dim=64,
+                     dtype="bfloat16", device="cuda")  # fmt: skip
+    kv_args = {"window": 128} if kv_cache == "sliding" else {}
+    variant = sl.Variant(backend=backend, kv_cache=kv_cache, kv_quant=kv_quant, kv_args=kv_args)
+    attn = sl.build(variant, wl)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    k, v = (torch.randn(2, 2, 333, 64, device="cuda", generator=gen).bfloat16() for _ in "kv")
+    q = torch.randn(2, 8, 1, 64, device="cuda", generator=gen).bfloat16()
+    prefix = 332
+    with torch.inference_mode():
+        for start in range(0, prefix, 83):  # fill in chunks, as the trial does
+            n = min(83, prefix - start)
+            attn(torch.randn(2, 8, n, 64, device="cuda").bfloat16(),
+                 k[:, :, start : start + n], v[:, :, start : start + n])  # fmt: skip
+        eager = attn(q, k[:, :, prefix:], v[:, :, prefix:]).clone()
+        outs = []
+        graph = capture_graph(lambda: outs.append(attn(q, k[:, :, prefix:], v[:, :, prefix:])),
+                              "cuda", setup=lambda: attn.rollback(prefix))  # fmt: skip
+        captured = outs[-1]
+        captured.fill_(float("nan"))
+        attn.rollback(prefix)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, eager)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_measure_times_graph_replays_and_says_when_it_cannot():
+    import sdpalab as sl
+    from sdpalab.measure.result import MeasureSettings
+    from sdpalab.measure.trial import _timed_call
+
+    wl = sl.Workload(phase="decode", batch=1, heads_q=8, heads_kv=2, seq_kv=256, head_dim=64,
+                     dtype="bfloat16", device="cuda")  # fmt: skip
+    var = sl.Variant(backend="triton_qdecode", kv_cache="static", kv_quant="int8")
+    fast = sl.measure(var, wl, MeasureSettings(repeats=5, warmup=1))
+    assert fast.status == "ok" and fast.timing_method == "cuda_graph", fast.summary()
+    plain = sl.measure(var, wl, MeasureSettings(repeats=5, warmup=1, cuda_graph=False))
+    assert plain.status == "ok" and plain.timing_method == "cuda_events"
+    assert fast.trial_id != plain.trial_id  # the method is part of the trial's identity
+
+    for refused in (sl.Variant(backend="flex", kv_cache="static"),
+                    sl.Variant(backend="cudnn", kv_cache="dynamic")):  # fmt: skip
+        res = sl.measure(refused, wl, MeasureSettings(repeats=3, warmup=1))
+        assert res.status == "ok" and res.timing_method.startswith("cuda_events (no graph: ")
+
+    x = torch.ones(8, device="cuda")
+    fn, method, graph = _timed_call(lambda: x.sum().item(), None, var, "cuda", MeasureSettings())
+    assert graph is None and method.startswith("cuda_events (no graph: ")
+    assert fn() == 8.0  # the eager step still runs after the failed capture

@@ -135,6 +135,7 @@ class MeasureModel(_Model):
     repeats: _PosInt | None = None
     timeout_s: _PosNumber | None = None
     flush_l2: StrictBool | None = None
+    cuda_graph: StrictBool | None = None
     check_accuracy: StrictBool | None = None
     memory: StrictBool | None = None
     seed: StrictInt | None = None

@@ -24,6 +24,10 @@ class MeasureSettings:
     repeats: int = 20
     timeout_s: float = 300.0
     flush_l2: bool = False
+    cuda_graph: bool = True
+    """On a CUDA device, time replays of the call captured in a CUDA graph (the device's time,
+    as a serving loop that replays its decode steps sees it), falling back to plain events
+    when the call cannot be captured; ``Result.timing_method`` says which."""
     check_accuracy: bool = True
     memory: bool = True
     seed: int = 0
@@ -55,6 +59,7 @@ class Result:
     latency_iqr_ms: float | None = None
     latency_n: int | None = None
     noisy: bool | None = None
+    timing_method: str | None = None  # cpu_clock, cuda_events or cuda_graph (and why not)
     # memory
     peak_mem_bytes: int | None = None
     peak_mem_total_bytes: int | None = None

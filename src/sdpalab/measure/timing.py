@@ -11,6 +11,7 @@ computed here and nowhere else in the project.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -131,3 +132,46 @@ def _time_cuda(fn, dev, warmup, repeats, flush_l2, setup) -> list[float]:
         end.record()
     torch.cuda.synchronize(dev)
     return [start.elapsed_time(end) for start, end in events]
+
+
+def capture_stream(device: str) -> torch.cuda.Stream:
+    """The one side stream graphs are captured on, per device. One, not one per capture: cuBLAS
+    keeps a workspace (32 MiB on an H100) for every stream it has run on, for the life of the
+    process. Made with that workspace already taken, so that it counts in every later memory
+    reading alike, not only in those after the first capture."""
+    dev = torch.device(device)
+    return _capture_stream(torch.cuda.current_device() if dev.index is None else dev.index)
+
+
+@functools.cache
+def _capture_stream(index: int) -> torch.cuda.Stream:
+    dev = torch.device("cuda", index)
+    stream = torch.cuda.Stream(dev)
+    with torch.cuda.stream(stream):
+        torch.ones(16, 16, device=dev) @ torch.ones(16, 16, device=dev)
+    stream.synchronize()
+    return stream
+
+
+def capture_graph(
+    fn: Callable[[], Any], device: str, setup: Callable[[], Any] | None = None
+) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph, for ``time_fn(graph.replay, ...)``. ``fn`` runs once on
+    the capture stream first (libraries set up their workspaces there); ``setup`` runs before
+    that run and before the capture. Raises whatever the capture raises (host syncs, work that
+    a graph cannot hold)."""
+    dev = torch.device(device)
+    stream = capture_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(stream):
+        if setup is not None:
+            setup()
+        fn()
+    torch.cuda.current_stream(dev).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    if setup is not None:
+        setup()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    torch.cuda.current_stream(dev).wait_stream(stream)
+    return graph
