@@ -8,6 +8,7 @@ that they can check the sampler-facing behaviour exactly and in a second or two.
 import itertools
 import math
 import sqlite3
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from sdpalab.config import spec_from_dict
 from sdpalab.explore.grid import sweep
 from sdpalab.explore.pareto import hypervolume, pareto, recommend
-from sdpalab.explore.search import JOURNAL, SearchResult, search
+from sdpalab.explore.search import JOURNAL, SearchResult, make_sampler, search
+from sdpalab.explore.space import trial_constraints
 from sdpalab.measure.result import Result
 
 optuna = pytest.importorskip("optuna")
@@ -266,6 +268,10 @@ def test_constraints_reach_the_sampler_and_failures_are_told(tmp_path):
     for t in trials:
         cons = t.user_attrs["constraints"]
         assert len(cons) == 3  # status, max_error, max_memory
+        if trial_constraints():  # Optuna 5: the sampler reads what the trial set
+            assert t.constraints == dict(
+                zip(("status", "max_error", "max_memory"), cons, strict=True)
+            )
         assert t.state == optuna.trial.TrialState.COMPLETE and all(map(math.isfinite, t.values))
         if t.user_attrs.get("status") == "ok":
             over = t.user_attrs["peak_mem_total_bytes"] > 300 * 2**10
@@ -283,6 +289,13 @@ def test_constraints_reach_the_sampler_and_failures_are_told(tmp_path):
     # and the recommendation honours every limit
     rec = found.recommend("latency", context={"seq_kv": 128})
     assert rec.best.peak_mem_total_bytes <= 300 * 2**10 and rec.best.rel_fro_err <= 1e-2
+
+
+def test_samplers_are_made_without_deprecated_arguments():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # Optuna 5 deprecates constraints_func
+        for name in ("nsga2", "tpe", "gp"):
+            make_sampler(name, seed=0, budget=40)
 
 
 def test_resume_extends_without_repeating(tmp_path):

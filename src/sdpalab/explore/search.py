@@ -50,7 +50,7 @@ from sdpalab.explore.objectives import (
 from sdpalab.explore.pareto import pareto
 from sdpalab.explore.recommend import Recommendation, recommend
 from sdpalab.explore.search_loop import SearchLoop
-from sdpalab.explore.space import Space, import_optuna
+from sdpalab.explore.space import Space, import_optuna, trial_constraints
 from sdpalab.measure.result import Result
 from sdpalab.run.store import ResultStore
 
@@ -108,30 +108,32 @@ class SearchResult(ResultList):
 # --------------------------------------------------------------------------- samplers
 
 
+def _version(module) -> tuple[int, int]:
+    major, minor = [*module.__version__.split("."), "0"][:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 def make_sampler(name: str, *, seed: int, budget: int):
     """The sampler ``name`` with the constraints function and sizes suited to ``budget``."""
     optuna = import_optuna()
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not valid; choose one of: {', '.join(SAMPLERS)}")
     startup = max(4, min(10, budget // 4))
+    # Optuna 5 reads the constraints each trial sets (``Trial.set_constraint``, see
+    # search_loop) and deprecates the samplers' ``constraints_func``; Optuna 4 needs the latter
+    cons = {} if trial_constraints() else {"constraints_func": constraints_of}
     if name == "nsga2":
         # a population of 50 (Optuna's default) would spend a small budget on one random
         # generation; a few generations of a smaller one converge further
         population = max(4, min(50, budget // 4))
-        return optuna.samplers.NSGAIISampler(
-            population_size=population, seed=seed, constraints_func=constraints_of
-        )
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, **cons)
     if name == "tpe":
+        # Optuna 4.9 deprecated the switch for the independent-sampling warning
+        quiet = {} if _version(optuna) >= (4, 9) else {"warn_independent_sampling": False}
         return optuna.samplers.TPESampler(
-            seed=seed,
-            constraints_func=constraints_of,
-            n_startup_trials=startup,
-            multivariate=True,
-            warn_independent_sampling=False,
+            seed=seed, n_startup_trials=startup, multivariate=True, **quiet, **cons
         )
-    return optuna.samplers.GPSampler(
-        seed=seed, constraints_func=constraints_of, n_startup_trials=startup
-    )
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
 
 
 def constraints_of(trial) -> list[float]:

@@ -25,7 +25,7 @@ from sdpalab.explore.objectives import (
     constraint_values,
     objective_value,
 )
-from sdpalab.explore.space import SIZE_FIELDS, choice_point
+from sdpalab.explore.space import SIZE_FIELDS, choice_point, trial_constraints
 from sdpalab.measure.result import Result
 from sdpalab.run.store import ResultStore
 
@@ -34,6 +34,10 @@ REPEAT_LIMIT = 3
 nearest the last proposal (fewest axes changed): samplers that have converged repeat themselves,
 and each repeat costs an ask without buying a measurement."""
 _INFERABLE = ("oom", "timeout")
+
+
+LIMITS = ("max_error", "max_memory", "max_latency_ms")
+"""The limits a trial's constraints are told in, after its status."""
 
 
 class SearchLoop:
@@ -192,6 +196,7 @@ class SearchLoop:
             and result.ok
             and all(_finite(objective_value(result, o)) for o in self.objectives)
         )
+        names = ["status"]
         constraints = [0.0 if status_ok else FAILED_VIOLATION]
         if result is not None:
             trial.set_user_attr("trial_id", result.trial_id)
@@ -200,14 +205,17 @@ class SearchLoop:
             if result.reason:
                 trial.set_user_attr("reason", result.reason[:300])
             cons = constraint_values(result, self.limit)
-            constraints += [
-                cons[k] for k in ("max_error", "max_memory", "max_latency_ms") if k in cons
-            ]
+            names += [k for k in LIMITS if k in cons]
+            constraints += [cons[k] for k in names[1:]]
             for o in self.objectives:
                 trial.set_user_attr(o, objective_value(result, o))
         else:
-            constraints += [FAILED_VIOLATION for k, v in self.limit.items() if v is not None]
+            names += [k for k in LIMITS if self.limit.get(k) is not None]
+            constraints += [FAILED_VIOLATION] * (len(names) - 1)
         trial.set_user_attr("constraints", constraints)
+        if trial_constraints():
+            for name, value in zip(names, constraints, strict=True):
+                trial.set_constraint(name, value)
         if status_ok:
             values = [
                 math.log10(max(objective_value(result, o), ERROR_FLOOR)) for o in self.objectives

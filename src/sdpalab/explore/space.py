@@ -41,6 +41,12 @@ def import_optuna():
     return optuna
 
 
+def trial_constraints() -> bool:
+    """Whether this Optuna takes constraints from the trials (``Trial.set_constraint``, 5 and
+    later; it deprecates the samplers' ``constraints_func``)."""
+    return hasattr(import_optuna().trial.Trial, "set_constraint")
+
+
 def choice_point(trial: Trial) -> dict[str, Any]:
     """A trial's position on the choice axes (variant fields, flattened, and ``dtype``)."""
     var, point = trial.variant_spec, {}
