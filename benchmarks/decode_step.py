@@ -1,11 +1,12 @@
 """One decode step through ``sl.measure`` (append the new token to the cache, then attend) for
-a few kernels x caches: what a search sees, host work included.
+a few kernels x caches: what a search sees.
 
     PYTHONPATH=src python benchmarks/decode_step.py [--batch 8 --seq 32768]
 
-Prints one line per variant: status, median latency and IQR (CUDA events, L2 flushed before
-each step, the cache rolled back between steps), and the host's microseconds per step (steps
-issued back to back; the GPU may lag).
+Prints one line per variant: status, median latency and IQR (L2 flushed before each step, the
+cache rolled back between steps; timed as ``sl.measure`` times it, by default as replays of the
+step captured in a CUDA graph, and the line says how), and the host's microseconds per step
+when the step is issued from Python (steps back to back; the GPU may lag).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main() -> None:
         variant = sl.Variant(backend=backend, kv_cache="static", kv_quant=quant)
         r = sl.measure(variant, wl, settings)
         shown = f"{r.latency_ms:.3f} ms ± {r.latency_iqr_ms:.3f}" if r.latency_ms else r.reason
-        print(f"{backend}/static+{quant}: {r.status} {shown}; host "
+        print(f"{backend}/static+{quant}: {r.status} {shown} ({r.timing_method}); host "
               f"{host_us(variant, wl):.0f} us per step", flush=True)  # fmt: skip
         torch.cuda.empty_cache()
 
