@@ -195,3 +195,49 @@ def test_variants_sharing_a_label_get_told_apart():
         'math/paged [kv_args={"page_size": 16}]',
         'math/paged [kv_args={"page_size": 64}]',
     ]
+
+
+def _decode_mix() -> list:
+    """Two graph-timed decode steps and one eager (flex) one, on a GPU."""
+    common = dict(phase="decode", kv_cache="static", seq=4096)
+    graph = dict(timing_method="cuda_graph", **common)
+    eager = dict(timing_method="cuda_events (no graph: compiled flex ...)", **common)
+    return [
+        make_result(backend="cudnn", latency_ms=0.37, **graph),
+        make_result(
+            backend="triton_qdecode",
+            kv_quant="int8",
+            latency_ms=0.31,
+            peak_mem_bytes=1 << 19,
+            **graph,
+        ),
+        make_result(backend="flex", latency_ms=0.76, rel_fro_err=1e-7, **eager),
+    ]
+
+
+def test_eager_timings_are_marked_only_among_graph_replays():
+    from sdpalab.explore.recommend import summarize_front
+    from sdpalab.report.search_report import front_section, render_front
+    from sdpalab.report.sections import summary_html
+    from sdpalab.report.tables import EAGER_NOTE, eager_among_graphs
+
+    assert eager_among_graphs(["cuda_graph", "cuda_events (no graph: x)", None]) == {1}
+    assert eager_among_graphs(["cuda_events", "cuda_events (no graph: x)"]) == set()
+    assert eager_among_graphs(["cpu_clock", "cpu_clock"]) == set()
+
+    mixed = _decode_mix()
+    (table,) = group_tables(mixed)
+    marked = [table.cells[(row, table.columns[0])].eager for row in table.rows]
+    assert marked == [False, False, True]
+    text = _text(render_results, mixed)
+    assert "0.760 e" in text and EAGER_NOTE[:40] in " ".join(text.split())
+    assert " e\n" not in _text(render_results, mixed[:2]) and "eager" not in _text(
+        render_results, mixed[:2]
+    )
+    assert EAGER_NOTE[:40] in summary_html(mixed)
+
+    summary = summarize_front(mixed)
+    front = _text(render_front, summary)
+    assert "0.760 e" in front and EAGER_NOTE[:40] in " ".join(front.split())
+    _, html = front_section(summary)
+    assert "0.760 e" in html and "eager call" in html

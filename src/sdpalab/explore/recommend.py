@@ -328,6 +328,7 @@ class FrontSummary:
                         "rel_fro_err": res.rel_fro_err,
                         "pick": picked.get(res.trial_id, ""),
                         "trial_id": res.trial_id,
+                        "timing_method": res.timing_method,
                     }
                 )
         return out

@@ -15,6 +15,8 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from sdpalab.report.tables import (
+    EAGER_MARK,
+    EAGER_NOTE,
     counts_line,
     failures,
     format_ms,
@@ -43,6 +45,8 @@ def _cell_text(cell) -> Text:
     text = Text(format_ms(cell.latency_ms), style="bold green" if cell.best else "")
     if cell.noisy:
         text.append(f" {NOISY_MARK}", style="bold yellow")
+    if cell.eager:
+        text.append(f" {EAGER_MARK}", style="bold magenta")
     if cell.peak_mem_bytes is not None:
         text.append(f"\n{format_bytes(cell.peak_mem_bytes)}", style="dim")
     return text
@@ -56,7 +60,7 @@ def render_results(console: Console, results, title: str | None = None) -> None:
     tables = group_tables(results)
     if title:
         console.print(Text(title, style="bold"))
-    any_noisy = False
+    any_noisy = any_eager = False
     for table in tables:
         rich_table = RichTable(title=table.title, title_style="bold", show_lines=False)
         rich_table.add_column("variant", style="cyan", no_wrap=True)
@@ -65,12 +69,15 @@ def render_results(console: Console, results, title: str | None = None) -> None:
         for row in table.rows:
             cells = [table.cells.get((row, column)) for column in table.columns]
             any_noisy |= any(c is not None and c.noisy and c.status == "ok" for c in cells)
+            any_eager |= any(c is not None and c.eager and c.status == "ok" for c in cells)
             rich_table.add_row(Text(row), *(_cell_text(c) for c in cells))
         console.print(rich_table)
     if tables:
         legend = "latency ms (median) over peak memory above inputs; fastest per column in bold"
         if any_noisy:
             legend += f"; {NOISY_MARK} = noisy (IQR > 10% of median)"
+        if any_eager:
+            legend += f"; {EAGER_NOTE}"
         console.print(Text(legend, style="dim"))
     counts = status_counts(results)
     line = Text(counts_line(counts))

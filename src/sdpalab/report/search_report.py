@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdpalab.report.markup import escape, html_table
-from sdpalab.report.tables import format_ms
+from sdpalab.report.tables import EAGER_MARK, EAGER_NOTE, eager_among_graphs, format_ms
 from sdpalab.units import format_bytes
 
 _LIMIT_TEXT = {
@@ -34,15 +34,24 @@ def limits_text(limits: dict[str, Any]) -> str:
     return ", ".join(parts) or "none (errors must stay within each dtype's tolerance)"
 
 
+def _latency_cells(rows: list[dict]) -> list[str]:
+    """Each row's latency, marked where it was an eager call among graph replays."""
+    eager = eager_among_graphs(r.get("timing_method") for r in rows)
+    return [
+        format_ms(r["latency_ms"]) + (f" {EAGER_MARK}" if i in eager else "")
+        for i, r in enumerate(rows)
+    ]
+
+
 def _front_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, title_justify="left", title_style="bold")
     for name in ("configuration", "latency ms", "± IQR", "memory", "rel error", "pick"):
         table.add_column(name, justify="left" if name in ("configuration", "pick") else "right")
-    for row in rows:
+    for row, latency in zip(rows, _latency_cells(rows), strict=True):
         style = "bold green" if row["pick"] == "best" else ""
         table.add_row(
             Text(row["configuration"], style=style),
-            format_ms(row["latency_ms"]),
+            latency,
             format_ms(row["latency_iqr_ms"]),
             format_bytes(row["memory_bytes"]),
             "-" if row["rel_fro_err"] is None else f"{row['rel_fro_err']:.2g}",
@@ -59,6 +68,8 @@ def render_front(console: Console, summary) -> None:
         mine = [r for r in rows if r["shape"] == shape]
         title = f"Pareto front · {shape} ({len(mine)} points; memory = total peak)"
         console.print(_front_table(mine, title))
+        if eager_among_graphs(r.get("timing_method") for r in mine):
+            console.print(Text(EAGER_NOTE, style="dim"))
         rec = summary.recommendations.get(shape)
         if rec is None:
             console.print(
@@ -182,18 +193,20 @@ def front_section(summary) -> tuple[str, str]:
                 [
                     [
                         r["configuration"],
-                        format_ms(r["latency_ms"]),
+                        latency,
                         format_ms(r["latency_iqr_ms"]),
                         format_bytes(r["memory_bytes"]),
                         "-" if r["rel_fro_err"] is None else f"{r['rel_fro_err']:.2g}",
                         r["pick"],
                     ]
-                    for r in mine
+                    for r, latency in zip(mine, _latency_cells(mine), strict=True)
                 ],
                 caption=f"Pareto front · {shape}",
                 numeric=(1, 2, 3, 4),
             )
         )
+        if eager_among_graphs(r.get("timing_method") for r in mine):
+            parts.append(f'<p class="note">{escape(EAGER_NOTE)}</p>')
         rec = summary.recommendations.get(shape)
         if rec is None:
             parts.append(f"<p>no recommendation: {escape(summary.unavailable.get(shape))}</p>")

@@ -8,6 +8,7 @@ from typing import Any
 
 from sdpalab.report.markup import escape, html_table
 from sdpalab.report.tables import (
+    EAGER_NOTE,
     failures,
     format_ms,
     group_tables,
@@ -19,6 +20,7 @@ from sdpalab.units import format_bytes
 
 def summary_html(results) -> str:
     parts = []
+    any_eager = False
     for table in group_tables(results):
         head = "<th>variant</th>" + "".join(f"<th>{escape(c)}</th>" for c in table.columns)
         body = []
@@ -38,6 +40,9 @@ def summary_html(results) -> str:
                         if cell.noisy
                         else ""
                     )
+                    if cell.eager:
+                        noisy += f' <span class="noisy" title="{escape(EAGER_NOTE)}">e</span>'
+                        any_eager = True
                     mem = (
                         f'<br><span class="mem">{escape(format_bytes(cell.peak_mem_bytes))}</span>'
                         if cell.peak_mem_bytes is not None
@@ -57,7 +62,9 @@ def summary_html(results) -> str:
         parts.append(
             '<p class="note">median latency over the peak memory above the inputs; '
             "the fastest of each column is shaded; ! marks a noisy timing "
-            "(IQR &gt; 10% of the median).</p>"
+            "(IQR &gt; 10% of the median)"
+            + (f"; {escape(EAGER_NOTE)}" if any_eager else "")
+            + ".</p>"
         )
     return "".join(parts) or '<p class="note">no trials</p>'
 

@@ -9,6 +9,7 @@ these :class:`Table` objects, so they always show the same numbers.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class Cell:
     noisy: bool = False
     reason: str = ""
     best: bool = False
+    eager: bool = False  # timed as an eager call on a GPU where others were graph replays
 
 
 @dataclass
@@ -43,6 +45,23 @@ class Table:
     columns: list[str] = field(default_factory=list)
     rows: list[str] = field(default_factory=list)
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+
+EAGER_MARK = "e"
+EAGER_NOTE = (
+    "e = timed as an eager call, host launch included; the others as CUDA-graph replays "
+    "(flex and dynamic caches, or a call that could not be captured)"
+)
+
+
+def eager_among_graphs(methods: Iterable[str | None]) -> set[int]:
+    """Positions of the GPU timings taken as eager calls, when others were graph replays (a
+    latency a serving loop would not see: it includes Python's launch cost). Empty when the
+    timings are all of one kind."""
+    methods = list(methods)
+    if not any(m == "cuda_graph" for m in methods):
+        return set()
+    return {i for i, m in enumerate(methods) if m and m.startswith("cuda_events")}
 
 
 def format_ms(ms: float | None) -> str:
@@ -127,6 +146,7 @@ def group_tables(results) -> list[Table]:
         table.columns = [
             _describe(dict(zip(columns_from, t, strict=True)), columns_from) or "-" for t in order
         ]
+        methods: dict[tuple[str, str], str | None] = {}
         for row, shape in zip(members, shapes, strict=True):
             label = row_label(row)
             if label not in table.rows:
@@ -141,6 +161,10 @@ def group_tables(results) -> list[Table]:
                 noisy=bool(row.get("noisy")),
                 reason=str(row.get("reason") or ""),
             )
+            methods[(label, column)] = row.get("timing_method")
+        keys = list(methods)
+        for i in eager_among_graphs(methods.values()):
+            table.cells[keys[i]].eager = True
         for column in table.columns:
             ok = [
                 c
