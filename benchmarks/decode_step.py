@@ -18,7 +18,7 @@ import torch
 
 import sdpalab as sl
 from sdpalab.measure.result import MeasureSettings
-from sdpalab.measure.trial import _fill_cache, _inputs
+from sdpalab.measure.trial import _fill_cache, _inputs, fill_chunk
 
 VARIANTS = [("cudnn", "none"), ("flash", "int8"), ("triton_qdecode", "int8"),
             ("triton_qdecode", "fp8"), ("triton_qdecode", "int4")]  # fmt: skip
@@ -29,7 +29,7 @@ def host_us(variant: sl.Variant, workload: sl.Workload, steps: int = 50) -> floa
     q, k, v = _inputs(workload, 0)
     prefix = workload.seq_kv - workload.seq_q
     with torch.inference_mode():
-        _fill_cache(attn, q, k, v, prefix)
+        _fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
         k_new, v_new = k[:, :, prefix:], v[:, :, prefix:]
         for _ in range(5):
             attn.rollback(prefix)

@@ -80,17 +80,29 @@ def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor
 
 
 FILL_MAX_SCORES = 1 << 27
-"""Most score elements one cache-filling call may create (a math backend materializes them)."""
+"""Most score elements one cache-filling call may create, for a backend that materializes them
+(``math``, ``eager``, and ``auto``, which may pick math)."""
+FILL_MAX_QUERIES = 1 << 26
+"""Most query elements one cache-filling call may carry, for every backend."""
+MATERIALIZING = ("math", "eager", "auto")
 
 
-def _fill_cache(attn, q, k, v, prefix: int) -> None:
-    """Fill a cached attention with the first ``prefix`` tokens of k, v (untimed, unchecked).
+def fill_chunk(variant: Variant, q: torch.Tensor, prefix: int) -> int:
+    """Tokens per cache-filling call: as many as memory allows, since every new length is a new
+    shape to plan or compile (cuDNN plans and compiled flex graphs are made per shape; a 32k
+    context filled 16 tokens at a time made 2048 of them on an H100)."""
+    batch, heads_q, _, head_dim = q.shape
+    chunk = FILL_MAX_QUERIES // (batch * heads_q * head_dim)
+    if variant.backend in MATERIALIZING:
+        chunk = min(chunk, FILL_MAX_SCORES // (batch * heads_q * max(prefix, 1)))
+    return max(1, min(chunk, prefix))
 
-    In chunks, so that a backend that materializes scores needs ``chunk x prefix`` of them,
-    not ``prefix x prefix``: filling the context is set-up, not the trial.
+
+def _fill_cache(attn, q, k, v, prefix: int, chunk: int) -> None:
+    """Fill a cached attention with the first ``prefix`` tokens of k, v (untimed, unchecked),
+    ``chunk`` tokens a call (:func:`fill_chunk`): filling the context is set-up, not the trial.
     """
     batch, heads_q, _, head_dim = q.shape
-    chunk = max(1, FILL_MAX_SCORES // (batch * heads_q * max(prefix, 1)))
     for start in range(0, prefix, chunk):
         n = min(chunk, prefix - start)
         q_chunk = torch.randn(batch, heads_q, n, head_dim, device=q.device, dtype=q.dtype)
@@ -151,7 +163,7 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
     with torch.inference_mode():
         if cached:
             inner = getattr(attn, "attn", attn)  # projections wrap the cache
-            _fill_cache(attn, q, k, v, prefix)
+            _fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
 
             def setup() -> None:
                 inner.rollback(prefix)
