@@ -1,7 +1,7 @@
 """Time a grid of launch configurations of ``triton_qdecode`` on one GPU and print the fastest.
 
     PYTHONPATH=src:benchmarks python benchmarks/qdecode_explore.py --shapes 8,32768 1,131072 \
-        --block-n 64,128 --warps 2,4 --stages 2,3 --splits 0,66
+        --block-n 64,128 --warps 2,4 --stages 2,3 --splits 0,66 --tile-rows 0,4
 
 How ``default_config`` and the split rule of the fast kernel were chosen. For each shape (B,S
 with H_q=32, H_kv=8, D=128, bf16, as ``qdecode_bench.py``) and format, every configuration is
@@ -47,13 +47,15 @@ def explore(batch: int, seq: int, fmt: str, q, k, v, args) -> None:
     nbytes = bytes_read(q, kq, vq, kr, vr)
     grid = itertools.product(
         args.kernels.split(","), ints(args.block_n), ints(args.warps), ints(args.stages),
-        ints(args.splits),
+        ints(args.splits), ints(args.tile_rows),
     )  # fmt: skip
     rows = []
-    for kernel, block_n, warps, stages, splits in grid:
+    for kernel, block_n, warps, stages, splits, tile_rows in grid:
         cfg = {"kernel": kernel, "block_n": block_n, "num_warps": warps, "num_stages": stages}
         if splits:
             cfg["splits"] = splits
+        if tile_rows:
+            cfg["tile_rows"] = tile_rows
 
         def fused(cfg=cfg):
             return qdecode_attention(q, kq, vq, kr, vr, causal=False, **cfg)
@@ -87,6 +89,7 @@ def main() -> None:
     p.add_argument("--warps", default="2,4")
     p.add_argument("--stages", default="2,3")
     p.add_argument("--splits", default="0", help="0: the default rule")
+    p.add_argument("--tile-rows", default="0", help="query rows per program; 0: the default")
     p.add_argument("--top", type=int, default=6, help="configurations printed per format")
     args = p.parse_args()
     for shape in args.shapes:

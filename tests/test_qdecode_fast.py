@@ -34,6 +34,8 @@ FAST_CASES = [
     pytest.param((2, 12, 4, 5, 129, 128, torch.bfloat16, {"block_n": 32, "splits": 2}), id="step5-gqa3"),
     pytest.param((1, 16, 1, 3, 90, 128, torch.float16, {"block_n": 32}), id="step3-gqa16-tiles"),
     pytest.param((1, 8, 2, 1, 100, 64, torch.bfloat16, {"block_n": 32}), id="d64"),
+    pytest.param((2, 32, 8, 1, 300, 128, torch.bfloat16, {"block_n": 64, "splits": 2, "tile_rows": 4}), id="tile4"),
+    pytest.param((1, 12, 4, 5, 129, 128, torch.float16, {"block_n": 32, "tile_rows": 2}), id="step5-tile2"),
 ]  # fmt: skip
 
 
@@ -194,3 +196,13 @@ def test_benchmark_dry_run_writes_its_table(tmp_path, capsys):
 def test_every_benchmarked_config_is_correct_on_gpu(fmt, config):
     launch = dict(zip(("block_n", "num_warps", "num_stages"), config, strict=True))
     check_case(fmt, 2, 32, 8, 1, 5000, 128, torch.bfloat16, device="cuda", **launch)
+
+
+@cpu_only
+def test_tile_rows_is_checked():
+    q = torch.zeros(1, 8, 1, 128, dtype=torch.bfloat16)
+    kq = quantize(torch.randn(1, 2, 40, 128), "int4", role="key")
+    for bad in (3, 0, 64):
+        with pytest.raises(ValueError, match="tile_rows=.*power of two up to 32"):
+            plan_launch(q, kq, kq, tile_rows=bad)
+    assert plan_launch(q, kq, kq, tile_rows=4)["block_m"] == 8  # 4 rows x 2 group copies

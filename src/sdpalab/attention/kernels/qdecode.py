@@ -94,6 +94,7 @@ def qdecode_attention(
     num_stages: int | None = None,
     splits: int | None = None,
     kernel: str | None = None,
+    tile_rows: int | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, H_q, q_len, D]`` over quantized then recent tokens (module doc).
 
@@ -104,7 +105,8 @@ def qdecode_attention(
     the launch configuration (``splits``: number of KV chunks; default from the SM count).
     ``kernel``: ``"fast"`` (int8, fp8 and int4 without recent tokens, float16 or bfloat16
     queries, power-of-two head_dim of at least 16 words) or ``"general"``; default: fast where
-    it applies. Returns ``[B, H_q, q_len, D]`` in q's dtype. A row that sees no key gets zeros.
+    it applies. ``tile_rows``: query rows per program (``launch_geometry``). Returns
+    ``[B, H_q, q_len, D]`` in q's dtype. A row that sees no key gets zeros.
     """
     heads_kv = check_inputs(q_BHSD, k, v, k_recent, v_recent)
     device = q_BHSD.device
@@ -127,7 +129,7 @@ def qdecode_attention(
     f32 = dtype == torch.float32
     plan = plan_launch(
         q, k, v, k_recent, v_recent, heads_kv=heads_kv, block_n=block_n, num_warps=num_warps,
-        num_stages=num_stages, splits=splits, kernel=kernel,
+        num_stages=num_stages, splits=splits, kernel=kernel, tile_rows=tile_rows,
     )  # fmt: skip
     fast = plan["kernel"] == "fast"
     block_n, block_m, splits, chunk = (

@@ -149,6 +149,7 @@ def plan_launch(
     num_stages: int | None = None,
     splits: int | None = None,
     kernel: str | None = None,
+    tile_rows: int | None = None,
 ) -> dict:
     """The launch ``qdecode_attention`` makes for these inputs and overrides: ``kernel``
     (``"fast"`` or ``"general"``), ``num_warps``, ``num_stages`` and the ``launch_geometry``."""
@@ -178,6 +179,7 @@ def plan_launch(
         splits=splits,
         copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
         fast=fast,
+        tile_rows=tile_rows,
     )
     return {
         "kernel": "fast" if fast else "general",
@@ -201,11 +203,14 @@ def launch_geometry(
     splits: int | None = None,
     copies: int = 1,
     fast: bool = False,
+    tile_rows: int | None = None,
 ) -> dict:
     """The launch ``qdecode_attention`` picks: ``block_m`` rows per tile (``rows_per_tile`` of
     the G * q_len query rows, times ``copies`` for the fast kernel's channel groups, padded to at
     least 16 for ``tl.dot``), ``m_tiles``, ``block_n`` keys per step, and the split-KV
-    ``splits`` x ``chunk`` keys (whole blocks).
+    ``splits`` x ``chunk`` keys (whole blocks). ``tile_rows`` (a power of two) overrides the
+    tile's rows before the copies: fewer rows than 16 are padded inside ``tl.dot``, and leave
+    the elementwise work on the score tiles smaller (for timing; not a default yet).
 
     Splits: general kernel, about ``PROGRAMS_PER_SM`` programs per SM, so that the last,
     partly filled wave of equal-sized programs is a small part of the run; fast kernel, one
@@ -217,7 +222,15 @@ def launch_geometry(
     block_n = block_n or default_config(fmt, dtype)["block_n"]
     rows = heads_q // heads_kv * q_len
     most = 32 if dtype == torch.float32 else 64
-    per_tile = min(max(16 // copies, _pow2(rows)), most // copies)
+    if tile_rows is None:
+        per_tile = min(max(16 // copies, _pow2(rows)), most // copies)
+    elif tile_rows < 1 or tile_rows & (tile_rows - 1) or tile_rows * copies > most:
+        raise ValueError(
+            f"tile_rows={tile_rows!r}; valid: a power of two up to {most // copies} "
+            f"({most} rows a tile, {copies} channel-group copies of each)"
+        )
+    else:
+        per_tile = tile_rows
     block_m = per_tile * copies
     m_tiles = _cdiv(rows, per_tile)
     kv_len = max(kv_len, 1)
