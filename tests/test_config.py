@@ -52,7 +52,12 @@ def test_trial_id_is_the_measured_id():
     from sdpalab.spec import trial_id
 
     t = _spec(workload={"seq_kv": 16}).trials()[0]
-    assert t.trial_id == trial_id(t.variant, t.workload, t.settings.to_dict())
+    assert t.trial_id == trial_id(t.variant, t.workload, t.settings.identity(t.workload.device))
+    # graph timing changes what a GPU trial times, nothing elsewhere: CPU ids stay as they were
+    settings = MeasureSettings()
+    assert "cuda_graph" not in settings.identity("cpu")
+    assert settings.identity("cuda:0") == settings.to_dict()
+    assert "cuda_graph" in settings.to_dict()
 
 
 def test_mods_inline_args_and_mod_args_axis():

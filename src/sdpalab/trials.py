@@ -211,7 +211,7 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
             SimpleNamespace(to_dict=lambda: w_spec),
         )
         return Trial(
-            trial_id(v_obj, w_obj, settings.to_dict()),
+            trial_id(v_obj, w_obj, settings.identity(w_spec.get("device", ""))),
             v_spec,
             w_spec,
             settings,
@@ -219,7 +219,7 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
             grid=grid,
         )
     return Trial(
-        trial_id(variant, workload, settings.to_dict()),
+        trial_id(variant, workload, settings.identity(workload.to_dict().get("device", ""))),
         variant.to_dict(),
         workload.to_dict(),
         settings,

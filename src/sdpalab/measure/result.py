@@ -43,6 +43,15 @@ class MeasureSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self, device: Any) -> dict[str, Any]:
+        """The settings that make a trial on ``device`` what it is (for its id): ``cuda_graph``
+        only on a CUDA device, where it changes what is timed; elsewhere it changes nothing,
+        and trials stored before it existed keep their ids."""
+        out = self.to_dict()
+        if not str(device).startswith("cuda"):
+            del out["cuda_graph"]
+        return out
+
 
 @dataclass
 class Result:

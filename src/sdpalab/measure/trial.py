@@ -132,7 +132,7 @@ def measure(
     result = Result(
         variant=variant.to_dict(),
         workload=workload.to_dict(),
-        trial_id=trial_id(variant, workload, settings.to_dict()),
+        trial_id=trial_id(variant, workload, settings.identity(workload.device)),
         label=variant.label(),
         settings=settings.to_dict(),
         provenance=_provenance(workload.device),
