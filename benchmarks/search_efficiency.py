@@ -20,9 +20,11 @@ The last line printed is one JSON document.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -94,6 +96,10 @@ def log_points(results) -> np.ndarray:
     return np.log10([[max(getattr(r, o), 1e-12) for o in OBJECTIVES] for r in results])
 
 
+def _point(variant: dict, workload: dict) -> str:
+    return json.dumps([variant, workload], sort_keys=True, default=str)
+
+
 def replay() -> dict:
     from sdpalab.config import spec_from_dict
     from sdpalab.explore.pareto import hypervolume, pareto
@@ -102,10 +108,18 @@ def replay() -> dict:
     grid = load(DATA)
     spec = spec_from_dict(CONFIG)
     trials = spec.trials()
-    by_id = {r.trial_id: r for r in grid}
+    # matched on what was measured (variant and workload), not on the stored trial ids: those
+    # hash the measurement settings too, whose fields have changed since the grid was measured
+    by_point = {_point(r.variant, r.workload): r for r in grid}
+    by_id = {}
+    for t in trials:
+        stored = by_point.get(_point(t.variant_spec, t.workload_spec))
+        if stored is not None:
+            by_id[t.trial_id] = dataclasses.replace(stored, trial_id=t.trial_id)
     missing = [t.trial_id for t in trials if t.trial_id not in by_id]
     if missing:
         raise SystemExit(f"{len(missing)} trials of the config are not in {DATA}: measure again")
+    grid = list(by_id.values())
     ok = [r for r in grid if r.ok and all(getattr(r, o) is not None for o in OBJECTIVES)]
     pts = log_points(ok)
     ref = pts.max(axis=0) + 0.1 * (pts.max(axis=0) - pts.min(axis=0))
@@ -179,7 +193,7 @@ def write_markdown(summary: dict) -> None:
         "# Search efficiency on the CPU (replayed grid)",
         "",
         "- command: `python benchmarks/search_efficiency.py` (after `... measure --workers 8`)",
-        f"- date: {time.strftime('%Y-%m-%d')}; searches replayed on a 2-core CI-sized machine "
+        f"- date: {time.strftime('%Y-%m-%d')}; searches replayed on a {os.cpu_count()}-core machine "
         f"({platform.machine()}), Python {platform.python_version()}, optuna "
         f"{summary['optuna']}",
         f"- grid measured {prov.get('time_utc', '?')[:10]} by `python "
