@@ -203,6 +203,6 @@ def test_tile_rows_is_checked():
     q = torch.zeros(1, 8, 1, 128, dtype=torch.bfloat16)
     kq = quantize(torch.randn(1, 2, 40, 128), "int4", role="key")
     for bad in (3, 0, 64):
-        with pytest.raises(ValueError, match="tile_rows=.*power of two up to 32"):
+        with pytest.raises(ValueError, match=r"tile_rows=.*power of two up to 32"):
             plan_launch(q, kq, kq, tile_rows=bad)
     assert plan_launch(q, kq, kq, tile_rows=4)["block_m"] == 8  # 4 rows x 2 group copies

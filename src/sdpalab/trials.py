@@ -203,6 +203,7 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
     } | var
     kind = ModelWorkload if is_model_workload(wl) else Workload
     w_spec = {f.name: f.default for f in dataclasses.fields(kind)} | wl
+    identity = settings.identity(w_spec.get("device", ""))
     try:
         variant, workload = Variant(**var), kind(**wl)
     except ValueError as err:
@@ -211,7 +212,7 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
             SimpleNamespace(to_dict=lambda: w_spec),
         )
         return Trial(
-            trial_id(v_obj, w_obj, settings.identity(w_spec.get("device", ""))),
+            trial_id(v_obj, w_obj, identity),
             v_spec,
             w_spec,
             settings,
@@ -219,7 +220,7 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
             grid=grid,
         )
     return Trial(
-        trial_id(variant, workload, settings.identity(workload.to_dict().get("device", ""))),
+        trial_id(variant, workload, identity),
         variant.to_dict(),
         workload.to_dict(),
         settings,

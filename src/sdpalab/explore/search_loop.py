@@ -196,8 +196,7 @@ class SearchLoop:
             and result.ok
             and all(_finite(objective_value(result, o)) for o in self.objectives)
         )
-        names = ["status"]
-        constraints = [0.0 if status_ok else FAILED_VIOLATION]
+        named = {"status": 0.0 if status_ok else FAILED_VIOLATION}
         if result is not None:
             trial.set_user_attr("trial_id", result.trial_id)
             trial.set_user_attr("label", result.label)
@@ -205,16 +204,14 @@ class SearchLoop:
             if result.reason:
                 trial.set_user_attr("reason", result.reason[:300])
             cons = constraint_values(result, self.limit)
-            names += [k for k in LIMITS if k in cons]
-            constraints += [cons[k] for k in names[1:]]
+            named |= {k: cons[k] for k in LIMITS if k in cons}
             for o in self.objectives:
                 trial.set_user_attr(o, objective_value(result, o))
         else:
-            names += [k for k in LIMITS if self.limit.get(k) is not None]
-            constraints += [FAILED_VIOLATION] * (len(names) - 1)
-        trial.set_user_attr("constraints", constraints)
+            named |= {k: FAILED_VIOLATION for k in LIMITS if self.limit.get(k) is not None}
+        trial.set_user_attr("constraints", list(named.values()))
         if trial_constraints():
-            for name, value in zip(names, constraints, strict=True):
+            for name, value in named.items():
                 trial.set_constraint(name, value)
         if status_ok:
             values = [

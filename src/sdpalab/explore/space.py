@@ -8,6 +8,7 @@ order of sizes). The shape of the work is not a choice: each shape is a context 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ def import_optuna():
     return optuna
 
 
+@functools.cache
 def trial_constraints() -> bool:
     """Whether this Optuna takes constraints from the trials (``Trial.set_constraint``, 5 and
     later; it deprecates the samplers' ``constraints_func``)."""

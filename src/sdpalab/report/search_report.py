@@ -34,20 +34,22 @@ def limits_text(limits: dict[str, Any]) -> str:
     return ", ".join(parts) or "none (errors must stay within each dtype's tolerance)"
 
 
-def _latency_cells(rows: list[dict]) -> list[str]:
-    """Each row's latency, marked where it was an eager call among graph replays."""
+def _latency_cells(rows: list[dict]) -> tuple[list[str], bool]:
+    """Each row's latency, marked where it was an eager call among graph replays; and whether
+    any was (the table then needs :data:`EAGER_NOTE`)."""
     eager = eager_among_graphs(r.get("timing_method") for r in rows)
-    return [
+    cells = [
         format_ms(r["latency_ms"]) + (f" {EAGER_MARK}" if i in eager else "")
         for i, r in enumerate(rows)
     ]
+    return cells, bool(eager)
 
 
-def _front_table(rows: list[dict], title: str) -> Table:
+def _front_table(rows: list[dict], latencies: list[str], title: str) -> Table:
     table = Table(title=title, title_justify="left", title_style="bold")
     for name in ("configuration", "latency ms", "± IQR", "memory", "rel error", "pick"):
         table.add_column(name, justify="left" if name in ("configuration", "pick") else "right")
-    for row, latency in zip(rows, _latency_cells(rows), strict=True):
+    for row, latency in zip(rows, latencies, strict=True):
         style = "bold green" if row["pick"] == "best" else ""
         table.add_row(
             Text(row["configuration"], style=style),
@@ -67,8 +69,9 @@ def render_front(console: Console, summary) -> None:
     for shape in summary.shapes:
         mine = [r for r in rows if r["shape"] == shape]
         title = f"Pareto front · {shape} ({len(mine)} points; memory = total peak)"
-        console.print(_front_table(mine, title))
-        if eager_among_graphs(r.get("timing_method") for r in mine):
+        latencies, any_eager = _latency_cells(mine)
+        console.print(_front_table(mine, latencies, title))
+        if any_eager:
             console.print(Text(EAGER_NOTE, style="dim"))
         rec = summary.recommendations.get(shape)
         if rec is None:
@@ -187,6 +190,7 @@ def front_section(summary) -> tuple[str, str]:
     rows = summary.rows()
     for shape in summary.shapes:
         mine = [r for r in rows if r["shape"] == shape]
+        latencies, any_eager = _latency_cells(mine)
         parts.append(
             html_table(
                 ["configuration", "latency ms", "± IQR", "memory", "rel error", "pick"],
@@ -199,13 +203,13 @@ def front_section(summary) -> tuple[str, str]:
                         "-" if r["rel_fro_err"] is None else f"{r['rel_fro_err']:.2g}",
                         r["pick"],
                     ]
-                    for r, latency in zip(mine, _latency_cells(mine), strict=True)
+                    for r, latency in zip(mine, latencies, strict=True)
                 ],
                 caption=f"Pareto front · {shape}",
                 numeric=(1, 2, 3, 4),
             )
         )
-        if eager_among_graphs(r.get("timing_method") for r in mine):
+        if any_eager:
             parts.append(f'<p class="note">{escape(EAGER_NOTE)}</p>')
         rec = summary.recommendations.get(shape)
         if rec is None:

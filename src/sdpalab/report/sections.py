@@ -8,6 +8,7 @@ from typing import Any
 
 from sdpalab.report.markup import escape, html_table
 from sdpalab.report.tables import (
+    EAGER_MARK,
     EAGER_NOTE,
     failures,
     format_ms,
@@ -35,13 +36,15 @@ def summary_html(results) -> str:
                         f'<td class="fail" title="{escape(cell.reason)}">{escape(cell.status)}</td>'
                     )
                 else:
-                    noisy = (
+                    marks = (
                         ' <span class="noisy" title="noisy: IQR &gt; 10% of median">!</span>'
                         if cell.noisy
                         else ""
                     )
                     if cell.eager:
-                        noisy += f' <span class="noisy" title="{escape(EAGER_NOTE)}">e</span>'
+                        marks += (
+                            f' <span class="noisy" title="{escape(EAGER_NOTE)}">{EAGER_MARK}</span>'
+                        )
                         any_eager = True
                     mem = (
                         f'<br><span class="mem">{escape(format_bytes(cell.peak_mem_bytes))}</span>'
@@ -51,7 +54,7 @@ def summary_html(results) -> str:
                     cls = "num best" if cell.best else "num"
                     cells.append(
                         f'<td class="{cls}">{escape(format_ms(cell.latency_ms))} ms'
-                        f"{noisy}{mem}</td>"
+                        f"{marks}{mem}</td>"
                     )
             body.append("<tr>" + "".join(cells) + "</tr>")
         parts.append(
