@@ -54,10 +54,10 @@ CONFIGS = [  # (block_n, num_warps, num_stages) of the fast kernel (int8, int4, 
     (128, 2, 2),
     (128, 2, 3),
     (64, 2, 2),
-    (64, 4, 2),
-    (64, 4, 3),
+    (64, 1, 2),
+    (64, 1, 3),
+    (128, 1, 2),
     (128, 4, 2),
-    (256, 4, 2),
     (128, 2, 1),
 ]
 TARGETS = {  # issue 7: (format, batch, seq) -> (min speed-up, min fraction of copy bandwidth)

@@ -111,15 +111,19 @@ def test_plan_takes_the_fast_kernel_where_it_applies():
 
 
 @pytest.mark.parametrize(
-    "batch,kv_len,splits", [(8, 32768, 8), (1, 131072, 64), (32, 32768, 2), (64, 32768, 1)]
-)
-def test_fast_splits_fill_one_wave_of_an_h100(monkeypatch, batch, kv_len, splits):
-    """4 programs per SM on 132 SMs: up to 528 programs, the split counts timed fastest there
-    (B=1: 66 asked, 64 chunks of 16 whole blocks)."""
+    "batch,kv_len,block_n,warps,splits",
+    [(8, 32768, 128, 2, 8), (1, 131072, 128, 2, 64), (32, 32768, 128, 2, 2), (64, 32768, 128, 2, 1),
+     (8, 32768, 64, 1, 16), (1, 131072, 64, 1, 128)],
+)  # fmt: skip
+def test_fast_splits_fill_one_wave_of_an_h100(monkeypatch, batch, kv_len, block_n, warps, splits):
+    """8 warps per SM on 132 SMs: up to 528 programs of 2 warps or 1056 of 1, the split counts
+    timed fastest there (B=1, 2 warps: 66 asked, 64 chunks of 16 whole blocks; 1 warp: 132
+    asked, 128 chunks of 16 blocks)."""
     monkeypatch.setattr(qdecode_launch, "_sm_count", lambda index: 132)
     geo = launch_geometry(
         batch=batch, heads_q=32, heads_kv=8, q_len=1, kv_len=kv_len, fmt="int8",
-        dtype=torch.bfloat16, device=torch.device("cuda", 0), block_n=128, fast=True,
+        dtype=torch.bfloat16, device=torch.device("cuda", 0), block_n=block_n, fast=True,
+        num_warps=warps,
     )  # fmt: skip
     assert geo["splits"] == splits
 
@@ -154,8 +158,8 @@ def test_fast_int4_groups_and_magnitudes_on_gpu(group, magnitude):
 # ---------------------------------------------------------------- benchmarked configurations
 
 # the launch configurations benchmarks/qdecode_bench.py times (block_n, num_warps, num_stages)
-BENCH_CONFIGS = [(128, 2, 2), (128, 2, 3), (64, 2, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2),
-                 (256, 4, 2), (128, 2, 1)]  # fmt: skip
+BENCH_CONFIGS = [(128, 2, 2), (128, 2, 3), (64, 2, 2), (64, 1, 2), (64, 1, 3), (128, 1, 2),
+                 (128, 4, 2), (128, 2, 1)]  # fmt: skip
 
 
 def _bench_module():
@@ -206,3 +210,4 @@ def test_tile_rows_is_checked():
         with pytest.raises(ValueError, match=r"tile_rows=.*power of two up to 32"):
             plan_launch(q, kq, kq, tile_rows=bad)
     assert plan_launch(q, kq, kq, tile_rows=4)["block_m"] == 8  # 4 rows x 2 group copies
+    assert plan_launch(q, kq, kq)["block_m"] == 8  # G = 4 rows, not padded to 16

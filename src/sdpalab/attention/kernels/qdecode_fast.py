@@ -2,15 +2,24 @@
 and ``int4`` caches with float16 or bfloat16 queries (``qdecode.py`` picks it; the general
 kernel in ``qdecode_triton.py`` takes the rest).
 
+Keys first. Every product is transposed so that the keys, not the query rows, are the large
+side of the tensor-core tile: scores are ``codes [BLOCK_N, D] @ q^T [D, rows]`` and each output
+tile is ``codes^T [D/E, BLOCK_N] @ p [BLOCK_N, rows]``. Decode has 1 to 8 query rows per KV
+head; as the 8-wide side of a tensor-core product they fill it, where as its 16-high side they
+were padded to 16 rows (twice the products, and the queries copied into place every time).
+
 Codes by position. A 32-bit word of the cache holds ``E`` codes (4 bytes, or 8 nibbles) of
 channels ``E*j .. E*j + E-1``. A dot product does not care in which order it visits channels, so
-the codes of a word are never put back into channel order. ``_codes`` turns a tile of words into
-two float16 tiles, the codes at bits ``s`` and ``s + 16`` of every word, with one shift and one
-AND (int8: and an XOR) per pair. Key tiles put those two side by side (``_joined``): in
-registers they already are the two halves of one 32-bit word, which is how a tensor core takes
-a pair of key channels; the queries are gathered once per program in the same channel order
-(``_joined_channel``). A value operand pairs its registers along the keys instead, so int8 and
-fp8 value tiles stay one tile per byte; int4 value tiles are joined as well (timed faster). The
+the codes of a word are never put back into channel order. ``_bits`` takes two codes of a word
+at once, those at bits ``s`` and ``s + 16``, into the two float16 halves of a 32-bit register,
+with one shift and one AND (int8: and an XOR; int4 codes at bits 4 and 12 are masked in place
+and come out 16 times larger, which the queries and outputs of those tiles absorb). A tensor
+core takes a register as a pair along the reduced dimension. For keys that is the channels:
+the two halves are used as they are (``_joined``), with the queries gathered once per program in
+the same channel order (``_joined_channel``). For values it is the keys: the low halves of the
+words of keys ``2i`` and ``2i + 1`` are first put in one register and their high halves in
+another (``_value_tiles``), and the codes are taken from those. Either way the words are loaded
+straight into the tensor core's operand layout and no code goes through shared memory. The
 output keeps one accumulator per value tile, stored with the matching stride.
 
 Codes as float16 subnormals. The bits of an integer code ``u < 1024`` read as a float16 are the
@@ -25,7 +34,7 @@ of the other groups' channels zeroed: one product per position gives every group
 score, each stacked row is scaled by its own group's scale, and the groups are summed into the
 score that all of a row's copies share. On the value side each copy carries the probabilities
 times its group's scales, and at the end channel ``c`` is read from the copy of its group. The
-copies fill rows that ``tl.dot`` would pad anyway (decode has 1 to 8 rows per KV head).
+copies fill columns that the products would pad anyway.
 
 Value scales are taken relative to a running maximum ``beta`` (like the softmax's running
 maximum), so the float16 probabilities times scales never overflow. Each block's product is
@@ -48,15 +57,23 @@ from sdpalab.attention.kernels.qdecode_triton import _key_range, _plane_bases, _
 
 
 @triton.jit
-def _codes(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
-    """Words → the float16 codes at bit ``SHIFT`` and at bit ``SHIFT + 16``."""
-    x = w >> SHIFT
+def _bits(x, SHIFT: tl.constexpr, FMT: tl.constexpr):
+    """32-bit words → two float16 codes each, in the words' halves: the codes at bits ``SHIFT``
+    and ``SHIFT + 16``. int4 codes at bits 4 and 12 are masked in place, with no shift: they
+    come out 16 times larger (``ODD_NIBBLE``)."""
     if FMT == 1:  # int8 c → subnormal (c + 128) * 2^-24
-        y = (x & 0x00FF00FF) ^ 0x00800080
+        return ((x >> SHIFT) & 0x00FF00FF) ^ 0x00800080
     elif FMT == 2:  # e4m3 → value * 2^-8: sign to bit 15, exponent and mantissa to bits 7..13
-        y = ((x << 7) & 0x3F803F80) | ((x << 8) & -0x7FFF8000)
+        x = x >> SHIFT
+        return ((x << 7) & 0x3F803F80) | ((x << 8) & -0x7FFF8000)
+    elif SHIFT % 8 == 4:  # 4-bit c → subnormal 16 c * 2^-24
+        return (x >> (SHIFT - 4)) & 0x00F000F0
     else:  # 4-bit c → subnormal c * 2^-24
-        y = x & 0x000F000F
+        return (x >> SHIFT) & 0x000F000F
+
+
+@triton.jit
+def _halves(y):
     lo = y.to(tl.int16).to(tl.float16, bitcast=True)
     hi = (y >> 16).to(tl.int16).to(tl.float16, bitcast=True)
     return lo, hi
@@ -66,14 +83,15 @@ def _codes(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
 def _joined(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
     """The codes at bits ``SHIFT`` and ``SHIFT + 16`` of words ``[N, WP]`` side by side
     ``[N, 2 * WP]``, as the two halves of one 32-bit register (no data moves)."""
-    lo, hi = _codes(w, SHIFT, FMT)
+    lo, hi = _halves(_bits(w, SHIFT, FMT))
     return tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
 
 
 @triton.jit
 def _key_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
     """Key words ``[N, WP]`` → ``E / 2`` float16 code tiles ``[N, 2 * WP]`` (``_joined_channel``
-    maps their columns to channels; the last two repeat when E = 4)."""
+    maps their columns to channels; the last two repeat when E = 4; int4 tiles 1 and 3 are
+    16 times larger)."""
     if E == 4:
         c0 = _joined(w, 0, FMT)
         c1 = _joined(w, 8, FMT)
@@ -87,16 +105,43 @@ def _key_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
 
 
 @triton.jit
+def _by_token(y):
+    """``[N/2, WP]`` words holding the float16 codes of keys ``2i`` (low half) and ``2i + 1``
+    (high half) → ``[N, WP]``: the halves become the key pairs that a value operand keeps in
+    one register, so no data moves."""
+    lo, hi = _halves(y)
+    x = tl.permute(tl.join(lo, hi), (0, 2, 1))
+    return tl.reshape(x, (2 * y.shape[0], y.shape[1]))
+
+
+@triton.jit
 def _value_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
-    """Value words ``[N, WP]`` → four float16 code tiles (``_value_channel``). A value operand
-    pairs its registers along the keys, so the byte codes of int8 and fp8 stay one tile per
-    byte ``[N, WP]``; int4 nibbles are joined ``[N, 2 * WP]`` as for keys (measured faster)."""
+    """Value words ``[N, WP]`` → ``E`` float16 code tiles ``[N, WP]``, tile ``T`` holding channel
+    ``E * col + T`` (int8, fp8: the last four repeat the first; int4 odd tiles are 16 times
+    larger). A value operand pairs its registers along the keys: the low halves of the words
+    of keys ``2i`` and ``2i + 1`` are put in one word, and their high halves in another, with
+    one byte permute each; every code is then taken from the pair as from a key word."""
+    N: tl.constexpr = w.shape[0]
+    WP: tl.constexpr = w.shape[1]
+    we, wo = tl.split(tl.permute(tl.reshape(w, (N // 2, 2, WP)), (0, 2, 1)))
+    lo = (we & 0xFFFF) | (wo << 16)
+    hi = ((we >> 16) & 0xFFFF) | (wo & -0x10000)
     if E == 4:
-        c0, c2 = _codes(w, 0, FMT)
-        c1, c3 = _codes(w, 8, FMT)
-    else:  # one return: the compiler refuses returns of different shapes
-        c0, c1, c2, c3 = _key_tiles(w, FMT, E)
-    return c0, c1, c2, c3
+        c0 = _by_token(_bits(lo, 0, FMT))
+        c1 = _by_token(_bits(lo, 8, FMT))
+        c2 = _by_token(_bits(hi, 0, FMT))
+        c3 = _by_token(_bits(hi, 8, FMT))
+        c4, c5, c6, c7 = c0, c1, c2, c3
+    else:
+        c0 = _by_token(_bits(lo, 0, FMT))
+        c1 = _by_token(_bits(lo, 4, FMT))
+        c2 = _by_token(_bits(lo, 8, FMT))
+        c3 = _by_token(_bits(lo, 12, FMT))
+        c4 = _by_token(_bits(hi, 0, FMT))
+        c5 = _by_token(_bits(hi, 4, FMT))
+        c6 = _by_token(_bits(hi, 8, FMT))
+        c7 = _by_token(_bits(hi, 12, FMT))
+    return c0, c1, c2, c3, c4, c5, c6, c7
 
 
 @triton.jit
@@ -106,59 +151,53 @@ def _joined_channel(col, T: tl.constexpr, E: tl.constexpr):
 
 
 @triton.jit
-def _value_channel(col, T: tl.constexpr, E: tl.constexpr):
-    if E == 4:
-        return col * 4 + T
-    else:
-        return _joined_channel(col, T, E)
-
-
-@triton.jit
 def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
             alpha):  # fmt: skip
-    """Queries of key tile ``T``'s channels, of each row's group only, over alpha, float16."""
+    """Queries of key tile ``T``'s channels, of each row's group only, over alpha, float16,
+    transposed: ``[2 * WP, rows]``."""
     ch = _joined_channel(col, T, E)
-    keep = row_ok[:, None] & ((ch // GROUP)[None, :] == g_row[:, None])
-    x = tl.load(base + ch[None, :], mask=keep, other=0.0).to(tl.float32)
-    return (x / alpha[:, None]).to(tl.float16)
+    keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
+    x = tl.load(base + ch[:, None], mask=keep, other=0.0).to(tl.float32)
+    return (x / alpha[None, :]).to(tl.float16)
 
 
 @triton.jit
 def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr):
-    """Output of value tile ``T``, each row's group only."""
-    ch = _value_channel(col, T, E)
-    keep = row_ok[:, None] & ((ch // GROUP)[None, :] == g_row[:, None])
-    tl.store(base + ch[None, :], x, mask=keep)
+    """Output of value tile ``T`` (``x [WP, rows]``: channel ``E * col + T``), each row's group
+    only."""
+    ch = col * E + T
+    keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
+    tl.store(base + ch[:, None], x, mask=keep)
 
 
 @triton.jit
 def _times_group(x, base, n, n_ok, s_n, s_g, g_row, NG: tl.constexpr):
-    """``x [rows, BLOCK_N]`` times per-token values of each row's group (``base + n * s_n + g *
+    """``x [BLOCK_N, rows]`` times per-token values of each row's group (``base + n * s_n + g *
     s_g``; row r has group ``g_row[r]``), and the largest of those values."""
     if n_ok is None:
         v = tl.load(base + n * s_n).to(tl.float32)
     else:
         v = tl.load(base + n * s_n, mask=n_ok, other=0.0).to(tl.float32)
-    out = x * v[None, :]
+    out = x * v[:, None]
     top = tl.max(v, 0)
     for g in tl.static_range(1, NG):
         if n_ok is None:
             vg = tl.load(base + n * s_n + g * s_g).to(tl.float32)
         else:
             vg = tl.load(base + n * s_n + g * s_g, mask=n_ok, other=0.0).to(tl.float32)
-        out = tl.where((g_row == g)[:, None], x * vg[None, :], out)
+        out = tl.where((g_row == g)[None, :], x * vg[:, None], out)
         top = tl.maximum(top, tl.max(vg, 0))
     return out, top
 
 
 @triton.jit
 def _group_total(x, NG: tl.constexpr, R: tl.constexpr):
-    """``[NG * R, N]`` stacked rows → every copy of a row holds the sum over its NG copies."""
+    """``[N, NG * R]`` stacked rows → every copy of a row holds the sum over its NG copies."""
     if NG == 1:
         return x
-    n: tl.constexpr = x.shape[1]
-    tot = tl.sum(tl.reshape(x, (NG, R, n)), 0)
-    return tl.reshape(tl.broadcast_to(tot[None, :, :], (NG, R, n)), (NG * R, n))
+    n: tl.constexpr = x.shape[0]
+    tot = tl.sum(tl.reshape(x, (n, NG, R)), 1)
+    return tl.reshape(tl.broadcast_to(tot[:, None, :], (n, NG, R)), (n, NG * R))
 
 
 @triton.jit
@@ -170,8 +209,9 @@ def _block(
     MASKED: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """One block of keys ``n``: the online-softmax state after it. ``MASKED``: some keys are
-    past ``hi`` or, for some rows, past the causal limit ``lim``."""
-    m_i, l_i, beta, ps, zs, a0, a1, a2, a3 = state
+    past ``hi`` or, for some rows, past the causal limit ``lim``. Tiles are transposed, keys
+    first: scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
+    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7 = state
     BLOCK_M: tl.constexpr = g_row.shape[0]
     BLOCK_N: tl.constexpr = n.shape[0]
     if PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
@@ -190,51 +230,57 @@ def _block(
         kw = tl.load(kw_base + n[:, None] * s_kwn + j[None, :])
         vw = tl.load(vw_base + n[:, None] * s_vwn + j[None, :])
 
-    # ---- scores (base 2): per copy, alpha * scale * (q16·codes - q_off) [+ zero * sum q]
+    # ---- scores (base 2): per copy, alpha * scale * (codes·q16 - q_off) [+ zero * sum q]
     k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
-    raw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) - q_off[:, None]
-    raw = tl.dot(q0, tl.trans(k0), raw)
-    raw = tl.dot(q1, tl.trans(k1), raw)
+    raw = tl.zeros([BLOCK_N, BLOCK_M], tl.float32) - q_off[None, :]
+    raw = tl.dot(k0, q0, raw)
+    raw = tl.dot(k1, q1, raw)
     if E == 8:
-        raw = tl.dot(q2, tl.trans(k2), raw)
-        raw = tl.dot(q3, tl.trans(k3), raw)
+        raw = tl.dot(k2, q2, raw)
+        raw = tl.dot(k3, q3, raw)
     qk, _ = _times_group(raw, ks_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
     if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
         # product's layout
         qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
-        qk += qz * q_zero[:, None]
-    qk = qk * row_scale[:, None]
+        qk += qz * q_zero[None, :]
+    qk = qk * row_scale[None, :]
     qk = _group_total(qk, NG, R)
 
     # ---- online softmax (base 2), the same in every copy of a row
     if MASKED:
-        qk = tl.where(n_ok[None, :] & (n[None, :] <= lim[:, None]), qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
+        qk = tl.where(n_ok[:, None] & (n[:, None] <= lim[None, :]), qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 0))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     corr = tl.exp2(m_i - m_safe)
-    p = tl.exp2(qk - m_safe[:, None])
-    l_i = l_i * corr + tl.sum(p, 1)
+    p = tl.exp2(qk - m_safe[None, :])
+    l_i = l_i * corr + tl.sum(p, 0)
 
-    # ---- values: acc += (p * scale / beta) · codes, everything rescaled by corr and beta
+    # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta
     psv, top = _times_group(p, vs_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
     beta_new = tl.maximum(beta, top)
-    f = corr * (beta / beta_new)
+    f_row = corr * (beta / beta_new)
+    f = f_row[None, :]
     inv = 1.0 / beta_new
-    pv_neg = (psv * (-inv)[:, None]).to(tl.float16)
+    pv_neg = (psv * (-inv)[None, :]).to(tl.float16)
     if OFF != 0:
-        ps = ps * f - tl.sum(pv_neg.to(tl.float32), 1)
+        ps = ps * f_row - tl.sum(pv_neg.to(tl.float32), 0)
     if E == 8:
         pz, _ = _times_group(p, vz_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
-        zs = zs * f + tl.sum(pz, 1) * inv
-    v0, v1, v2, v3 = _value_tiles(vw, FMT, E)
+        zs = zs * f_row + tl.sum(pz, 0) * inv
+    v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, FMT, E)
     # A fresh product per block, added in float32: tensor cores truncate as they accumulate,
     # and the int8 code bias makes the accumulators ~100x the result. (Subtracting the product
     # of -pv keeps Triton from folding the sum back into the product's accumulator.)
-    a0 = a0 * f[:, None] - tl.dot(pv_neg, v0)
-    a1 = a1 * f[:, None] - tl.dot(pv_neg, v1)
-    a2 = a2 * f[:, None] - tl.dot(pv_neg, v2)
-    a3 = a3 * f[:, None] - tl.dot(pv_neg, v3)
-    return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3
+    a0 = a0 * f - tl.dot(tl.trans(v0), pv_neg)
+    a1 = a1 * f - tl.dot(tl.trans(v1), pv_neg)
+    a2 = a2 * f - tl.dot(tl.trans(v2), pv_neg)
+    a3 = a3 * f - tl.dot(tl.trans(v3), pv_neg)
+    if E == 8:
+        a4 = a4 * f - tl.dot(tl.trans(v4), pv_neg)
+        a5 = a5 * f - tl.dot(tl.trans(v5), pv_neg)
+        a6 = a6 * f - tl.dot(tl.trans(v6), pv_neg)
+        a7 = a7 * f - tl.dot(tl.trans(v7), pv_neg)
+    return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7
 
 
 @triton.jit
@@ -255,7 +301,6 @@ def _fast_kernel(
     channels (``NG`` = 1 when a group is the whole head). Code tiles hold
     ``(code + OFF) / UNIT_INV``."""
     BLOCK_M: tl.constexpr = NG * R
-    TW: tl.constexpr = WP * E // 4  # columns of a value tile
     GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -273,24 +318,27 @@ def _fast_kernel(
     row_ok = qi < q_len
     d = tl.arange(0, HEAD_DIM)
     j = tl.arange(0, WP)
-    col = tl.arange(0, TW)  # of a value tile
+    col = tl.arange(0, WP)  # of a value tile
     kcol = tl.arange(0, 2 * WP)  # of a key tile
-    q_base = Q + b * s_qb + hq[:, None] * s_qh + qi[:, None] * s_qs
+    q_row = Q + b * s_qb + hq * s_qh + qi * s_qs
     in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
-    q = tl.load(q_base + d[None, :], mask=in_d, other=0.0).to(tl.float32)
+    q = tl.load(q_row[:, None] + d[None, :], mask=in_d, other=0.0).to(tl.float32)
+    q_base = q_row[None, :]
     # a power of two: q / alpha is exact
     alpha = tl.exp2(tl.ceil(tl.log2(_row_norm(q))))
-    q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha)
+    # int4 key tiles 1 and 3 hold 16 c: tiles 0 and 2 are met by 16 q (exact, and |q| <= 16)
+    UP: tl.constexpr = 16.0 if E == 8 else 1.0
+    q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha / UP)
     q1 = _load_q(q_base, kcol, row_ok, g_row, 1, E, GROUP, alpha)
     if E == 8:
-        q2 = _load_q(q_base, kcol, row_ok, g_row, 2, E, GROUP, alpha)
+        q2 = _load_q(q_base, kcol, row_ok, g_row, 2, E, GROUP, alpha / UP)
         q3 = _load_q(q_base, kcol, row_ok, g_row, 3, E, GROUP, alpha)
     else:
         q2, q3 = q0, q1
     q16 = (q / alpha[:, None]).to(tl.float16).to(tl.float32)
     q_off = (OFF / UNIT_INV) * tl.sum(q16, 1)  # what the code bias adds to the raw products
-    row_scale = alpha * (UNIT_INV * qk_scale)  # scores come out in the base-2 softmax domain
-    q_zero = tl.sum(q, 1) / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
+    row_scale = alpha * (UNIT_INV * qk_scale / UP)  # scores in the base-2 softmax domain
+    q_zero = tl.sum(q, 1) * UP / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
 
     lim, lo, hi, seen_by_all = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, R, G, CAUSAL)
 
@@ -299,10 +347,18 @@ def _fast_kernel(
     beta = tl.full([BLOCK_M], 1e-30, tl.float32)  # running largest value scale (same per row)
     ps = tl.zeros([BLOCK_M], tl.float32)  # sum of the float16 p * scale / beta (code bias)
     zs = tl.zeros([BLOCK_M], tl.float32)  # sum of p * zero / beta
-    a0 = tl.zeros([BLOCK_M, TW], tl.float32)
-    a1 = tl.zeros([BLOCK_M, TW], tl.float32)
-    a2 = tl.zeros([BLOCK_M, TW], tl.float32)
-    a3 = tl.zeros([BLOCK_M, TW], tl.float32)
+    a0 = tl.zeros([WP, BLOCK_M], tl.float32)
+    a1 = tl.zeros([WP, BLOCK_M], tl.float32)
+    a2 = tl.zeros([WP, BLOCK_M], tl.float32)
+    a3 = tl.zeros([WP, BLOCK_M], tl.float32)
+    if E == 8:
+        a4 = tl.zeros([WP, BLOCK_M], tl.float32)
+        a5 = tl.zeros([WP, BLOCK_M], tl.float32)
+        a6 = tl.zeros([WP, BLOCK_M], tl.float32)
+        a7 = tl.zeros([WP, BLOCK_M], tl.float32)
+    else:  # carried unchanged
+        a4 = tl.zeros([1, 1], tl.float32)
+        a5, a6, a7 = a4, a4, a4
     offs_n = tl.arange(0, BLOCK_N)
     kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
         KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
@@ -310,7 +366,7 @@ def _fast_kernel(
 
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
-    state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3)
+    state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7)
     for n0 in range(lo, full, BLOCK_N):
         state = _block(state, n0 + offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
                        vz_base, s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
@@ -321,24 +377,29 @@ def _fast_kernel(
                        vz_base, s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
                        FMT, E, NG, OFF, R, True, PREFETCH)  # fmt: skip
-    m_i, l_i, beta, ps, zs, a0, a1, a2, a3 = state
+    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7 = state
 
     # numerator = beta * (UNIT_INV * acc - OFF * ps + zs); the output of channel E*j + p is the
     # copy of its group
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    w = (beta * UNIT_INV / l_safe)[:, None]
-    c = (beta * (zs - OFF * ps) / l_safe)[:, None]
+    w = (beta * UNIT_INV / l_safe)[None, :]
+    c = (beta * (zs - OFF * ps) / l_safe)[None, :]
     if SPLIT:
         row = (b * (H_KV * G) + hq) * q_len + qi
         slot = row * num_splits + pid_s
-        o_base = Part + slot[:, None] * HEAD_DIM
+        o_base = Part + slot[None, :] * HEAD_DIM
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))
         tl.store(Lse + slot, lse, mask=row_ok & (g_row == 0))
         ty = Part.dtype.element_ty
     else:
-        o_base = Out + b * s_ob + hq[:, None] * s_oh + qi[:, None] * s_os
+        o_base = Out + b * s_ob + hq[None, :] * s_oh + qi[None, :] * s_os
         ty = Out.dtype.element_ty
     _store(o_base, col, row_ok, g_row, (a0 * w + c).to(ty), 0, E, GROUP)
-    _store(o_base, col, row_ok, g_row, (a1 * w + c).to(ty), 1, E, GROUP)
+    _store(o_base, col, row_ok, g_row, (a1 * (w / UP) + c).to(ty), 1, E, GROUP)
     _store(o_base, col, row_ok, g_row, (a2 * w + c).to(ty), 2, E, GROUP)
-    _store(o_base, col, row_ok, g_row, (a3 * w + c).to(ty), 3, E, GROUP)
+    _store(o_base, col, row_ok, g_row, (a3 * (w / UP) + c).to(ty), 3, E, GROUP)
+    if E == 8:
+        _store(o_base, col, row_ok, g_row, (a4 * w + c).to(ty), 4, E, GROUP)
+        _store(o_base, col, row_ok, g_row, (a5 * (w / UP) + c).to(ty), 5, E, GROUP)
+        _store(o_base, col, row_ok, g_row, (a6 * w + c).to(ty), 6, E, GROUP)
+        _store(o_base, col, row_ok, g_row, (a7 * (w / UP) + c).to(ty), 7, E, GROUP)

@@ -23,9 +23,9 @@ CODE_UNIT_INV = {"int8": 2.0**24, "int4": 2.0**24, "fp8": 256.0}
 are re-based by 2^-8."""
 KERNELS = ("fast", "general")
 PROGRAMS_PER_SM = 8
-FAST_PROGRAMS_PER_SM = 4
-"""Programs of the fast kernel an H100 SM holds at once (2 warps of up to 255 registers, up
-to 57 KiB of shared memory each)."""
+FAST_WARPS_PER_SM = 8
+"""Warps of the fast kernel an H100 SM holds at once (up to 255 registers each): 8 programs
+of 1 warp, 4 of 2."""
 MIN_CHUNK_BLOCKS = 4
 MAX_SPLITS = 256
 
@@ -74,6 +74,8 @@ def default_config(fmt: str, dtype: torch.dtype, fast: bool = False) -> dict:
     ``benchmarks/qdecode_bench.py`` times the alternatives again and reports the fastest.
     """
     if fast:
+        if fmt == "int4":
+            return {"block_n": 64, "num_warps": 1, "num_stages": 2}
         return {"block_n": 128, "num_warps": 2, "num_stages": 2}
     if dtype == torch.float32:  # float32 tiles: small blocks, or the registers spill
         return {"block_n": 32, "num_warps": 8, "num_stages": 2}
@@ -166,6 +168,7 @@ def plan_launch(
         raise Unsupported(f"the fast triton_qdecode kernel does not apply: {why_not}")
     fast = kernel != "general" and why_not is None
     cfg = default_config(fmt, q_BHSD.dtype, fast=fast)
+    num_warps = num_warps or cfg["num_warps"]
     geo = launch_geometry(
         batch=batch,
         heads_q=heads_q,
@@ -180,10 +183,11 @@ def plan_launch(
         copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
         fast=fast,
         tile_rows=tile_rows,
+        num_warps=num_warps,
     )
     return {
         "kernel": "fast" if fast else "general",
-        "num_warps": num_warps or cfg["num_warps"],
+        "num_warps": num_warps,
         "num_stages": num_stages or cfg["num_stages"],
         **geo,
     }
@@ -204,26 +208,28 @@ def launch_geometry(
     copies: int = 1,
     fast: bool = False,
     tile_rows: int | None = None,
+    num_warps: int = 2,
 ) -> dict:
     """The launch ``qdecode_attention`` picks: ``block_m`` rows per tile (``rows_per_tile`` of
-    the G * q_len query rows, times ``copies`` for the fast kernel's channel groups, padded to at
-    least 16 for ``tl.dot``), ``m_tiles``, ``block_n`` keys per step, and the split-KV
+    the G * q_len query rows, times ``copies`` for the fast kernel's channel groups; the general
+    kernel pads them to at least 16 for ``tl.dot``, the fast kernel, whose rows are the small
+    side of its products, does not), ``m_tiles``, ``block_n`` keys per step, and the split-KV
     ``splits`` x ``chunk`` keys (whole blocks). ``tile_rows`` (a power of two) overrides the
-    tile's rows before the copies: fewer rows than 16 are padded inside ``tl.dot``, and leave
-    the elementwise work on the score tiles smaller (for timing; not a default yet).
+    tile's rows before the copies.
 
     Splits: general kernel, about ``PROGRAMS_PER_SM`` programs per SM, so that the last,
     partly filled wave of equal-sized programs is a small part of the run; fast kernel, one
-    full wave of ``FAST_PROGRAMS_PER_SM`` programs per SM (timed on an H100: B=8, 32k keys:
-    8 splits 0.204 ms, 16 splits 0.210 ms; B=1, 128k keys: 66 splits 0.116 ms, 99 splits
-    0.137 ms). Both keep at least ``MIN_CHUNK_BLOCKS`` blocks per split, so that the partial
-    results stay a small fraction of the bytes read.
+    full wave of ``FAST_WARPS_PER_SM / num_warps`` programs per SM (timed on an H100, int4 at
+    B=1, 128k keys: 1 warp, 132 splits 0.079 ms, 66 splits 0.092 ms; int8 at B=8, 32k keys: 2
+    warps, 8 splits 0.193 ms, 16 splits 0.195 ms). Both keep at least ``MIN_CHUNK_BLOCKS``
+    blocks per split, so that the partial results stay a small fraction of the bytes read.
     """
     block_n = block_n or default_config(fmt, dtype)["block_n"]
     rows = heads_q // heads_kv * q_len
     most = 32 if dtype == torch.float32 else 64
     if tile_rows is None:
-        per_tile = min(max(16 // copies, _pow2(rows)), most // copies)
+        least = 1 if fast else 16 // copies
+        per_tile = min(max(least, _pow2(rows)), most // copies)
     elif tile_rows < 1 or tile_rows & (tile_rows - 1) or tile_rows * copies > most:
         raise ValueError(
             f"tile_rows={tile_rows!r}; valid: a power of two up to {most // copies} "
@@ -238,7 +244,10 @@ def launch_geometry(
     if splits is None:
         sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
         base = batch * heads_kv * m_tiles
-        fill = (FAST_PROGRAMS_PER_SM * sms) // base if fast else _cdiv(PROGRAMS_PER_SM * sms, base)
+        if fast:
+            fill = (FAST_WARPS_PER_SM // min(num_warps, FAST_WARPS_PER_SM) * sms) // base
+        else:
+            fill = _cdiv(PROGRAMS_PER_SM * sms, base)
         splits = min(
             fill,
             _cdiv(blocks, MIN_CHUNK_BLOCKS),
