@@ -75,7 +75,7 @@ def default_config(fmt: str, dtype: torch.dtype, fast: bool = False) -> dict:
     """
     if fast:
         if fmt == "int4":
-            return {"block_n": 64, "num_warps": 1, "num_stages": 2}
+            return {"block_n": 64, "num_warps": 1, "num_stages": 3}
         return {"block_n": 128, "num_warps": 2, "num_stages": 2}
     if dtype == torch.float32:  # float32 tiles: small blocks, or the registers spill
         return {"block_n": 32, "num_warps": 8, "num_stages": 2}
