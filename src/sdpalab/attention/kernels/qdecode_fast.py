@@ -320,19 +320,6 @@ def _fast_kernel(
     j = tl.arange(0, WP)
     col = tl.arange(0, WP)  # of a value tile
     kcol = tl.arange(0, 2 * WP)  # of a key tile
-    lim, lo, hi, seen_by_all = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, R, G, CAUSAL)
-    kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
-        KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
-    )
-    if PREFETCH:  # the first two blocks head for L2 while the queries load and are prepared
-        first = tl.maximum(tl.minimum(lo + tl.arange(0, 2 * BLOCK_N), hi - 1), 0)
-        _prefetch(kw_base + first * s_kwn, True)
-        _prefetch(vw_base + first * s_vwn, True)
-        _prefetch(ks_base + first * s_ksn, True)
-        _prefetch(vs_base + first * s_vsn, True)
-        if E == 8:
-            _prefetch(kz_base + first * s_ksn, True)
-            _prefetch(vz_base + first * s_vsn, True)
     q_row = Q + b * s_qb + hq * s_qh + qi * s_qs
     in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
     q = tl.load(q_row[:, None] + d[None, :], mask=in_d, other=0.0).to(tl.float32)
@@ -353,6 +340,8 @@ def _fast_kernel(
     row_scale = alpha * (UNIT_INV * qk_scale / UP)  # scores in the base-2 softmax domain
     q_zero = tl.sum(q, 1) * UP / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
 
+    lim, lo, hi, seen_by_all = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, R, G, CAUSAL)
+
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     beta = tl.full([BLOCK_M], 1e-30, tl.float32)  # running largest value scale (same per row)
@@ -371,6 +360,9 @@ def _fast_kernel(
         a4 = tl.zeros([1, 1], tl.float32)
         a5, a6, a7 = a4, a4, a4
     offs_n = tl.arange(0, BLOCK_N)
+    kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
+        KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
+    )
 
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N

@@ -94,15 +94,11 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
-def _prefetch(ptrs, TO_L2: tl.constexpr = False):
-    """Ask for the lines at ``ptrs`` to be brought into L1 (``TO_L2``: into L2 only); no
-    result, nothing waits on it. Compiled kernels only: the interpreter cannot run PTX."""
-    if TO_L2:
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                                  dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
-    else:
-        tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                                  dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+def _prefetch(ptrs):
+    """Ask for the lines at ``ptrs`` to be brought into L1 (no result, nothing waits on it).
+    Compiled kernels only: the interpreter cannot run PTX."""
+    tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
 
 
 @triton.jit
