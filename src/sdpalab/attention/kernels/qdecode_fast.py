@@ -191,6 +191,26 @@ def _times_group(x, base, n, n_ok, s_n, s_g, g_row, NG: tl.constexpr):
 
 
 @triton.jit
+def _pair_values(base, n, hi, s_n, s_g, NG: tl.constexpr):
+    """Per-token values of groups 0 and 1 (1 = 0 when NG is 1) of keys ``n``, 0 past ``hi``, as
+    stored (float16: converted where used, so that nothing waits on the load before then)."""
+    ok = n < hi
+    v0 = tl.load(base + n * s_n, mask=ok, other=0.0)
+    v1 = tl.load(base + n * s_n + s_g, mask=ok, other=0.0) if NG == 2 else v0
+    return v0, v1
+
+
+@triton.jit
+def _pick(v0, v1, g_row, NG: tl.constexpr):
+    """``[BLOCK_N, rows]``: each column's group's value (groups 0 and 1)."""
+    v0 = v0.to(tl.float32)
+    if NG == 2:
+        return tl.where((g_row == 1)[None, :], v1.to(tl.float32)[:, None], v0[:, None])
+    else:
+        return tl.broadcast_to(v0[:, None], (v0.shape[0], g_row.shape[0]))
+
+
+@triton.jit
 def _group_total(x, NG: tl.constexpr, R: tl.constexpr):
     """``[N, NG * R]`` stacked rows → every copy of a row holds the sum over its NG copies."""
     if NG == 1:
@@ -206,15 +226,19 @@ def _block(
     s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
     q0, q1, q2, q3, q_off, row_scale, q_zero,
     FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, R: tl.constexpr,
-    MASKED: tl.constexpr, PREFETCH: tl.constexpr,
+    MASKED: tl.constexpr, PREFETCH: tl.constexpr, AHEAD: tl.constexpr,
 ):  # fmt: skip
     """One block of keys ``n``: the online-softmax state after it. ``MASKED``: some keys are
     past ``hi`` or, for some rows, past the causal limit ``lim``. Tiles are transposed, keys
     first: scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
-    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7 = state
+    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc = state
     BLOCK_M: tl.constexpr = g_row.shape[0]
     BLOCK_N: tl.constexpr = n.shape[0]
-    if PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
+    if AHEAD:  # this block's scales (and zeros) came with the last block; load the next ones
+        k0s, k1s, k0z, k1z, v0s, v1s, v0z, v1z = sc
+        sc = _scales_of(n + BLOCK_N, hi, ks_base, kz_base, vs_base, vz_base, s_ksn, s_ksc, s_vsn,
+                        s_vsc, E, NG)  # fmt: skip
+    elif PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
         nx = tl.minimum(n + BLOCK_N, hi - 1)
         _prefetch(ks_base + nx * s_ksn)
         _prefetch(vs_base + nx * s_vsn)
@@ -238,11 +262,16 @@ def _block(
     if E == 8:
         raw = tl.dot(k2, q2, raw)
         raw = tl.dot(k3, q3, raw)
-    qk, _ = _times_group(raw, ks_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
-    if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
-        # product's layout
-        qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
-        qk += qz * q_zero[None, :]
+    if AHEAD:
+        qk = raw * _pick(k0s, k1s, g_row, NG)
+        if E == 8:
+            qk += _pick(k0z, k1z, g_row, NG) * q_zero[None, :]
+    else:
+        qk, _ = _times_group(raw, ks_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
+        if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
+            # product's layout
+            qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
+            qk += qz * q_zero[None, :]
     qk = qk * row_scale[None, :]
     qk = _group_total(qk, NG, R)
 
@@ -256,7 +285,11 @@ def _block(
     l_i = l_i * corr + tl.sum(p, 0)
 
     # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta
-    psv, top = _times_group(p, vs_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
+    if AHEAD:
+        psv = p * _pick(v0s, v1s, g_row, NG)
+        top = tl.maximum(tl.max(v0s, 0), tl.max(v1s, 0)).to(tl.float32)
+    else:
+        psv, top = _times_group(p, vs_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
     beta_new = tl.maximum(beta, top)
     f_row = corr * (beta / beta_new)
     f = f_row[None, :]
@@ -265,7 +298,10 @@ def _block(
     if OFF != 0:
         ps = ps * f_row - tl.sum(pv_neg.to(tl.float32), 0)
     if E == 8:
-        pz, _ = _times_group(p, vz_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
+        if AHEAD:
+            pz = p * _pick(v0z, v1z, g_row, NG)
+        else:
+            pz, _ = _times_group(p, vz_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
         zs = zs * f_row + tl.sum(pz, 0) * inv
     v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, FMT, E)
     # A fresh product per block, added in float32: tensor cores truncate as they accumulate,
@@ -280,7 +316,21 @@ def _block(
         a5 = a5 * f - tl.dot(tl.trans(v5), pv_neg)
         a6 = a6 * f - tl.dot(tl.trans(v6), pv_neg)
         a7 = a7 * f - tl.dot(tl.trans(v7), pv_neg)
-    return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7
+    return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc
+
+
+@triton.jit
+def _scales_of(n, hi, ks_base, kz_base, vs_base, vz_base, s_ksn, s_ksc, s_vsn, s_vsc,
+               E: tl.constexpr, NG: tl.constexpr):  # fmt: skip
+    """Key and value scales (and int4 zeros) of groups 0 and 1 of keys ``n``."""
+    k0s, k1s = _pair_values(ks_base, n, hi, s_ksn, s_ksc, NG)
+    v0s, v1s = _pair_values(vs_base, n, hi, s_vsn, s_vsc, NG)
+    if E == 8:
+        k0z, k1z = _pair_values(kz_base, n, hi, s_ksn, s_ksc, NG)
+        v0z, v1z = _pair_values(vz_base, n, hi, s_vsn, s_vsc, NG)
+    else:
+        k0z, k1z, v0z, v1z = k0s, k1s, v0s, v1s
+    return k0s, k1s, k0z, k1z, v0s, v1s, v0z, v1z
 
 
 @triton.jit
@@ -366,18 +416,24 @@ def _fast_kernel(
 
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
-    state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7)
+    AHEAD: tl.constexpr = NG <= 2  # scales loaded one block ahead, in registers
+    if AHEAD:
+        sc = _scales_of(lo + offs_n, hi, ks_base, kz_base, vs_base, vz_base, s_ksn, s_ksc, s_vsn,
+                        s_vsc, E, NG)  # fmt: skip
+    else:
+        sc = 0.0
+    state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc)
     for n0 in range(lo, full, BLOCK_N):
         state = _block(state, n0 + offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
                        vz_base, s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
-                       FMT, E, NG, OFF, R, False, PREFETCH)  # fmt: skip
+                       FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)  # fmt: skip
     for n0 in range(full, hi, BLOCK_N):
         state = _block(state, n0 + offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
                        vz_base, s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
-                       FMT, E, NG, OFF, R, True, PREFETCH)  # fmt: skip
-    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7 = state
+                       FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)  # fmt: skip
+    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, _ = state
 
     # numerator = beta * (UNIT_INV * acc - OFF * ps + zs); the output of channel E*j + p is the
     # copy of its group
