@@ -52,6 +52,7 @@ CPU_CASES = [
     pytest.param((2, 4, 1, 2, 200, 80, torch.float32, {"block_n": 64}), id="fp32-d80-b2"),
     pytest.param((1, 12, 4, 7, 96, 64, torch.bfloat16, {"block_n": 32, "splits": 1}), id="step7-nosplit"),
     pytest.param((1, 12, 4, 3, 150, 80, torch.float32, {"block_n": 32, "splits": 2, "tile_rows": 4}), id="fp32-tile4"),
+    pytest.param((1, 4, 2, 1, 1100, 80, torch.bfloat16, {"block_n": 16, "splits": 40}), id="merge-d-chunks"),
 ]  # fmt: skip
 
 

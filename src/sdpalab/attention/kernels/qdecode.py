@@ -225,9 +225,13 @@ def qdecode_attention(
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     if splits > 1:
-        _merge_kernel[(batch * heads_q * q_len,)](
+        # a tile of at most 4096 partial outputs per program (32 per thread): at 128 splits one
+        # program per row would hold 16384, and a batch of 1 would give only 32 programs
+        block_s = max(2, _pow2(splits))
+        merge_d = min(block_d, max(16, 4096 // block_s))
+        _merge_kernel[(batch * heads_q * q_len, -(-head_dim // merge_d))](
             part, lse, out, q_len, heads_q, splits, *out.stride()[:3],
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, _pow2(splits)),
+            HEAD_DIM=head_dim, BLOCK_D=merge_d, BLOCK_S=block_s,
             num_warps=4,
         )  # fmt: skip
     return out

@@ -333,14 +333,15 @@ def _merge_kernel(
     Part, Lse, Out, q_len, H_Q, num_splits, s_ob, s_oh, s_os,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """Merge the splits of one query row: weights ``2^(lse_s - max lse)``."""
+    """Merge the splits of one query row, ``BLOCK_D`` channels (program 1 picks which): weights
+    ``2^(lse_s - max lse)``."""
     row = tl.program_id(0).to(tl.int64)
     qi = row % q_len
     hq = (row // q_len) % H_Q
     b = row // (q_len * H_Q)
     s = tl.arange(0, BLOCK_S)
     s_ok = s < num_splits
-    d = tl.arange(0, BLOCK_D)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
     lse = tl.load(Lse + row * num_splits + s, mask=s_ok, other=float("-inf"))
     m = tl.max(lse, 0)
