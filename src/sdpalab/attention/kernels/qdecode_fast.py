@@ -41,11 +41,13 @@ maximum), so the float16 probabilities times scales never overflow. Each block's
 added to the float32 accumulators outside the tensor cores, which truncate as they accumulate
 (the int8 bias makes their sums ~100x the result).
 
-The next block's scales (and int4 zeros) are prefetched into L1 while a block computes.
-Triton's pipeliner stages only the loads that feed a ``tl.dot`` through shared memory; the scale
-loads, used right after the products, otherwise wait a DRAM round trip every block (on the
-H100, 17 % of int4's stall samples; the prefetch made int4 6 % faster). The interpreter cannot
-run the PTX, so interpreted runs skip it.
+Scales one block ahead. Triton's pipeliner stages through shared memory only the loads that
+feed a ``tl.dot``; the per-token scales (and int4 zeros) feed none, and loaded in the block
+that uses them they waited on DRAM every block (on the H100, a fifth of int4's stall
+samples). With up to two channel groups, the kernel loads the next block's scales while a
+block computes and carries them in registers, as float16, converted only where used (int4 6 %
+faster). With more groups it prefetches the next block's scales into L1 instead. The
+interpreter cannot run the prefetch's PTX, so interpreted runs skip it.
 
 Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md``.
 """
