@@ -48,8 +48,12 @@ for fmt, fid, e, ng, off, unit in [("int8", 1, 4, 1, 128.0, 2.0**24), ("fp8", 2,
                       UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split,
                       PREFETCH=True)
         sizes[f"fast-{fmt}-{causal}"] = build(_fast_kernel, consts, 2, 2)
-    consts.update(R=4)  # fewer rows than tl.dot's 16, padded inside it (tile_rows=4)
+    consts.update(R=4)  # the default: G = 4 rows, the 8-wide side of the products
     sizes[f"fast-{fmt}-tile4"] = build(_fast_kernel, consts, 2, 2)
+consts.update(BLOCK_N=64)  # int4's default launch: scales of two groups loaded one block ahead
+sizes["fast-int4-default"] = build(_fast_kernel, consts, 1, 3)
+consts.update(NG=4)  # groups of 32 channels: scales prefetched into L1 instead
+sizes["fast-int4-g32"] = build(_fast_kernel, consts, 1, 3)
 general = dict(G=4, HEAD_DIM=80, BLOCK_D=128, FMT=4, NW=10, WP=16, K_MODE=2, K_GROUP=32,
                K_NG=1, K_TG=4, V_MODE=1, V_GROUP=32, V_NG=3, SCALE_MUL=1.0, BLOCK_M=16,
                BLOCK_N=128, CAUSAL=True, SPLIT=True, HAS_QUANT=True, HAS_RES=True,
@@ -69,4 +73,4 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         pytest.skip("this triton has no bundled ptxas")
     assert run.returncode == 0, run.stderr[-3000:]
     sizes = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(sizes) == 11 and all(size > 0 for size in sizes.values()), sizes
+    assert len(sizes) == 13 and all(size > 0 for size in sizes.values()), sizes
