@@ -229,7 +229,7 @@ def qdecode_attention(
         # program per row would hold 16384, and a batch of 1 would give only 32 programs
         block_s = max(2, _pow2(splits))
         merge_d = min(block_d, max(16, 4096 // block_s))
-        _merge_kernel[(batch * heads_q * q_len, -(-head_dim // merge_d))](
+        _merge_kernel[(batch * heads_q * q_len, _cdiv(head_dim, merge_d))](
             part, lse, out, q_len, heads_q, splits, *out.stride()[:3],
             HEAD_DIM=head_dim, BLOCK_D=merge_d, BLOCK_S=block_s,
             num_warps=4,

@@ -94,12 +94,13 @@ def _pair_values(base, n, hi, s_n, s_g, NG: tl.constexpr):
 
 @triton.jit
 def _pick(v0, v1, g_row, NG: tl.constexpr):
-    """``[BLOCK_N, rows]``: each column's group's value (groups 0 and 1)."""
-    v0 = v0.to(tl.float32)
+    """``[BLOCK_N, rows]``: each column's group's value (groups 0 and 1), float32."""
     if NG == 2:
-        return tl.where((g_row == 1)[None, :], v1.to(tl.float32)[:, None], v0[:, None])
-    else:
-        return tl.broadcast_to(v0[:, None], (v0.shape[0], g_row.shape[0]))
+        return tl.where(
+            (g_row == 1)[None, :], v1.to(tl.float32)[:, None], v0.to(tl.float32)[:, None]
+        )
+    else:  # [BLOCK_N, 1], broadcast where used
+        return v0.to(tl.float32)[:, None]
 
 
 @triton.jit
@@ -259,8 +260,7 @@ def _fast_kernel(
     hq = hk * G + m % G
     row_ok = qi < q_len
     d = tl.arange(0, HEAD_DIM)
-    j = tl.arange(0, WP)
-    col = tl.arange(0, WP)  # of a value tile
+    j = tl.arange(0, WP)  # word of a token; column of a value tile
     kcol = tl.arange(0, 2 * WP)  # of a key tile
     q_row = Q + b * s_qb + hq * s_qh + qi * s_qs
     in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
@@ -342,12 +342,12 @@ def _fast_kernel(
     else:
         o_base = Out + b * s_ob + hq[None, :] * s_oh + qi[None, :] * s_os
         ty = Out.dtype.element_ty
-    _store(o_base, col, row_ok, g_row, (a0 * w + c).to(ty), 0, E, GROUP)
-    _store(o_base, col, row_ok, g_row, (a1 * (w / UP) + c).to(ty), 1, E, GROUP)
-    _store(o_base, col, row_ok, g_row, (a2 * w + c).to(ty), 2, E, GROUP)
-    _store(o_base, col, row_ok, g_row, (a3 * (w / UP) + c).to(ty), 3, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (a0 * w + c).to(ty), 0, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (a1 * (w / UP) + c).to(ty), 1, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (a2 * w + c).to(ty), 2, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (a3 * (w / UP) + c).to(ty), 3, E, GROUP)
     if E == 8:
-        _store(o_base, col, row_ok, g_row, (a4 * w + c).to(ty), 4, E, GROUP)
-        _store(o_base, col, row_ok, g_row, (a5 * (w / UP) + c).to(ty), 5, E, GROUP)
-        _store(o_base, col, row_ok, g_row, (a6 * w + c).to(ty), 6, E, GROUP)
-        _store(o_base, col, row_ok, g_row, (a7 * (w / UP) + c).to(ty), 7, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (a4 * w + c).to(ty), 4, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (a5 * (w / UP) + c).to(ty), 5, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (a6 * w + c).to(ty), 6, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (a7 * (w / UP) + c).to(ty), 7, E, GROUP)

@@ -221,8 +221,9 @@ def launch_geometry(
     partly filled wave of equal-sized programs is a small part of the run; fast kernel, one
     full wave of ``FAST_WARPS_PER_SM / num_warps`` programs per SM (timed on an H100, int4 at
     B=1, 128k keys, 1 warp, block 64: 128 splits 0.079 to 0.083 ms, 66 splits 0.102 ms; int8
-    at B=8, 32k keys, 2 warps: 8 splits 0.193 ms, 16 splits 0.195 ms). Both keep at least ``MIN_CHUNK_BLOCKS``
-    blocks per split, so that the partial results stay a small fraction of the bytes read.
+    at B=8, 32k keys, 2 warps: 8 splits 0.193 ms, 16 splits 0.195 ms). Both keep at least
+    ``MIN_CHUNK_BLOCKS`` blocks per split, so that the partial results stay a small fraction of
+    the bytes read.
     """
     block_n = block_n or default_config(fmt, dtype)["block_n"]
     rows = heads_q // heads_kv * q_len
