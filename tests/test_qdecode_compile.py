@@ -46,7 +46,7 @@ for fmt, fid, e, ng, off, unit in [("int8", 1, 4, 1, 128.0, 2.0**24), ("fp8", 2,
     for causal, split in [(True, True), (False, False)]:
         consts = dict(G=4, HEAD_DIM=128, FMT=fid, E=e, WP=128 // e, NG=ng, OFF=off,
                       UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split,
-                      PREFETCH=True)
+                      PREFETCH=True, PDL=split)
         sizes[f"fast-{fmt}-{causal}"] = build(_fast_kernel, consts, 2, 2)
     consts.update(R=4)  # the default: G = 4 rows, the 8-wide side of the products
     sizes[f"fast-{fmt}-tile4"] = build(_fast_kernel, consts, 2, 2)
@@ -59,7 +59,9 @@ general = dict(G=4, HEAD_DIM=80, BLOCK_D=128, FMT=4, NW=10, WP=16, K_MODE=2, K_G
                BLOCK_N=128, CAUSAL=True, SPLIT=True, HAS_QUANT=True, HAS_RES=True,
                Q_NORM=True, F32=False)
 sizes["general-kivi4"] = build(_qdecode_kernel, general, 8, 2)
-sizes["merge"] = build(_merge_kernel, dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=64), 4, 1)
+for pdl in (True, False):  # a programmatic dependent launch on sm_90, a plain one before
+    sizes[f"merge-pdl-{pdl}"] = build(
+        _merge_kernel, dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=64, PDL=pdl), 4, 1)
 print(json.dumps(sizes))
 """
 
@@ -73,4 +75,4 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         pytest.skip("this triton has no bundled ptxas")
     assert run.returncode == 0, run.stderr[-3000:]
     sizes = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(sizes) == 13 and all(size > 0 for size in sizes.values()), sizes
+    assert len(sizes) == 14 and all(size > 0 for size in sizes.values()), sizes

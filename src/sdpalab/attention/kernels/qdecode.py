@@ -50,6 +50,7 @@ from sdpalab.attention.kernels.qdecode_launch import (
     KEY_MODE,
     MAX_CHANNEL_GROUPS,
     _cdiv,
+    _major,
     _pow2,
     check_inputs,
     default_config,
@@ -57,7 +58,7 @@ from sdpalab.attention.kernels.qdecode_launch import (
     launch_geometry,
     plan_launch,
 )
-from sdpalab.attention.kernels.qdecode_triton import _merge_kernel, _qdecode_kernel
+from sdpalab.attention.kernels.qdecode_triton import HAS_PDL, _merge_kernel, _qdecode_kernel
 from sdpalab.attention.kvquant import QTensor
 
 FMT_ID = {"none": 0, "int8": 1, "fp8": 2, "int4": 3, "kivi4": 4, "kivi2": 5}
@@ -191,6 +192,10 @@ def qdecode_attention(
         return [0] * 4 if t is q else [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
 
     grid = (batch * heads_kv, plan["m_tiles"], splits)
+    # the merge as a programmatic dependent launch (sm_90 and later): launched while the split
+    # kernel's programs finish, it waits on the GPU instead of after a launch gap (on an H100,
+    # int4 and int8 at B=1, 128k keys, ~1 us faster; benchmarks/results/qdecode-explore-h100.md)
+    pdl = HAS_PDL and splits > 1 and not interpreting() and _major(device.index or 0) >= 9
     if fast:
         _fast_kernel[grid](
             q, out, part, lse, kw, ks, kz, vw, vs, vz,
@@ -201,7 +206,7 @@ def qdecode_attention(
             G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
             NG=plan["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
             R=plan["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
-            PREFETCH=not interpreting(),
+            PREFETCH=not interpreting(), PDL=pdl,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:
@@ -231,8 +236,8 @@ def qdecode_attention(
         merge_d = min(block_d, max(16, 4096 // block_s))
         _merge_kernel[(batch * heads_q * q_len, _cdiv(head_dim, merge_d))](
             part, lse, out, q_len, heads_q, splits, *out.stride()[:3],
-            HEAD_DIM=head_dim, BLOCK_D=merge_d, BLOCK_S=block_s,
-            num_warps=4,
+            HEAD_DIM=head_dim, BLOCK_D=merge_d, BLOCK_S=block_s, PDL=pdl,
+            num_warps=4, **({"launch_pdl": True} if pdl else {}),
         )  # fmt: skip
     return out
 

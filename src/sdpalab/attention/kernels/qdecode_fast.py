@@ -39,7 +39,13 @@ import triton
 import triton.language as tl
 
 from sdpalab.attention.kernels.qdecode_codes import _joined_channel, _key_tiles, _value_tiles
-from sdpalab.attention.kernels.qdecode_triton import _key_range, _plane_bases, _prefetch, _row_norm
+from sdpalab.attention.kernels.qdecode_triton import (
+    _key_range,
+    _plane_bases,
+    _prefetch,
+    _row_norm,
+    gdc_launch_dependents,
+)
 
 
 @triton.jit
@@ -237,12 +243,13 @@ def _fast_kernel(
     G: tl.constexpr, HEAD_DIM: tl.constexpr, FMT: tl.constexpr, E: tl.constexpr,
     WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
     R: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One (batch, KV head) x ``R`` query rows x KV split. int8, fp8 (E = 4): one scale per
     token, ``NG`` = 1. int4 (E = 8): a scale and a zero per token and group of ``HEAD_DIM / NG``
     channels (``NG`` = 1 when a group is the whole head). Code tiles hold
-    ``(code + OFF) / UNIT_INV``."""
+    ``(code + OFF) / UNIT_INV``. ``PDL``: the merge kernel, a programmatic dependent launch,
+    may be scheduled once every program is past its loop."""
     BLOCK_M: tl.constexpr = NG * R
     GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
     pid_bh = tl.program_id(0)
@@ -326,6 +333,8 @@ def _fast_kernel(
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
                        FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)  # fmt: skip
     m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, _ = state
+    if PDL:  # the merge kernel may start now (it waits for this grid's stores to land)
+        gdc_launch_dependents()
 
     # numerator = beta * (UNIT_INV * acc - OFF * ps + zs); the output of channel E*j + p is the
     # copy of its group

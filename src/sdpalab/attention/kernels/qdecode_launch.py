@@ -45,6 +45,12 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.cache
+def _major(index: int) -> int:
+    """The compute capability's major version of CUDA device ``index``."""
+    return torch.cuda.get_device_capability(index)[0]
+
+
 def fast_unavailable(k: QTensor | None, v: QTensor | None, n_recent, dtype, head_dim: int):
     """None when the fast kernel (``qdecode_fast``) reads this cache, else why not."""
     if k is None or k.fmt not in CODE_OFFSET:

@@ -11,6 +11,22 @@ import triton.language as tl
 
 from sdpalab.attention.kernels.attend import interpreting
 
+try:  # programmatic dependent launches: triton 3.3 and later
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    HAS_PDL = True
+except ImportError:
+    HAS_PDL = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+
 _F16_SIGN = tl.constexpr(-0x7FFF8000)  # 0x80008000 as a signed int32
 # Triton's CPU interpreter keeps bfloat16 as raw uint16 and multiplies the bit patterns in
 # tl.dot (triton 3.6 and 3.9); there, bf16 products run in float32, which is exact for them.
@@ -331,10 +347,13 @@ def _qdecode_kernel(
 @triton.jit
 def _merge_kernel(
     Part, Lse, Out, q_len, H_Q, num_splits, s_ob, s_oh, s_os,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Merge the splits of one query row, ``BLOCK_D`` channels (program 1 picks which): weights
-    ``2^(lse_s - max lse)``."""
+    ``2^(lse_s - max lse)``. ``PDL``: launched as a programmatic dependent of the split kernel
+    (``launch_pdl``), it may start before that kernel ends, and waits here for its stores."""
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     qi = row % q_len
     hq = (row // q_len) % H_Q
