@@ -14,8 +14,9 @@ once (values, scales, zeros, recent full-precision tokens). GB/s is those bytes 
 (a large device-to-device copy, read + written bytes). Speed-up is over the fastest bf16 backend
 of the same shape. The eager columns include the host's launch cost where the GPU waits for it
 (small shapes); the graph columns are the device's time, and issue 7's targets (bandwidth
-fractions, speed-ups) are judged on them, bf16 backends included. Before each shape the GPU
-runs ~0.2 s of work, so that no timing starts on a cold clock.
+fractions, speed-ups) are judged on them, bf16 backends included. Every timing follows ~50 ms
+of the same call back to back, so that the GPU's clock has settled where that work runs it
+(``qdecode_warmup.py``: after other work, such as a matmul spin-up, it has not).
 
 Before the table, each fused format picks its launch configuration (block of keys, warps,
 pipeline stages) by timing a few at B=8, S=32k (device time), after checking the output of
@@ -152,12 +153,14 @@ DEVICE = "cuda"
 def graph_ms(fn, repeats: int) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph, the L2 flushed before each replay."""
     graph = capture_graph(fn, DEVICE)
+    warm_up(graph.replay)
     return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
 
 
 def timed(fn, repeats: int, graph: bool) -> tuple[float, float, float | None]:
     """(median ms, IQR ms, median ms of CUDA-graph replays or None)."""
     on_gpu = DEVICE == "cuda"
+    warm_up(fn)
     t = time_fn(fn, device=DEVICE, warmup=3, repeats=repeats, flush_l2=on_gpu)
     replay_ms = None
     if graph and on_gpu:
@@ -168,15 +171,20 @@ def timed(fn, repeats: int, graph: bool) -> tuple[float, float, float | None]:
     return t.latency_ms, t.latency_iqr_ms, replay_ms
 
 
-def spin_up(seconds: float = 0.2) -> None:
-    """Keep the GPU busy for a while, so that the next timings start at its working clock."""
+WARM_UP_S = 0.05
+
+
+def warm_up(fn, seconds: float = WARM_UP_S) -> None:
+    """Run ``fn`` back to back for ``seconds`` before it is timed, so that the GPU's clock has
+    settled where this work runs it. Not with other work: after a matmul spin-up an H100 ran
+    its SM clock at 1620-1695 MHz into the next timing, and the int4 decode was 6-12 % slower
+    than at the 1965-1980 MHz it settles at by itself (``qdecode_warmup.py``)."""
     if DEVICE != "cuda":
         return
-    a = torch.randn(4096, 4096, device=DEVICE, dtype=torch.bfloat16)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         for _ in range(10):
-            a @ a
+            fn()
         torch.cuda.synchronize()
 
 
@@ -199,8 +207,8 @@ def free() -> None:
 
 
 def tune(fmt: str, q, k, v, repeats: int, log) -> tuple[dict, list]:
-    """Time CONFIGS for one format at this shape (device time: CUDA-graph replays, after a
-    spin-up); return the fastest correct one and the table."""
+    """Time CONFIGS for one format at this shape (device time: CUDA-graph replays, each after a
+    warm-up on itself); return the fastest correct one and the table."""
     kq, vq, kr, vr = cache_for(fmt, k, v)
     kd, vd = dequantized(kq, vq, kr, vr, torch.bfloat16)
     ref = make_attend("flash", "none", {})(q, kd, vd)
@@ -214,7 +222,6 @@ def tune(fmt: str, q, k, v, repeats: int, log) -> tuple[dict, list]:
 
         try:
             err = rel_err(fused(), ref)  # compiles
-            spin_up()
             _, _, ms = timed(fused, repeats, graph=True)
             ok = math.isfinite(err) and err < 2e-2 and ms is not None
             rows.append({**cfg, "ms": ms, "err": err, "ok": ok})
@@ -309,7 +316,6 @@ def run_shape(batch, seq, formats, configs, copy_gbps, args, log) -> list[Row]:
         log(f"  B={batch} S={seq} {row.path}: {shown} {row.note}")
         return row
 
-    spin_up()
     backends = BF16_BACKENDS if not args.no_flex else BF16_BACKENDS[:2]
     bf16_rows(q, k, v, repeats_for(est_ms, args.budget_ms, args.repeats), backends, add)
     ok_bf16 = [r for r in rows if r.ms]
@@ -374,7 +380,10 @@ def markdown(meta: dict, tuning: dict, rows: list[Row], checks: list[dict]) -> s
         lines.append("")
     if tuning:
         lines += [f"## Launch configuration per format (timed at B,S = {meta['tune_shape']})", ""]
-        lines += ["ms: CUDA-graph replay (device time) after a spin-up of the GPU.", ""]
+        lines += [
+            "ms: CUDA-graph replay (device time), after 50 ms of replays of the same call.",
+            "",
+        ]
         lines += [
             "| format | block_n | warps | stages | ms | err | chosen |",
             "|---|---|---|---|---|---|---|",

@@ -6,8 +6,8 @@
 How ``default_config`` and the split rule of the fast kernel were chosen. For each shape (B,S
 with H_q=32, H_kv=8, D=128, bf16, as ``qdecode_bench.py``) and format, every configuration is
 checked against dequantize-then-flash and timed as a CUDA-graph replay with the L2 flushed
-(the device's time), after ~0.2 s of work that brings the GPU to its working clock; splits 0
-means the default rule. For the fastest, the eager call (host launch included) and the host's
+(the device's time), after ~50 ms of replays of the same call (``qdecode_bench.warm_up``);
+splits 0 means the default rule. For the fastest, the eager call (host launch included) and the host's
 time per call are printed too. Output is plain text on stdout.
 """
 
@@ -62,8 +62,7 @@ def explore(batch: int, seq: int, fmt: str, q, k, v, args) -> None:
             return qdecode_attention(q, kq, vq, kr, vr, causal=False, **cfg)
 
         try:
-            err = qb.rel_err(fused(), ref)  # compiles: the GPU idles, and its clock drops
-            qb.spin_up()
+            err = qb.rel_err(fused(), ref)  # compiles (graph_ms warms up on the call itself)
             rows.append((qb.graph_ms(fused, 20), cfg, err))
         except Exception as exc:  # a configuration that fails is reported, not fatal
             print(f"  {fmt} {cfg}: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
@@ -77,6 +76,7 @@ def explore(batch: int, seq: int, fmt: str, q, k, v, args) -> None:
         def fused_best():
             return qdecode_attention(q, kq, vq, kr, vr, causal=False, **best)
 
+        qb.warm_up(fused_best)
         eager = time_fn(fused_best, device="cuda", warmup=3, repeats=30, flush_l2=True)
         print(f"B={batch} S={seq} {fmt} fastest as an eager call: {eager.latency_ms:.4f} ms; "
               f"host {host_us(fused_best):.1f} us per call", flush=True)  # fmt: skip
@@ -100,7 +100,6 @@ def main() -> None:
         nbytes = (2 * q.numel() + k.numel() + v.numel()) * 2
         for name in ("cudnn", "flash"):
             attend = qb.make_attend(name, "none", {})
-            qb.spin_up()
             ms = qb.graph_ms(lambda attend=attend, q=q, k=k, v=v: attend(q, k, v), 20)
             print(f"B={batch} S={seq} {name}: {ms:.4f} ms {nbytes / ms / 1e6:.0f} GB/s", flush=True)
         for fmt in args.formats.split(","):
