@@ -11,6 +11,7 @@ from sdpalab.attention.kernels.qdecode import qdecode_attention
 from sdpalab.attention.kvquant import BITS, QTensor, fp8_supported, quantize
 from sdpalab.attention.reference import attention_ref
 from sdpalab.measure.accuracy import compare, tolerance
+from sdpalab.measure.timing import capture_graph
 
 FORMATS = ["none", "int8", "int4", "fp8", "kivi4", "kivi2"]
 KIVI_GROUP = 32
@@ -85,10 +86,11 @@ def _quantize_view(x, fmt, role, capacity):
 
 def run_case(
     fmt, batch, heads_q, heads_kv, q_len, kv_len, head_dim, dtype, device="cpu", *,
-    recent=None, causal=True, capacity=0, transpose_q=False, seed=0, **launch,
+    recent=None, causal=True, capacity=0, transpose_q=False, seed=0, graph=False, **launch,
 ):  # fmt: skip
     """Run the kernel on random inputs; return (output, float64 reference) for batch rows 0 and
-    B-1 (all rows when B <= 2: the first and last rows exercise the base offsets)."""
+    B-1 (all rows when B <= 2: the first and last rows exercise the base offsets). ``graph``:
+    the output of a CUDA-graph replay of the call (its output zeroed first), not of the call."""
     _skip_fp8(fmt, device)
     gen = torch.Generator(device).manual_seed(seed)
     n_quant, n_recent = _lengths(fmt, kv_len, recent)
@@ -115,7 +117,18 @@ def run_case(
         parts_k.append(k_rec[rows].double())
         parts_v.append(v_rec[rows].double())
     k = v = None
-    out = qdecode_attention(q, kq, vq, k_rec, v_rec, causal=causal, **launch)
+
+    def call():
+        return qdecode_attention(q, kq, vq, k_rec, v_rec, causal=causal, **launch)
+
+    if graph:
+        held = {}
+        replay = capture_graph(lambda: held.update(out=call()), device)
+        held["out"].zero_()
+        replay.replay()
+        out = held["out"]
+    else:
+        out = call()
     mod = "causal" if causal else "none"
     ref = attention_ref(q[rows], torch.cat(parts_k, 2), torch.cat(parts_v, 2), mod)
     return out[rows], ref

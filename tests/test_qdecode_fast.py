@@ -148,6 +148,18 @@ def test_fast_kernel_one_split_over_128k_keys_on_gpu(fmt):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("kernel", ["fast", "general"])
+def test_split_launches_replay_from_a_cuda_graph_on_gpu(fmt, kernel):
+    """Split kernel and merge captured in one CUDA graph (on sm_90 the merge is a programmatic
+    dependent launch, which a graph holds as a programmatic edge): the replay's output."""
+    check_case(fmt, 1, 32, 8, 1, 20000, 128, torch.bfloat16, device="cuda", kernel=kernel,
+               graph=True)  # fmt: skip
+    check_case(fmt, 2, 16, 4, 3, 3001, 128, torch.float16, device="cuda", kernel=kernel,
+               splits=7, graph=True)  # fmt: skip
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("magnitude", [1e-4, 1.0, 1e3])
 def test_fast_int4_groups_and_magnitudes_on_gpu(group, magnitude):
