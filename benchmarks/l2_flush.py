@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qdecode_bench as qb
+from qdecode_warmup import matmul_spin_up
 
 from sdpalab.attention.dispatch import make_attend
 from sdpalab.attention.kernels.qdecode import bytes_read, qdecode_attention
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         + " | memset - read |",
         "|---|---|---|---|" + "---|" * (len(FLUSHES) + 1),
     ]
-    spin_up(1.0)
+    matmul_spin_up(1.0)  # the flushes are compared within each shape
     for batch, seq in SHAPES:
         for row in shape_rows(batch, seq):
             print(row, flush=True)
@@ -108,17 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
-
-
-def spin_up(seconds: float) -> None:
-    """~``seconds`` of matmuls before the first timing (the flushes are compared within each
-    shape, so what matters is only that the GPU is not idle-clocked)."""
-    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for _ in range(10):
-            a @ a
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def nvml_reader():
 
 
 def matmul_spin_up(seconds: float = 0.2) -> None:
+    """~``seconds`` of 4096x4096 bf16 matmuls."""
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
