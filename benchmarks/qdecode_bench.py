@@ -14,9 +14,10 @@ once (values, scales, zeros, recent full-precision tokens). GB/s is those bytes 
 (a large device-to-device copy, read + written bytes). Speed-up is over the fastest bf16 backend
 of the same shape. The eager columns include the host's launch cost where the GPU waits for it
 (small shapes); the graph columns are the device's time, and issue 7's targets (bandwidth
-fractions, speed-ups) are judged on them, bf16 backends included. Every timing follows ~50 ms
-of the same call back to back, so that the GPU's clock has settled where that work runs it
-(``qdecode_warmup.py``: after other work, such as a matmul spin-up, it has not).
+fractions, speed-ups) are judged on them, bf16 backends included. Every timing follows at least
+50 ms of the same call (``time_fn``'s warm-up on a GPU), so that the GPU's clock has settled
+where that work runs it (``qdecode_warmup.py``: after other work, such as a matmul spin-up, it
+has not).
 
 Before the table, each fused format picks its launch configuration (block of keys, warps,
 pipeline stages) by timing a few at B=8, S=32k (device time), after checking the output of
@@ -153,14 +154,12 @@ DEVICE = "cuda"
 def graph_ms(fn, repeats: int) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph, the L2 flushed before each replay."""
     graph = capture_graph(fn, DEVICE)
-    warm_up(graph.replay)
     return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
 
 
 def timed(fn, repeats: int, graph: bool) -> tuple[float, float, float | None]:
     """(median ms, IQR ms, median ms of CUDA-graph replays or None)."""
     on_gpu = DEVICE == "cuda"
-    warm_up(fn)
     t = time_fn(fn, device=DEVICE, warmup=3, repeats=repeats, flush_l2=on_gpu)
     replay_ms = None
     if graph and on_gpu:
@@ -169,23 +168,6 @@ def timed(fn, repeats: int, graph: bool) -> tuple[float, float, float | None]:
         except Exception as err:  # graphs are a side measurement; never lose the row for one
             print(f"  (graph capture failed: {type(err).__name__}: {err})", file=sys.stderr)
     return t.latency_ms, t.latency_iqr_ms, replay_ms
-
-
-WARM_UP_S = 0.05
-
-
-def warm_up(fn, seconds: float = WARM_UP_S) -> None:
-    """Run ``fn`` back to back for ``seconds`` before it is timed, so that the GPU's clock has
-    settled where this work runs it. Not with other work: after a matmul spin-up an H100 ran
-    its SM clock at 1620-1695 MHz into the next timing, and the int4 decode was 6-12 % slower
-    than at the 1965-1980 MHz it settles at by itself (``qdecode_warmup.py``)."""
-    if DEVICE != "cuda":
-        return
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
 
 
 def repeats_for(est_ms: float, budget_ms: float, most: int) -> int:
@@ -207,8 +189,8 @@ def free() -> None:
 
 
 def tune(fmt: str, q, k, v, repeats: int, log) -> tuple[dict, list]:
-    """Time CONFIGS for one format at this shape (device time: CUDA-graph replays, each after a
-    warm-up on itself); return the fastest correct one and the table."""
+    """Time CONFIGS for one format at this shape (device time: CUDA-graph replays, each after
+    ``time_fn``'s warm-up on itself); return the fastest correct one and the table."""
     kq, vq, kr, vr = cache_for(fmt, k, v)
     kd, vd = dequantized(kq, vq, kr, vr, torch.bfloat16)
     ref = make_attend("flash", "none", {})(q, kd, vd)

@@ -6,7 +6,7 @@
 How ``default_config`` and the split rule of the fast kernel were chosen. For each shape (B,S
 with H_q=32, H_kv=8, D=128, bf16, as ``qdecode_bench.py``) and format, every configuration is
 checked against dequantize-then-flash and timed as a CUDA-graph replay with the L2 flushed
-(the device's time), after ~50 ms of replays of the same call (``qdecode_bench.warm_up``);
+(the device's time), after at least 50 ms of replays of the same call (``time_fn``'s warm-up);
 splits 0 means the default rule. For the fastest, the eager call (host launch included) and the host's
 time per call are printed too. Output is plain text on stdout.
 """
@@ -76,7 +76,6 @@ def explore(batch: int, seq: int, fmt: str, q, k, v, args) -> None:
         def fused_best():
             return qdecode_attention(q, kq, vq, kr, vr, causal=False, **best)
 
-        qb.warm_up(fused_best)
         eager = time_fn(fused_best, device="cuda", warmup=3, repeats=30, flush_l2=True)
         print(f"B={batch} S={seq} {fmt} fastest as an eager call: {eager.latency_ms:.4f} ms; "
               f"host {host_us(fused_best):.1f} us per call", flush=True)  # fmt: skip

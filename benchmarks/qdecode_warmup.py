@@ -5,7 +5,7 @@ different kinds of work.
 
 Two paths, the fused int4 kernel (``triton_qdecode``) and cuDNN bf16 SDPA (H_q=32, H_kv=8,
 D=128, one query token), are each timed three times in a row as CUDA-graph replays with the L2
-flushed (``qdecode_bench.graph_ms`` without its own warm-up) right after one of: ~0.2 s of
+flushed (``qdecode_bench.graph_ms`` with two warm-up calls only) right after one of: ~0.2 s of
 4096x4096 bf16 matmuls (the spin-up ``qdecode_bench.py`` used to run before each shape), the
 eager timing loop of the same call, 30 ms or 200 ms of replays of the same call, or 0.5 s idle.
 The SM clock and board power are read through NVML (``nvidia-ml-py``, where installed) before
@@ -67,7 +67,9 @@ def replays(fn, seconds: float) -> None:
 
 BEFORE = {
     "0.2 s of matmuls": lambda fn: matmul_spin_up(0.2),
-    "the eager timing loop": lambda fn: time_fn(fn, device="cuda", repeats=60, flush_l2=True),
+    "the eager timing loop": lambda fn: time_fn(
+        fn, device="cuda", repeats=60, flush_l2=True, warmup_s=0
+    ),
     "30 ms of the same call": lambda fn: replays(fn, 0.03),
     "200 ms of the same call": lambda fn: replays(fn, 0.2),
     "0.5 s idle": lambda fn: time.sleep(0.5),
@@ -75,9 +77,11 @@ BEFORE = {
 
 
 def cold_graph_ms(fn, repeats: int = 40) -> float:
-    """``qdecode_bench.graph_ms`` without its warm-up."""
+    """``qdecode_bench.graph_ms`` without ``time_fn``'s time-based warm-up (two calls only)."""
     graph = capture_graph(fn, "cuda")
-    return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
+    timing = time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True,
+                     warmup_s=0)  # fmt: skip
+    return timing.latency_ms
 
 
 def main(argv: list[str] | None = None) -> int:

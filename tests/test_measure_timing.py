@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from sdpalab.measure.timing import summarize, time_fn
+from sdpalab.measure.timing import CUDA_WARMUP_S, summarize, time_fn
 
 
 def test_summarize_known_list():
@@ -52,6 +52,28 @@ def test_setup_runs_before_every_call_outside_the_timed_region():
 def test_bad_counts_are_rejected():
     with pytest.raises(ValueError):
         time_fn(lambda: None, device="cpu", repeats=0)
+    with pytest.raises(ValueError, match="warmup_s"):
+        time_fn(lambda: None, device="cpu", warmup_s=-1.0)
+
+
+def test_warm_up_runs_for_warmup_s_seconds_after_its_calls():
+    calls = {"setup": 0, "fn": 0}
+
+    def setup():
+        calls["setup"] += 1
+
+    def fn():
+        calls["fn"] += 1
+        time.sleep(0.005)
+
+    start = time.perf_counter()
+    time_fn(fn, device="cpu", warmup=1, repeats=2, setup=setup, warmup_s=0.06)
+    assert time.perf_counter() - start >= 0.06
+    assert calls["fn"] >= 2 + 0.06 / 0.005 * 0.5  # sleeps may overshoot, never undershoot
+    assert calls["setup"] == calls["fn"]
+    calls["fn"] = 0  # the CPU's default: the warmup calls alone
+    time_fn(fn, device="cpu", warmup=2, repeats=3)
+    assert calls["fn"] == 5
 
 
 @pytest.mark.gpu
@@ -63,6 +85,19 @@ def test_cuda_events_time_a_known_kernel_and_l2_flush_runs():
     assert t.latency_ms > 1.0  # ~10M cycles: several ms on any GPU
     flushed = time_fn(lambda: x.add_(1), device="cuda:0", repeats=5, flush_l2=True)
     assert flushed.latency_n == 5 and flushed.latency_ms > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_warm_up_lasts_cuda_warmup_s_by_default():
+    """On a GPU the warm-up runs for CUDA_WARMUP_S at the least, so that the clock follows the
+    timed work, not whatever ran before it."""
+    x = torch.randn(1024, device="cuda")
+    calls = []
+    start = time.perf_counter()
+    time_fn(lambda: calls.append(x.add_(1)), device="cuda", warmup=0, repeats=1)
+    assert time.perf_counter() - start >= CUDA_WARMUP_S
+    assert len(calls) > 8
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,5 +1,11 @@
 """Latency: warm up, time each call, summarize once.
 
+Warm-up is ``warmup`` calls and, on a GPU, at least ``CUDA_WARMUP_S`` of calls: a GPU's clock
+follows the work it was given last, and a short kernel timed right after heavy work (a matmul,
+another trial's oracle) runs at that work's clock, not its own (on an H100, 1545 MHz after
+matmuls against 1980 MHz, and an int4 decode step 6-12 % slower:
+``benchmarks/results/qdecode-warmup-h100.md``).
+
 On a GPU each call is bracketed by a pair of CUDA events on the device's own clock; all events
 are read after one synchronize at the end. When the GPU sits idle waiting for the host (short
 kernels launched from Python), the span between the events includes the host's time to launch
@@ -22,6 +28,8 @@ import torch
 
 NOISE_THRESHOLD = 0.10
 """A timing is flagged noisy when IQR / median exceeds this."""
+CUDA_WARMUP_S = 0.05
+"""Seconds of warm-up calls on a GPU, at the least (module doc)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,10 @@ def time_fn(
     repeats: int = 20,
     flush_l2: bool = False,
     setup: Callable[[], Any] | None = None,
+    warmup_s: float | None = None,
 ) -> Timing:
-    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
+    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls, and untimed calls for at
+    least ``warmup_s`` seconds (default: ``CUDA_WARMUP_S`` on a GPU, 0 on the CPU).
 
     ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ``setup`` (e.g. rolling a KV cache
     back) runs before every call, warm-up included, outside the timed region. ``flush_l2``
@@ -83,20 +93,36 @@ def time_fn(
     lands inside the timed region (about 9 us a call on an H100, the same with or without the
     kernel's own data in the cache: ``benchmarks/results/l2-flush-h100.md``).
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=} {warmup=}")
+    if repeats < 1 or warmup < 0 or (warmup_s is not None and warmup_s < 0):
+        raise ValueError(
+            f"need repeats >= 1, warmup >= 0 and warmup_s >= 0, got {repeats=} {warmup=} "
+            f"{warmup_s=}"
+        )
     dev = torch.device(device)
+    if warmup_s is None:
+        warmup_s = CUDA_WARMUP_S if dev.type == "cuda" else 0.0
     if dev.type == "cuda":
         with torch.cuda.device(dev):
-            return summarize(_time_cuda(fn, dev, warmup, repeats, flush_l2, setup))
-    return summarize(_time_cpu(fn, warmup, repeats, setup))
+            return summarize(_time_cuda(fn, dev, warmup, warmup_s, repeats, flush_l2, setup))
+    _warm_up(fn, warmup, warmup_s, setup, sync=lambda: None)
+    return summarize(_time_cpu(fn, repeats, setup))
 
 
-def _time_cpu(fn, warmup, repeats, setup) -> list[float]:
-    for _ in range(warmup):
-        if setup is not None:
-            setup()
-        fn()
+def _warm_up(fn, calls: int, seconds: float, before, sync) -> None:
+    """``calls`` calls of ``fn`` (each after ``before``, if given), then more until ``seconds``
+    have passed since the first; ``sync`` waits for the device every few calls."""
+    start = time.perf_counter()
+    done = 0
+    while done < calls or time.perf_counter() - start < seconds:
+        for _ in range(calls - done if done < calls else 8):
+            if before is not None:
+                before()
+            fn()
+            done += 1
+        sync()
+
+
+def _time_cpu(fn, repeats, setup) -> list[float]:
     samples = []
     for _ in range(repeats):
         if setup is not None:
@@ -107,17 +133,20 @@ def _time_cpu(fn, warmup, repeats, setup) -> list[float]:
     return samples
 
 
-def _time_cuda(fn, dev, warmup, repeats, flush_l2, setup) -> list[float]:
+def _time_cuda(fn, dev, warmup, warmup_s, repeats, flush_l2, setup) -> list[float]:
     scratch = None
     if flush_l2:
         l2_bytes = torch.cuda.get_device_properties(dev).L2_cache_size
         scratch = torch.ones(2 * l2_bytes // 8, dtype=torch.int64, device=dev)
         sink = torch.empty((), dtype=torch.int64, device=dev)
-    for _ in range(warmup):
+
+    def before():  # the warm-up runs what the timed loop runs
         if setup is not None:
             setup()
-        fn()
-    torch.cuda.synchronize(dev)
+        if scratch is not None:
+            torch.sum(scratch, dim=0, out=sink)
+
+    _warm_up(fn, warmup, warmup_s, before, sync=lambda: torch.cuda.synchronize(dev))
     events = [
         (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         for _ in range(repeats)
