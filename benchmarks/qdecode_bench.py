@@ -46,7 +46,7 @@ from sdpalab.attention.kernels.qdecode import bytes_read, plan_launch, qdecode_a
 from sdpalab.attention.kvquant import QTensor, dequantize, quantize
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.roofline import measure_ceilings
-from sdpalab.measure.timing import capture_graph, time_fn
+from sdpalab.measure.timing import CUDA_WARMUP_S, capture_graph, time_fn
 
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
 KIVI_RESIDUAL = 32
@@ -151,10 +151,13 @@ def dequantized(kq, vq, k_rec, v_rec, dtype):
 DEVICE = "cuda"
 
 
-def graph_ms(fn, repeats: int) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph, the L2 flushed before each replay."""
+def graph_ms(fn, repeats: int, warmup_s: float | None = None) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph, the L2 flushed before each replay, after
+    ``time_fn``'s warm-up (``warmup_s``: its time-based part; default ``CUDA_WARMUP_S``)."""
     graph = capture_graph(fn, DEVICE)
-    return time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True).latency_ms
+    timing = time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True,
+                     warmup_s=warmup_s)  # fmt: skip
+    return timing.latency_ms
 
 
 def timed(fn, repeats: int, graph: bool) -> tuple[float, float, float | None]:
@@ -363,7 +366,8 @@ def markdown(meta: dict, tuning: dict, rows: list[Row], checks: list[dict]) -> s
     if tuning:
         lines += [f"## Launch configuration per format (timed at B,S = {meta['tune_shape']})", ""]
         lines += [
-            "ms: CUDA-graph replay (device time), after 50 ms of replays of the same call.",
+            f"ms: CUDA-graph replay (device time), after {CUDA_WARMUP_S * 1e3:.0f} ms of replays "
+            "of the same call.",
             "",
         ]
         lines += [

@@ -46,23 +46,15 @@ def nvml_reader():
     return read
 
 
+def for_seconds(fn, seconds: float) -> None:
+    """``fn`` back to back for ``seconds`` (``time_fn``'s time-based warm-up, one timed call)."""
+    time_fn(fn, device="cuda", warmup=0, repeats=1, warmup_s=seconds)
+
+
 def matmul_spin_up(seconds: float = 0.2) -> None:
     """~``seconds`` of 4096x4096 bf16 matmuls."""
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for _ in range(10):
-            a @ a
-        torch.cuda.synchronize()
-
-
-def replays(fn, seconds: float) -> None:
-    graph = capture_graph(fn, "cuda")
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for _ in range(20):
-            graph.replay()
-        torch.cuda.synchronize()
+    for_seconds(lambda: a @ a, seconds)
 
 
 BEFORE = {
@@ -70,18 +62,10 @@ BEFORE = {
     "the eager timing loop": lambda fn: time_fn(
         fn, device="cuda", repeats=60, flush_l2=True, warmup_s=0
     ),
-    "30 ms of the same call": lambda fn: replays(fn, 0.03),
-    "200 ms of the same call": lambda fn: replays(fn, 0.2),
+    "30 ms of the same call": lambda fn: for_seconds(capture_graph(fn, "cuda").replay, 0.03),
+    "200 ms of the same call": lambda fn: for_seconds(capture_graph(fn, "cuda").replay, 0.2),
     "0.5 s idle": lambda fn: time.sleep(0.5),
 }
-
-
-def cold_graph_ms(fn, repeats: int = 40) -> float:
-    """``qdecode_bench.graph_ms`` without ``time_fn``'s time-based warm-up (two calls only)."""
-    graph = capture_graph(fn, "cuda")
-    timing = time_fn(graph.replay, device="cuda", warmup=2, repeats=repeats, flush_l2=True,
-                     warmup_s=0)  # fmt: skip
-    return timing.latency_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for before, run in BEFORE.items():
                 run(fn)
                 c0 = clock()
-                ms = [cold_graph_ms(fn) for _ in range(3)]
+                ms = [qb.graph_ms(fn, 40, warmup_s=0) for _ in range(3)]
                 share = " ".join(f"{nbytes / m / 1e6 / copy_gbps:.1%}" for m in ms)
                 row = (f"| {round_} | {name} | {before} | {c0} | {' '.join(f'{m:.4f}' for m in ms)} "
                        f"| {share} | {clock()} |")  # fmt: skip
