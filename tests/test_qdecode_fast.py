@@ -8,6 +8,8 @@ block, several splits, int4 groups of 32 to 128 channels, values far from 1. Tes
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -61,6 +63,29 @@ def _int4_case(group, magnitude, dtype, device="cpu", kv_len=150, splits=None):
     out = qdecode_attention(q, kq, vq, kernel="fast", block_n=64, splits=splits)
     ref = attention_ref(q, dequantize_f64(kq), dequantize_f64(vq), "causal")
     return compare(out, ref), tolerance(dtype, kv_len)
+
+
+@cpu_only
+@pytest.mark.parametrize("group", [32, 64])
+def test_fast_kernel_reads_group_major_scales(group):
+    """Scales and zeros kept group-major (a ``[B, H, NG, S]`` buffer seen as ``[B, H, S, NG]``)
+    give exactly the output of token-major ones: the launcher lays them out as the fast kernel
+    reads them."""
+    gen = torch.Generator().manual_seed(group)
+    k, v = (torch.randn(1, 2, 70, 128, generator=gen) for _ in range(2))
+    q = torch.randn(1, 8, 1, 128, generator=gen).bfloat16()
+    kq = quantize(k, "int4", role="key", group_size=group)
+    vq = quantize(v, "int4", role="value", group_size=group)
+
+    def group_major(qt):
+        scale, zero = (t.transpose(2, 3).contiguous().transpose(2, 3) for t in (qt.scale, qt.zero))
+        return dataclasses.replace(qt, scale=scale, zero=zero)
+
+    kg, vg = group_major(kq), group_major(vq)
+    assert kg.scale.stride(-1) != 1 and torch.equal(kg.scale, kq.scale)
+    out = qdecode_attention(q, kg, vg, kernel="fast", block_n=32, splits=2)
+    want = qdecode_attention(q, kq, vq, kernel="fast", block_n=32, splits=2)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
 
 
 @cpu_only

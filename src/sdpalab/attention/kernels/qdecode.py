@@ -81,6 +81,14 @@ def _scale_pair(scale: torch.Tensor, zero: torch.Tensor | None):
     return scale, (scale if zero is None else zero)
 
 
+def _token_major(t: torch.Tensor) -> torch.Tensor:
+    """Per-token values ``[B, H, S, NG]`` with each token's NG values next to each other and
+    tokens NG apart, as the fast kernel reads them (a static cache's view already is)."""
+    if t.stride(2) == t.shape[3] and (t.shape[3] == 1 or t.stride(3) == 1):
+        return t
+    return t.contiguous()
+
+
 def qdecode_attention(
     q_BHSD: torch.Tensor,
     k: QTensor | None = None,
@@ -197,11 +205,12 @@ def qdecode_attention(
     # int4 and int8 at B=1, 128k keys, ~1 us faster; benchmarks/results/qdecode-explore-h100.md)
     pdl = HAS_PDL and splits > 1 and not interpreting() and _major(device.index or 0) >= 9
     if fast:
+        ks, kz, vs, vz = (_token_major(t) for t in (ks, kz, vs, vz))
         _fast_kernel[grid](
             q, out, part, lse, kw, ks, kz, vw, vs, vz,
             q_len, kv_len, chunk, splits, (head_dim**-0.5 if scale is None else scale) * _LOG2E,
             *q.stride()[:3], *out.stride()[:3],
-            *strides(kw, 3), *scale_strides(ks), *strides(vw, 3), *scale_strides(vs),
+            *strides(kw, 3), *strides(ks, 2), *strides(vw, 3), *strides(vs, 2),
             heads_kv,
             G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
             NG=plan["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],

@@ -17,7 +17,9 @@ of the other groups' channels zeroed: one product per position gives every group
 score, each stacked row is scaled by its own group's scale, and the groups are summed into the
 score that all of a row's copies share. On the value side each copy carries the probabilities
 times its group's scales, and at the end channel ``c`` is read from the copy of its group. The
-copies fill columns that the products would pad anyway.
+copies fill columns that the products would pad anyway. A row's copies are neighbouring
+columns (stacked row ``r * NG + g``), which a tensor-core tile gives to one thread: summing
+them takes no shuffles between threads.
 
 Value scales are taken relative to a running maximum ``beta`` (like the softmax's running
 maximum), so the float16 probabilities times scales never overflow. Each block's product is
@@ -30,7 +32,13 @@ that uses them they waited on DRAM every block (on the H100, a fifth of int4's s
 samples). With up to two channel groups, the kernel loads the next block's scales while a
 block computes and carries them in registers, as float16, converted only where used (int4 6 %
 faster). With more groups it prefetches the next block's scales into L1 instead. The
-interpreter cannot run the prefetch's PTX, so interpreted runs skip it.
+interpreter cannot run the prefetch's PTX, so interpreted runs skip it. A plane of per-token
+values is read as stored, ``[S, NG]`` with a token's groups side by side (the launcher makes it
+so), one vectorized load a block.
+
+Addresses: a block's base in each plane is a scalar and the offsets within a block are
+computed once, outside the loop (recomputing ``(n0 + offs) * stride`` per element cost two to
+four 64-bit instructions a load).
 
 Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md``.
 """
@@ -69,44 +77,44 @@ def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP:
 
 
 @triton.jit
-def _times_group(x, base, n, n_ok, s_n, s_g, g_row, NG: tl.constexpr):
-    """``x [BLOCK_N, rows]`` times per-token values of each row's group (``base + n * s_n + g *
-    s_g``; row r has group ``g_row[r]``), and the largest of those values."""
+def _times_group(x, base, n, n_ok, g_row, NG: tl.constexpr):
+    """``x [BLOCK_N, rows]`` times per-token values of each row's group (plane ``[S, NG]`` at
+    ``base``; row r has group ``g_row[r]``), and the largest of those values."""
     if n_ok is None:
-        v = tl.load(base + n * s_n).to(tl.float32)
+        v = tl.load(base + n * NG).to(tl.float32)
     else:
-        v = tl.load(base + n * s_n, mask=n_ok, other=0.0).to(tl.float32)
+        v = tl.load(base + n * NG, mask=n_ok, other=0.0).to(tl.float32)
     out = x * v[:, None]
     top = tl.max(v, 0)
     for g in tl.static_range(1, NG):
         if n_ok is None:
-            vg = tl.load(base + n * s_n + g * s_g).to(tl.float32)
+            vg = tl.load(base + n * NG + g).to(tl.float32)
         else:
-            vg = tl.load(base + n * s_n + g * s_g, mask=n_ok, other=0.0).to(tl.float32)
+            vg = tl.load(base + n * NG + g, mask=n_ok, other=0.0).to(tl.float32)
         out = tl.where((g_row == g)[None, :], x * vg[:, None], out)
         top = tl.maximum(top, tl.max(vg, 0))
     return out, top
 
 
 @triton.jit
-def _pair_values(base, n, hi, s_n, s_g, NG: tl.constexpr):
-    """Per-token values of groups 0 and 1 (1 = 0 when NG is 1) of keys ``n``, 0 past ``hi``, as
-    stored (float16: converted where used, so that nothing waits on the load before then)."""
-    ok = n < hi
-    v0 = tl.load(base + n * s_n, mask=ok, other=0.0)
-    v1 = tl.load(base + n * s_n + s_g, mask=ok, other=0.0) if NG == 2 else v0
-    return v0, v1
+def _plane_tile(base, n0, offs_n, hi, NG: tl.constexpr):
+    """Per-token values ``[BLOCK_N, NG]`` of keys ``n0 + offs_n`` (0 past ``hi``) from a plane
+    stored ``[S, NG]`` contiguous, as stored (float16: converted where used, so that nothing
+    waits on the load before then). One load of contiguous memory, vectorized; the block's
+    base is a scalar and its offsets are loop invariant."""
+    g = tl.arange(0, NG)
+    ok = (offs_n + n0 < hi)[:, None]  # offsets first: the interpreter's n0 may be a constexpr
+    return tl.load(base + n0 * NG + (offs_n[:, None] * NG + g[None, :]), mask=ok, other=0.0)
 
 
 @triton.jit
-def _pick(v0, v1, g_row, NG: tl.constexpr):
-    """``[BLOCK_N, rows]``: each column's group's value (groups 0 and 1), float32."""
-    if NG == 2:
-        return tl.where(
-            (g_row == 1)[None, :], v1.to(tl.float32)[:, None], v0.to(tl.float32)[:, None]
-        )
-    else:  # [BLOCK_N, 1], broadcast where used
-        return v0.to(tl.float32)[:, None]
+def _pick(v, R: tl.constexpr):
+    """``[BLOCK_N, NG]`` per-token values → ``[BLOCK_N, R * NG]``, each stacked row (``r * NG +
+    g``) its group's value, float32."""
+    n: tl.constexpr = v.shape[0]
+    NG: tl.constexpr = v.shape[1]
+    x = tl.broadcast_to(tl.expand_dims(v.to(tl.float32), 1), (n, R, NG))
+    return tl.reshape(x, (n, R * NG))
 
 
 @triton.jit
@@ -115,43 +123,46 @@ def _group_total(x, NG: tl.constexpr, R: tl.constexpr):
     if NG == 1:
         return x
     n: tl.constexpr = x.shape[0]
-    tot = tl.sum(tl.reshape(x, (n, NG, R)), 1)
-    return tl.reshape(tl.broadcast_to(tot[:, None, :], (n, NG, R)), (n, NG * R))
+    tot = tl.sum(tl.reshape(x, (n, R, NG)), 2)
+    return tl.reshape(tl.broadcast_to(tot[:, :, None], (n, R, NG)), (n, NG * R))
 
 
 @triton.jit
 def _block(
-    state, n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base, vz_base,
-    s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
+    state, n0, offs_n, kw_off, vw_off, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
+    vz_base, s_kwn, s_vwn, j, g_row,
     q0, q1, q2, q3, q_off, row_scale, q_zero,
     FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, R: tl.constexpr,
     MASKED: tl.constexpr, PREFETCH: tl.constexpr, AHEAD: tl.constexpr,
 ):  # fmt: skip
-    """One block of keys ``n``: the online-softmax state after it. ``MASKED``: some keys are
-    past ``hi`` or, for some rows, past the causal limit ``lim``. Tiles are transposed, keys
-    first: scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
+    """One block of keys ``n0 + offs_n``: the online-softmax state after it. ``MASKED``: some
+    keys are past ``hi`` or, for some rows, past the causal limit ``lim``. Tiles are transposed,
+    keys first: scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
     m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc = state
+    n = n0 + offs_n
     BLOCK_M: tl.constexpr = g_row.shape[0]
     BLOCK_N: tl.constexpr = n.shape[0]
     if AHEAD:  # this block's scales (and zeros) came with the last block; load the next ones
-        k0s, k1s, k0z, k1z, v0s, v1s, v0z, v1z = sc
-        sc = _scales_of(n + BLOCK_N, hi, ks_base, kz_base, vs_base, vz_base, s_ksn, s_ksc, s_vsn,
-                        s_vsc, E, NG)  # fmt: skip
+        ks, kz, vs, vz = sc
+        sc = _scales_of(n0 + BLOCK_N, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG)
     elif PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
         nx = tl.minimum(n + BLOCK_N, hi - 1)
-        _prefetch(ks_base + nx * s_ksn)
-        _prefetch(vs_base + nx * s_vsn)
+        _prefetch(ks_base + nx * NG)
+        _prefetch(vs_base + nx * NG)
         if E == 8:
-            _prefetch(kz_base + nx * s_ksn)
-            _prefetch(vz_base + nx * s_vsn)
+            _prefetch(kz_base + nx * NG)
+            _prefetch(vz_base + nx * NG)
+    # this block's bases are scalars; the offsets within a block are loop invariant
+    kw_blk = kw_base + n0 * s_kwn
+    vw_blk = vw_base + n0 * s_vwn
     if MASKED:
         n_ok = n < hi
-        kw = tl.load(kw_base + n[:, None] * s_kwn + j[None, :], mask=n_ok[:, None], other=0)
-        vw = tl.load(vw_base + n[:, None] * s_vwn + j[None, :], mask=n_ok[:, None], other=0)
+        kw = tl.load(kw_blk + kw_off, mask=n_ok[:, None], other=0)
+        vw = tl.load(vw_blk + vw_off, mask=n_ok[:, None], other=0)
     else:
         n_ok = None
-        kw = tl.load(kw_base + n[:, None] * s_kwn + j[None, :])
-        vw = tl.load(vw_base + n[:, None] * s_vwn + j[None, :])
+        kw = tl.load(kw_blk + kw_off)
+        vw = tl.load(vw_blk + vw_off)
 
     # ---- scores (base 2): per copy, alpha * scale * (codes·q16 - q_off) [+ zero * sum q]
     k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
@@ -162,14 +173,14 @@ def _block(
         raw = tl.dot(k2, q2, raw)
         raw = tl.dot(k3, q3, raw)
     if AHEAD:
-        qk = raw * _pick(k0s, k1s, g_row, NG)
+        qk = raw * _pick(ks, R)
         if E == 8:
-            qk += _pick(k0z, k1z, g_row, NG) * q_zero[None, :]
+            qk += _pick(kz, R) * q_zero[None, :]
     else:
-        qk, _ = _times_group(raw, ks_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
+        qk, _ = _times_group(raw, ks_base, n, n_ok, g_row, NG)
         if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
             # product's layout
-            qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, s_ksn, s_ksc, g_row, NG)
+            qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, g_row, NG)
             qk += qz * q_zero[None, :]
     qk = qk * row_scale[None, :]
     qk = _group_total(qk, NG, R)
@@ -185,10 +196,10 @@ def _block(
 
     # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta
     if AHEAD:
-        psv = p * _pick(v0s, v1s, g_row, NG)
-        top = tl.maximum(tl.max(v0s, 0), tl.max(v1s, 0)).to(tl.float32)
+        psv = p * _pick(vs, R)
+        top = tl.max(tl.max(vs, 1), 0).to(tl.float32)
     else:
-        psv, top = _times_group(p, vs_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
+        psv, top = _times_group(p, vs_base, n, n_ok, g_row, NG)
     beta_new = tl.maximum(beta, top)
     f_row = corr * (beta / beta_new)
     f = f_row[None, :]
@@ -198,9 +209,9 @@ def _block(
         ps = ps * f_row - tl.sum(pv_neg.to(tl.float32), 0)
     if E == 8:
         if AHEAD:
-            pz = p * _pick(v0z, v1z, g_row, NG)
+            pz = p * _pick(vz, R)
         else:
-            pz, _ = _times_group(p, vz_base, n, n_ok, s_vsn, s_vsc, g_row, NG)
+            pz, _ = _times_group(p, vz_base, n, n_ok, g_row, NG)
         zs = zs * f_row + tl.sum(pz, 0) * inv
     v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, FMT, E)
     # A fresh product per block, added in float32: tensor cores truncate as they accumulate,
@@ -219,17 +230,17 @@ def _block(
 
 
 @triton.jit
-def _scales_of(n, hi, ks_base, kz_base, vs_base, vz_base, s_ksn, s_ksc, s_vsn, s_vsc,
-               E: tl.constexpr, NG: tl.constexpr):  # fmt: skip
-    """Key and value scales (and int4 zeros) of groups 0 and 1 of keys ``n``."""
-    k0s, k1s = _pair_values(ks_base, n, hi, s_ksn, s_ksc, NG)
-    v0s, v1s = _pair_values(vs_base, n, hi, s_vsn, s_vsc, NG)
+def _scales_of(n0, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E: tl.constexpr,
+               NG: tl.constexpr):  # fmt: skip
+    """Key and value scales (and int4 zeros) ``[BLOCK_N, NG]`` of keys ``n0 + offs_n``."""
+    ks = _plane_tile(ks_base, n0, offs_n, hi, NG)
+    vs = _plane_tile(vs_base, n0, offs_n, hi, NG)
     if E == 8:
-        k0z, k1z = _pair_values(kz_base, n, hi, s_ksn, s_ksc, NG)
-        v0z, v1z = _pair_values(vz_base, n, hi, s_vsn, s_vsc, NG)
+        kz = _plane_tile(kz_base, n0, offs_n, hi, NG)
+        vz = _plane_tile(vz_base, n0, offs_n, hi, NG)
     else:
-        k0z, k1z, v0z, v1z = k0s, k1s, v0s, v1s
-    return k0s, k1s, k0z, k1z, v0s, v1s, v0z, v1z
+        kz, vz = ks, vs
+    return ks, kz, vs, vz
 
 
 @triton.jit
@@ -237,8 +248,8 @@ def _fast_kernel(
     Q, Out, Part, Lse, KW, KS, KZ, VW, VS, VZ,
     q_len, kv_len, chunk, num_splits, qk_scale,
     s_qb, s_qh, s_qs, s_ob, s_oh, s_os,
-    s_kwb, s_kwh, s_kwn, s_ksb, s_ksh, s_ksn, s_ksc,
-    s_vwb, s_vwh, s_vwn, s_vsb, s_vsh, s_vsn, s_vsc,
+    s_kwb, s_kwh, s_kwn, s_ksb, s_ksh,
+    s_vwb, s_vwh, s_vwn, s_vsb, s_vsh,
     H_KV,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, FMT: tl.constexpr, E: tl.constexpr,
     WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
@@ -258,11 +269,11 @@ def _fast_kernel(
     b = (pid_bh // H_KV).to(tl.int64)
     hk = (pid_bh % H_KV).to(tl.int64)
 
-    # stacked row t: copy g_row = t // R of row m = pid_m * R + t % R (query token m // G,
-    # query head hk * G + m % G)
+    # stacked row t: copy g_row = t % NG of row m = pid_m * R + t // NG (query token m // G,
+    # query head hk * G + m % G); a row's copies are neighbours, held by one thread
     t = tl.arange(0, BLOCK_M)
-    g_row = t // R
-    m = pid_m * R + t % R
+    g_row = t % NG
+    m = pid_m * R + t // NG
     qi = m // G
     hq = hk * G + m % G
     row_ok = qi < q_len
@@ -313,23 +324,21 @@ def _fast_kernel(
         KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
     )
 
+    kw_off = offs_n[:, None] * s_kwn + j[None, :]
+    vw_off = offs_n[:, None] * s_vwn + j[None, :]
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
     AHEAD: tl.constexpr = NG <= 2  # scales loaded one block ahead, in registers
-    if AHEAD:
-        sc = _scales_of(lo + offs_n, hi, ks_base, kz_base, vs_base, vz_base, s_ksn, s_ksc, s_vsn,
-                        s_vsc, E, NG)  # fmt: skip
-    else:
-        sc = 0.0
+    sc = _scales_of(lo, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG) if AHEAD else 0.0
     state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc)
     for n0 in range(lo, full, BLOCK_N):
-        state = _block(state, n0 + offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
-                       vz_base, s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
+        state = _block(state, n0, offs_n, kw_off, vw_off, hi, lim, kw_base, ks_base, kz_base,
+                       vw_base, vs_base, vz_base, s_kwn, s_vwn, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
                        FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)  # fmt: skip
     for n0 in range(full, hi, BLOCK_N):
-        state = _block(state, n0 + offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
-                       vz_base, s_kwn, s_ksn, s_ksc, s_vwn, s_vsn, s_vsc, j, g_row,
+        state = _block(state, n0, offs_n, kw_off, vw_off, hi, lim, kw_base, ks_base, kz_base,
+                       vw_base, vs_base, vz_base, s_kwn, s_vwn, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
                        FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)  # fmt: skip
     m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, _ = state
