@@ -66,26 +66,49 @@ def _int4_case(group, magnitude, dtype, device="cpu", kv_len=150, splits=None):
 
 
 @cpu_only
-@pytest.mark.parametrize("group", [32, 64])
-def test_fast_kernel_reads_group_major_scales(group):
+@pytest.mark.parametrize(("fmt", "group"), [("int4", 32), ("int4", 64), ("int8", None)])
+def test_fast_kernel_reads_any_plane_layout(fmt, group):
     """Scales and zeros kept group-major (a ``[B, H, NG, S]`` buffer seen as ``[B, H, S, NG]``)
-    give exactly the output of token-major ones: the launcher lays them out as the fast kernel
-    reads them."""
-    gen = torch.Generator().manual_seed(group)
+    and key codes in rows wider than a token (value codes not) give exactly the output of
+    token-major planes: the launcher lays them out as the fast kernel reads them."""
+    gen = torch.Generator().manual_seed(group or 1)
     k, v = (torch.randn(1, 2, 70, 128, generator=gen) for _ in range(2))
     q = torch.randn(1, 8, 1, 128, generator=gen).bfloat16()
-    kq = quantize(k, "int4", role="key", group_size=group)
-    vq = quantize(v, "int4", role="value", group_size=group)
+    kq = quantize(k, fmt, role="key", group_size=group)
+    vq = quantize(v, fmt, role="value", group_size=group)
 
-    def group_major(qt):
-        scale, zero = (t.transpose(2, 3).contiguous().transpose(2, 3) for t in (qt.scale, qt.zero))
-        return dataclasses.replace(qt, scale=scale, zero=zero)
+    def group_major(t):
+        return None if t is None else t.transpose(2, 3).contiguous().transpose(2, 3)
 
-    kg, vg = group_major(kq), group_major(vq)
-    assert kg.scale.stride(-1) != 1 and torch.equal(kg.scale, kq.scale)
+    def strided(qt, wide):
+        data = torch.cat([qt.data, qt.data], -1)[..., : qt.data.shape[-1]] if wide else qt.data
+        return dataclasses.replace(
+            qt, data=data, scale=group_major(qt.scale), zero=group_major(qt.zero)
+        )
+
+    kg, vg = strided(kq, True), strided(vq, False)
+    if fmt == "int4":
+        assert kg.scale.stride(-1) != 1 and torch.equal(kg.scale, kq.scale)
+    assert kg.data.stride(2) == 2 * kq.data.stride(2) and torch.equal(kg.data, kq.data)
     out = qdecode_attention(q, kg, vg, kernel="fast", block_n=32, splits=2)
     want = qdecode_attention(q, kq, vq, kernel="fast", block_n=32, splits=2)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+@cpu_only
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("scale", [0.3, -0.05])
+def test_fast_kernel_softmax_scale(fmt, scale):
+    """A given softmax scale, negative ones included (the kernel folds the sign into the
+    queries), against the oracle with the same scale."""
+    gen = torch.Generator().manual_seed(11)
+    k, v = (torch.randn(1, 2, 90, 128, generator=gen) for _ in range(2))
+    q = torch.randn(1, 8, 2, 128, generator=gen).bfloat16()
+    kq, vq = quantize(k, fmt, role="key"), quantize(v, fmt, role="value")
+    out = qdecode_attention(q, kq, vq, kernel="fast", block_n=32, splits=2, scale=scale)
+    ref = attention_ref(q, dequantize_f64(kq), dequantize_f64(vq), "causal", scale=scale)
+    acc = compare(out, ref)
+    assert acc.rel_fro_err <= tolerance(torch.bfloat16, 90), acc
 
 
 @cpu_only

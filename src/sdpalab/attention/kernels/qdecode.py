@@ -206,6 +206,8 @@ def qdecode_attention(
     pdl = HAS_PDL and splits > 1 and not interpreting() and _major(device.index or 0) >= 9
     if fast:
         ks, kz, vs, vz = (_token_major(t) for t in (ks, kz, vs, vz))
+        if CODES_PER_WORD[fmt] == 4 and kw.stride(2) != vw.stride(2):  # one set of offsets
+            kw, vw = kw.contiguous(), vw.contiguous()
         _fast_kernel[grid](
             q, out, part, lse, kw, ks, kz, vw, vs, vz,
             q_len, kv_len, chunk, splits, (head_dim**-0.5 if scale is None else scale) * _LOG2E,

@@ -19,10 +19,13 @@ score that all of a row's copies share. On the value side each copy carries the 
 times its group's scales, and at the end channel ``c`` is read from the copy of its group. The
 copies fill columns that the products would pad anyway. A row's copies are neighbouring
 columns (stacked row ``r * NG + g``), which a tensor-core tile gives to one thread: summing
-them takes no shuffles between threads.
+them takes no shuffles between threads. The online softmax then runs once per row, on the
+summed scores, and only its probabilities go back to the copies; so a row's copies share one
+power-of-two query scale ``alpha`` (the largest ``|q|`` of the whole row), and the softmax
+scale's sign goes into the queries.
 
 Value scales are taken relative to a running maximum ``beta`` (like the softmax's running
-maximum), so the float16 probabilities times scales never overflow. Each block's product is
+maximum, one for all rows), so the float16 probabilities times scales never overflow. Each block's product is
 added to the float32 accumulators outside the tensor cores, which truncate as they accumulate
 (the int8 bias makes their sums ~100x the result).
 
@@ -38,7 +41,13 @@ so), one vectorized load a block.
 
 Addresses: a block's base in each plane is a scalar and the offsets within a block are
 computed once, outside the loop (recomputing ``(n0 + offs) * stride`` per element cost two to
-four 64-bit instructions a load).
+four 64-bit instructions a load). int8 and fp8 (blocks of 128 keys, twice int4's words a
+thread) share one set of offsets between the key and value planes: two pushed them past 255
+registers into spills, and one is ~1 % faster on the H100. int4 keeps two: one (176 instead of
+219 registers) made it ~2 % slower there, for reasons not found.
+
+Together these took int4's main loop from 1309 to 1060 sm_90 instructions (triton 3.6, block
+64, 1 warp, 4 rows x 2 groups); measured times are in ``qdecode-explore-h100.md`` §7.
 
 Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md``.
 """
@@ -51,7 +60,6 @@ from sdpalab.attention.kernels.qdecode_triton import (
     _key_range,
     _plane_bases,
     _prefetch,
-    _row_norm,
     gdc_launch_dependents,
 )
 
@@ -79,21 +87,30 @@ def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP:
 @triton.jit
 def _times_group(x, base, n, n_ok, g_row, NG: tl.constexpr):
     """``x [BLOCK_N, rows]`` times per-token values of each row's group (plane ``[S, NG]`` at
-    ``base``; row r has group ``g_row[r]``), and the largest of those values."""
+    ``base``; row r has group ``g_row[r]``)."""
     if n_ok is None:
-        v = tl.load(base + n * NG).to(tl.float32)
+        out = x * tl.load(base + n * NG).to(tl.float32)[:, None]
     else:
-        v = tl.load(base + n * NG, mask=n_ok, other=0.0).to(tl.float32)
-    out = x * v[:, None]
-    top = tl.max(v, 0)
+        out = x * tl.load(base + n * NG, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     for g in tl.static_range(1, NG):
         if n_ok is None:
             vg = tl.load(base + n * NG + g).to(tl.float32)
         else:
             vg = tl.load(base + n * NG + g, mask=n_ok, other=0.0).to(tl.float32)
         out = tl.where((g_row == g)[None, :], x * vg[:, None], out)
-        top = tl.maximum(top, tl.max(vg, 0))
-    return out, top
+    return out
+
+
+@triton.jit
+def _plane_max(base, n, n_ok, NG: tl.constexpr):
+    """The largest per-token value of keys ``n`` in plane ``[S, NG]`` at ``base`` (0 for keys
+    past ``n_ok``)."""
+    g = tl.arange(0, NG)
+    if n_ok is None:
+        v = tl.load(base + n[:, None] * NG + g[None, :])
+    else:
+        v = tl.load(base + n[:, None] * NG + g[None, :], mask=n_ok[:, None], other=0.0)
+    return tl.max(tl.max(v, 1), 0).to(tl.float32)
 
 
 @triton.jit
@@ -118,19 +135,37 @@ def _pick(v, R: tl.constexpr):
 
 
 @triton.jit
-def _group_total(x, NG: tl.constexpr, R: tl.constexpr):
-    """``[N, NG * R]`` stacked rows → every copy of a row holds the sum over its NG copies."""
+def _row_total(x, NG: tl.constexpr, R: tl.constexpr):
+    """``[N, R * NG]`` stacked rows → ``[N, R]``: each row's sum over its NG copies."""
     if NG == 1:
         return x
     n: tl.constexpr = x.shape[0]
-    tot = tl.sum(tl.reshape(x, (n, R, NG)), 2)
-    return tl.reshape(tl.broadcast_to(tot[:, :, None], (n, R, NG)), (n, NG * R))
+    return tl.sum(tl.reshape(x, (n, R, NG)), 2)
+
+
+@triton.jit
+def _copies(x, NG: tl.constexpr):
+    """``[N, R]`` per row → ``[N, R * NG]`` per stacked row (a row's copies side by side)."""
+    if NG == 1:
+        return x
+    n: tl.constexpr = x.shape[0]
+    r: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 2), (n, r, NG)), (n, r * NG))
+
+
+@triton.jit
+def _row_copies(x, NG: tl.constexpr):
+    """``[R]`` per row → ``[R * NG]`` per stacked row."""
+    if NG == 1:
+        return x
+    r: tl.constexpr = x.shape[0]
+    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 1), (r, NG)), (r * NG,))
 
 
 @triton.jit
 def _block(
-    state, n0, offs_n, kw_off, vw_off, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
-    vz_base, s_kwn, s_vwn, j, g_row,
+    state, n0, offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
+    vz_base, s_kwn, s_vwn, kw_off, vw_off, j, g_row,
     q0, q1, q2, q3, q_off, row_scale, q_zero,
     FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, R: tl.constexpr,
     MASKED: tl.constexpr, PREFETCH: tl.constexpr, AHEAD: tl.constexpr,
@@ -164,7 +199,8 @@ def _block(
         kw = tl.load(kw_blk + kw_off)
         vw = tl.load(vw_blk + vw_off)
 
-    # ---- scores (base 2): per copy, alpha * scale * (codes·q16 - q_off) [+ zero * sum q]
+    # ---- scores: per copy, scale * (codes·q16 - q_off) [+ zero * sum q], summed over a row's
+    # copies; times row_scale (> 0) they are the base-2 softmax's scores
     k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
     raw = tl.zeros([BLOCK_N, BLOCK_M], tl.float32) - q_off[None, :]
     raw = tl.dot(k0, q0, raw)
@@ -177,42 +213,40 @@ def _block(
         if E == 8:
             qk += _pick(kz, R) * q_zero[None, :]
     else:
-        qk, _ = _times_group(raw, ks_base, n, n_ok, g_row, NG)
+        qk = _times_group(raw, ks_base, n, n_ok, g_row, NG)
         if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
             # product's layout
-            qz, _ = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, g_row, NG)
+            qz = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, g_row, NG)
             qk += qz * q_zero[None, :]
-    qk = qk * row_scale[None, :]
-    qk = _group_total(qk, NG, R)
+    qk = _row_total(qk, NG, R)
 
-    # ---- online softmax (base 2), the same in every copy of a row
+    # ---- online softmax (base 2), once per row; its probabilities then go to every copy
     if MASKED:
         qk = tl.where(n_ok[:, None] & (n[:, None] <= lim[None, :]), qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 0))
+    m_new = tl.maximum(m_i, tl.max(qk, 0) * row_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     corr = tl.exp2(m_i - m_safe)
-    p = tl.exp2(qk - m_safe[None, :])
+    p = tl.exp2(qk * row_scale[None, :] - m_safe[None, :])
     l_i = l_i * corr + tl.sum(p, 0)
 
-    # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta
+    # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta (the
+    # running largest value scale, one for all rows)
     if AHEAD:
-        psv = p * _pick(vs, R)
-        top = tl.max(tl.max(vs, 1), 0).to(tl.float32)
+        beta_new = tl.maximum(beta, tl.max(tl.max(vs, 1), 0).to(tl.float32))
     else:
-        psv, top = _times_group(p, vs_base, n, n_ok, g_row, NG)
-    beta_new = tl.maximum(beta, top)
-    f_row = corr * (beta / beta_new)
+        beta_new = tl.maximum(beta, _plane_max(vs_base, n, n_ok, NG))
+    p = _copies(p * (-1.0 / beta_new), NG)  # -p / beta, per copy
+    if AHEAD:
+        pv_neg = (p * _pick(vs, R)).to(tl.float16)
+    else:
+        pv_neg = _times_group(p, vs_base, n, n_ok, g_row, NG).to(tl.float16)
+    f_row = _row_copies(corr * (beta / beta_new), NG)
     f = f_row[None, :]
-    inv = 1.0 / beta_new
-    pv_neg = (psv * (-inv)[None, :]).to(tl.float16)
     if OFF != 0:
         ps = ps * f_row - tl.sum(pv_neg.to(tl.float32), 0)
     if E == 8:
-        if AHEAD:
-            pz = p * _pick(vz, R)
-        else:
-            pz, _ = _times_group(p, vz_base, n, n_ok, g_row, NG)
-        zs = zs * f_row + tl.sum(pz, 0) * inv
+        pz = p * _pick(vz, R) if AHEAD else _times_group(p, vz_base, n, n_ok, g_row, NG)
+        zs = zs * f_row - tl.sum(pz, 0)
     v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, FMT, E)
     # A fresh product per block, added in float32: tensor cores truncate as they accumulate,
     # and the int8 code bias makes the accumulators ~100x the result. (Subtracting the product
@@ -284,8 +318,11 @@ def _fast_kernel(
     in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
     q = tl.load(q_row[:, None] + d[None, :], mask=in_d, other=0.0).to(tl.float32)
     q_base = q_row[None, :]
-    # a power of two: q / alpha is exact
-    alpha = tl.exp2(tl.ceil(tl.log2(_row_norm(q))))
+    # per row (all its copies): a power of two >= its largest |q|, so q / alpha is exact and at
+    # most 1; the scale's sign goes into the queries, so that row_scale > 0
+    top_q = tl.max(tl.reshape(tl.max(tl.abs(q), 1), (R, NG)), 1)
+    alpha_r = tl.exp2(tl.ceil(tl.log2(tl.where(top_q == 0.0, 1.0, top_q))))
+    alpha = _row_copies(alpha_r, NG) * tl.where(qk_scale < 0, -1.0, 1.0)
     # int4 key tiles 1 and 3 hold 16 c: tiles 0 and 2 are met by 16 q (exact, and |q| <= 16)
     UP: tl.constexpr = 16.0 if E == 8 else 1.0
     q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha / UP)
@@ -297,14 +334,16 @@ def _fast_kernel(
         q2, q3 = q0, q1
     q16 = (q / alpha[:, None]).to(tl.float16).to(tl.float32)
     q_off = (OFF / UNIT_INV) * tl.sum(q16, 1)  # what the code bias adds to the raw products
-    row_scale = alpha * (UNIT_INV * qk_scale / UP)  # scores in the base-2 softmax domain
     q_zero = tl.sum(q, 1) * UP / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
+    # per row: what turns its summed copies into base-2 softmax scores
+    row_scale = alpha_r * (UNIT_INV * tl.abs(qk_scale) / UP)
+    r = pid_m * R + tl.arange(0, R)  # the rows themselves
+    lim, lo, hi, seen_by_all = _key_range(r // G, pid_m, pid_s, q_len, kv_len, chunk, R, G,
+                                          CAUSAL)  # fmt: skip
 
-    lim, lo, hi, seen_by_all = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, R, G, CAUSAL)
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    beta = tl.full([BLOCK_M], 1e-30, tl.float32)  # running largest value scale (same per row)
+    m_i = tl.full([R], float("-inf"), tl.float32)
+    l_i = tl.zeros([R], tl.float32)
+    beta = tl.full([], 1e-30, tl.float32)  # running largest value scale
     ps = tl.zeros([BLOCK_M], tl.float32)  # sum of the float16 p * scale / beta (code bias)
     zs = tl.zeros([BLOCK_M], tl.float32)  # sum of p * zero / beta
     a0 = tl.zeros([WP, BLOCK_M], tl.float32)
@@ -325,20 +364,22 @@ def _fast_kernel(
     )
 
     kw_off = offs_n[:, None] * s_kwn + j[None, :]
-    vw_off = offs_n[:, None] * s_vwn + j[None, :]
+    # int8, fp8: one set of offsets for both planes (the launcher makes their strides equal);
+    # two spill the registers of a 128-key block. int4 is faster with two (module doc)
+    vw_off = kw_off if E == 4 else offs_n[:, None] * s_vwn + j[None, :]
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
     AHEAD: tl.constexpr = NG <= 2  # scales loaded one block ahead, in registers
     sc = _scales_of(lo, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG) if AHEAD else 0.0
     state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc)
     for n0 in range(lo, full, BLOCK_N):
-        state = _block(state, n0, offs_n, kw_off, vw_off, hi, lim, kw_base, ks_base, kz_base,
-                       vw_base, vs_base, vz_base, s_kwn, s_vwn, j, g_row,
+        state = _block(state, n0, offs_n, hi, lim, kw_base, ks_base, kz_base,
+                       vw_base, vs_base, vz_base, s_kwn, s_vwn, kw_off, vw_off, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
                        FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)  # fmt: skip
     for n0 in range(full, hi, BLOCK_N):
-        state = _block(state, n0, offs_n, kw_off, vw_off, hi, lim, kw_base, ks_base, kz_base,
-                       vw_base, vs_base, vz_base, s_kwn, s_vwn, j, g_row,
+        state = _block(state, n0, offs_n, hi, lim, kw_base, ks_base, kz_base,
+                       vw_base, vs_base, vz_base, s_kwn, s_vwn, kw_off, vw_off, j, g_row,
                        q0, q1, q2, q3, q_off, row_scale, q_zero,
                        FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)  # fmt: skip
     m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, _ = state
@@ -348,14 +389,15 @@ def _fast_kernel(
     # numerator = beta * (UNIT_INV * acc - OFF * ps + zs); the output of channel E*j + p is the
     # copy of its group
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    w = (beta * UNIT_INV / l_safe)[None, :]
-    c = (beta * (zs - OFF * ps) / l_safe)[None, :]
+    l_row = _row_copies(l_safe, NG)
+    w = (beta * UNIT_INV / l_row)[None, :]
+    c = (beta * (zs - OFF * ps) / l_row)[None, :]
     if SPLIT:
         row = (b * (H_KV * G) + hq) * q_len + qi
-        slot = row * num_splits + pid_s
-        o_base = Part + slot[None, :] * HEAD_DIM
+        o_base = Part + (row * num_splits + pid_s)[None, :] * HEAD_DIM
+        r_row = (b * (H_KV * G) + hk * G + r % G) * q_len + r // G
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))
-        tl.store(Lse + slot, lse, mask=row_ok & (g_row == 0))
+        tl.store(Lse + r_row * num_splits + pid_s, lse, mask=r // G < q_len)
         ty = Part.dtype.element_ty
     else:
         o_base = Out + b * s_ob + hq[None, :] * s_oh + qi[None, :] * s_os
