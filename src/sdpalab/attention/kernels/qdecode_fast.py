@@ -65,6 +65,22 @@ from sdpalab.attention.kernels.qdecode_triton import (
 
 
 @triton.jit
+def _bulk_l2(ptr, nbytes):
+    """Ask L2 for about ``nbytes`` from ``ptr``: one bulk prefetch (sm_90 and later) of the
+    16-byte-aligned range inside them, issued by lane 0; nothing waits on it."""
+    p = ptr + tl.zeros([1], tl.int32)
+    n = (nbytes + tl.zeros([1], tl.int32)).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p, q; .reg .b32 l, n; .reg .b64 a, e; "
+        "add.u64 a, $1, 15; and.b64 a, a, -16; cvt.u64.u32 e, $2; add.u64 e, e, $1; "
+        "and.b64 e, e, -16; sub.u64 e, e, a; cvt.u32.u64 n, e; "
+        "mov.u32 l, %laneid; setp.eq.u32 p, l, 0; setp.gt.s32 q, n, 0; and.pred p, p, q; "
+        "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }",
+        "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
 def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
             alpha):  # fmt: skip
     """Queries of key tile ``T``'s channels, of each row's group only, over alpha, float16,
@@ -288,13 +304,14 @@ def _fast_kernel(
     G: tl.constexpr, HEAD_DIM: tl.constexpr, FMT: tl.constexpr, E: tl.constexpr,
     WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
     R: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, BULK_L2: tl.constexpr,
 ):  # fmt: skip
     """One (batch, KV head) x ``R`` query rows x KV split. int8, fp8 (E = 4): one scale per
     token, ``NG`` = 1. int4 (E = 8): a scale and a zero per token and group of ``HEAD_DIM / NG``
     channels (``NG`` = 1 when a group is the whole head). Code tiles hold
     ``(code + OFF) / UNIT_INV``. ``PDL``: the merge kernel, a programmatic dependent launch,
-    may be scheduled once every program is past its loop."""
+    may be scheduled once every program is past its loop. ``BULK_L2``: prefetch the first two
+    blocks into L2 at the start (sm_90 and later)."""
     BLOCK_M: tl.constexpr = NG * R
     GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
     pid_bh = tl.program_id(0)
@@ -302,6 +319,21 @@ def _fast_kernel(
     pid_s = tl.program_id(2)
     b = (pid_bh // H_KV).to(tl.int64)
     hk = (pid_bh % H_KV).to(tl.int64)
+    r = pid_m * R + tl.arange(0, R)  # the rows themselves
+    lim, lo, hi, seen_by_all = _key_range(r // G, pid_m, pid_s, q_len, kv_len, chunk, R, G,
+                                          CAUSAL)  # fmt: skip
+    kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
+        KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
+    )
+    if BULK_L2 and hi > lo:  # the first two blocks head for L2 while the queries load
+        ntok = tl.minimum(hi - lo, 2 * BLOCK_N)
+        _bulk_l2(kw_base + lo * s_kwn, ntok * s_kwn * 4)
+        _bulk_l2(vw_base + lo * s_vwn, ntok * s_vwn * 4)
+        _bulk_l2(ks_base + lo * NG, ntok * NG * 2)
+        _bulk_l2(vs_base + lo * NG, ntok * NG * 2)
+        if E == 8:
+            _bulk_l2(kz_base + lo * NG, ntok * NG * 2)
+            _bulk_l2(vz_base + lo * NG, ntok * NG * 2)
 
     # stacked row t: copy g_row = t % NG of row m = pid_m * R + t // NG (query token m // G,
     # query head hk * G + m % G); a row's copies are neighbours, held by one thread
@@ -337,9 +369,6 @@ def _fast_kernel(
     q_zero = tl.sum(q, 1) * UP / (alpha * UNIT_INV)  # times a zero: the zero's share of raw
     # per row: what turns its summed copies into base-2 softmax scores
     row_scale = alpha_r * (UNIT_INV * tl.abs(qk_scale) / UP)
-    r = pid_m * R + tl.arange(0, R)  # the rows themselves
-    lim, lo, hi, seen_by_all = _key_range(r // G, pid_m, pid_s, q_len, kv_len, chunk, R, G,
-                                          CAUSAL)  # fmt: skip
 
     m_i = tl.full([R], float("-inf"), tl.float32)
     l_i = tl.zeros([R], tl.float32)
@@ -359,10 +388,6 @@ def _fast_kernel(
         a4 = tl.zeros([1, 1], tl.float32)
         a5, a6, a7 = a4, a4, a4
     offs_n = tl.arange(0, BLOCK_N)
-    kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
-        KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
-    )
-
     kw_off = offs_n[:, None] * s_kwn + j[None, :]
     # int8, fp8: one set of offsets for both planes (the launcher makes their strides equal);
     # two spill the registers of a 128-key block. int4 is faster with two (module doc)
