@@ -49,6 +49,11 @@ registers into spills, and one is ~1 % faster on the H100. int4 keeps two: one (
 Together these took int4's main loop from 1309 to 1060 sm_90 instructions (triton 3.6, block
 64, 1 warp, 4 rows x 2 groups); measured times are in ``qdecode-explore-h100.md`` §7.
 
+First blocks into L2 (``BULK_L2``, int4 on sm_90 and later): every program of the one wave
+starts at once and spends ~2 us on its queries before its first copy; one bulk prefetch a
+plane, issued first, has L2 fetch its first two blocks meanwhile (int4 ~1 % faster on the H100;
+int8's larger blocks were slower).
+
 Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md``.
 """
 
