@@ -25,9 +25,9 @@ power-of-two query scale ``alpha`` (the largest ``|q|`` of the whole row), and t
 scale's sign goes into the queries.
 
 Value scales are taken relative to a running maximum ``beta`` (like the softmax's running
-maximum, one for all rows), so the float16 probabilities times scales never overflow. Each block's product is
-added to the float32 accumulators outside the tensor cores, which truncate as they accumulate
-(the int8 bias makes their sums ~100x the result).
+maximum, one for all rows), so the float16 probabilities times scales never overflow. Each
+block's product is added to the float32 accumulators outside the tensor cores, which truncate
+as they accumulate (the int8 bias makes their sums ~100x the result).
 
 Scales one block ahead. Triton's pipeliner stages through shared memory only the loads that
 feed a ``tl.dot``; the per-token scales (and int4 zeros) feed none, and loaded in the block
