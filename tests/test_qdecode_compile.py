@@ -46,11 +46,12 @@ for fmt, fid, e, ng, off, unit in [("int8", 1, 4, 1, 128.0, 2.0**24), ("fp8", 2,
     for causal, split in [(True, True), (False, False)]:
         consts = dict(G=4, HEAD_DIM=128, FMT=fid, E=e, WP=128 // e, NG=ng, OFF=off,
                       UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split,
-                      PREFETCH=True, PDL=split)
+                      PREFETCH=True, PDL=split, BULK_L2=False)
         sizes[f"fast-{fmt}-{causal}"] = build(_fast_kernel, consts, 2, 2)
     consts.update(R=4)  # the default: G = 4 rows, the 8-wide side of the products
     sizes[f"fast-{fmt}-tile4"] = build(_fast_kernel, consts, 2, 2)
-consts.update(BLOCK_N=64)  # int4's default launch: scales of two groups loaded one block ahead
+consts.update(BLOCK_N=64, BULK_L2=True)  # int4's default launch: scales of two groups loaded
+# one block ahead, the first two blocks prefetched into L2
 sizes["fast-int4-default"] = build(_fast_kernel, consts, 1, 3)
 consts.update(NG=4)  # groups of 32 channels: scales prefetched into L1 instead
 sizes["fast-int4-g32"] = build(_fast_kernel, consts, 1, 3)
