@@ -7,8 +7,8 @@ How ``default_config`` and the split rule of the fast kernel were chosen. For ea
 with H_q=32, H_kv=8, D=128, bf16, as ``qdecode_bench.py``) and format, every configuration is
 checked against dequantize-then-flash and timed as a CUDA-graph replay with the L2 flushed
 (the device's time), after at least 50 ms of replays of the same call (``time_fn``'s warm-up);
-splits 0 means the default rule. For the fastest, the eager call (host launch included) and the host's
-time per call are printed too. Output is plain text on stdout.
+splits 0 means the default rule. For the fastest, the eager call (host launch included) and the
+host's time per call are printed too. Output is plain text on stdout.
 """
 
 from __future__ import annotations

@@ -203,10 +203,11 @@ def qdecode_attention(
     # the merge as a programmatic dependent launch (sm_90 and later): launched while the split
     # kernel's programs finish, it waits on the GPU instead of after a launch gap (on an H100,
     # int4 and int8 at B=1, 128k keys, ~1 us faster; benchmarks/results/qdecode-explore-h100.md)
-    pdl = HAS_PDL and splits > 1 and not interpreting() and _major(device.index or 0) >= 9
+    sm90 = not interpreting() and _major(device.index or 0) >= 9
+    pdl = HAS_PDL and splits > 1 and sm90
     # int4's first two blocks prefetched into L2 as its programs start (sm_90 and later): on an
     # H100 int4 ~0.5-1 % faster; int8 and fp8, whose blocks are twice as large, slower
-    bulk_l2 = fmt == "int4" and not interpreting() and _major(device.index or 0) >= 9
+    bulk_l2 = fmt == "int4" and sm90
     if fast:
         ks, kz, vs, vz = (_token_major(t) for t in (ks, kz, vs, vz))
         if CODES_PER_WORD[fmt] == 4 and kw.stride(2) != vw.stride(2):  # one set of offsets
