@@ -9,7 +9,7 @@ head; as the 8-wide side of a tensor-core product they fill it, where as its 16-
 were padded to 16 rows (twice the products, and the queries copied into place every time).
 
 Codes: ``qdecode_codes`` decodes the words into float16 operands in registers; no code goes
-through shared memory.
+through shared memory. The stacked rows and per-token planes below live in ``qdecode_rows``.
 
 Channel groups by stacked rows (int4: a scale and a zero per token and group of channels). The
 ``R`` query rows of a tile are repeated ``NG`` times, once per channel group, with the queries
@@ -60,127 +60,25 @@ Launch defaults and what was tried: ``benchmarks/results/qdecode-explore-h100.md
 import triton
 import triton.language as tl
 
-from sdpalab.attention.kernels.qdecode_codes import _joined_channel, _key_tiles, _value_tiles
+from sdpalab.attention.kernels.qdecode_codes import _key_tiles, _value_tiles
+from sdpalab.attention.kernels.qdecode_rows import (
+    _copies,
+    _load_q,
+    _pick,
+    _plane_max,
+    _row_copies,
+    _row_total,
+    _scales_of,
+    _store,
+    _times_group,
+)
 from sdpalab.attention.kernels.qdecode_triton import (
+    _bulk_l2,
     _key_range,
     _plane_bases,
     _prefetch,
     gdc_launch_dependents,
 )
-
-
-@triton.jit
-def _bulk_l2(ptr, nbytes):
-    """Ask L2 for about ``nbytes`` from ``ptr``: one bulk prefetch (sm_90 and later) of the
-    16-byte-aligned range inside them, issued by lane 0; nothing waits on it."""
-    p = ptr + tl.zeros([1], tl.int32)
-    n = (nbytes + tl.zeros([1], tl.int32)).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p, q; .reg .b32 l, n; .reg .b64 a, e; "
-        "add.u64 a, $1, 15; and.b64 a, a, -16; cvt.u64.u32 e, $2; add.u64 e, e, $1; "
-        "and.b64 e, e, -16; sub.u64 e, e, a; cvt.u32.u64 n, e; "
-        "mov.u32 l, %laneid; setp.eq.u32 p, l, 0; setp.gt.s32 q, n, 0; and.pred p, p, q; "
-        "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }",
-        "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1,
-    )  # fmt: skip
-
-
-@triton.jit
-def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
-            alpha):  # fmt: skip
-    """Queries of key tile ``T``'s channels, of each row's group only, over alpha, float16,
-    transposed: ``[2 * WP, rows]``."""
-    ch = _joined_channel(col, T, E)
-    keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
-    x = tl.load(base + ch[:, None], mask=keep, other=0.0).to(tl.float32)
-    return (x / alpha[None, :]).to(tl.float16)
-
-
-@triton.jit
-def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr):
-    """Output of value tile ``T`` (``x [WP, rows]``: channel ``E * col + T``), each row's group
-    only."""
-    ch = col * E + T
-    keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
-    tl.store(base + ch[:, None], x, mask=keep)
-
-
-@triton.jit
-def _times_group(x, base, n, n_ok, g_row, NG: tl.constexpr):
-    """``x [BLOCK_N, rows]`` times per-token values of each row's group (plane ``[S, NG]`` at
-    ``base``; row r has group ``g_row[r]``)."""
-    if n_ok is None:
-        out = x * tl.load(base + n * NG).to(tl.float32)[:, None]
-    else:
-        out = x * tl.load(base + n * NG, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    for g in tl.static_range(1, NG):
-        if n_ok is None:
-            vg = tl.load(base + n * NG + g).to(tl.float32)
-        else:
-            vg = tl.load(base + n * NG + g, mask=n_ok, other=0.0).to(tl.float32)
-        out = tl.where((g_row == g)[None, :], x * vg[:, None], out)
-    return out
-
-
-@triton.jit
-def _plane_max(base, n, n_ok, NG: tl.constexpr):
-    """The largest per-token value of keys ``n`` in plane ``[S, NG]`` at ``base`` (0 for keys
-    past ``n_ok``)."""
-    g = tl.arange(0, NG)
-    if n_ok is None:
-        v = tl.load(base + n[:, None] * NG + g[None, :])
-    else:
-        v = tl.load(base + n[:, None] * NG + g[None, :], mask=n_ok[:, None], other=0.0)
-    return tl.max(tl.max(v, 1), 0).to(tl.float32)
-
-
-@triton.jit
-def _plane_tile(base, n0, offs_n, hi, NG: tl.constexpr):
-    """Per-token values ``[BLOCK_N, NG]`` of keys ``n0 + offs_n`` (0 past ``hi``) from a plane
-    stored ``[S, NG]`` contiguous, as stored (float16: converted where used, so that nothing
-    waits on the load before then). One load of contiguous memory, vectorized; the block's
-    base is a scalar and its offsets are loop invariant."""
-    g = tl.arange(0, NG)
-    ok = (offs_n + n0 < hi)[:, None]  # offsets first: the interpreter's n0 may be a constexpr
-    return tl.load(base + n0 * NG + (offs_n[:, None] * NG + g[None, :]), mask=ok, other=0.0)
-
-
-@triton.jit
-def _pick(v, R: tl.constexpr):
-    """``[BLOCK_N, NG]`` per-token values → ``[BLOCK_N, R * NG]``, each stacked row (``r * NG +
-    g``) its group's value, float32."""
-    n: tl.constexpr = v.shape[0]
-    NG: tl.constexpr = v.shape[1]
-    x = tl.broadcast_to(tl.expand_dims(v.to(tl.float32), 1), (n, R, NG))
-    return tl.reshape(x, (n, R * NG))
-
-
-@triton.jit
-def _row_total(x, NG: tl.constexpr, R: tl.constexpr):
-    """``[N, R * NG]`` stacked rows → ``[N, R]``: each row's sum over its NG copies."""
-    if NG == 1:
-        return x
-    n: tl.constexpr = x.shape[0]
-    return tl.sum(tl.reshape(x, (n, R, NG)), 2)
-
-
-@triton.jit
-def _copies(x, NG: tl.constexpr):
-    """``[N, R]`` per row → ``[N, R * NG]`` per stacked row (a row's copies side by side)."""
-    if NG == 1:
-        return x
-    n: tl.constexpr = x.shape[0]
-    r: tl.constexpr = x.shape[1]
-    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 2), (n, r, NG)), (n, r * NG))
-
-
-@triton.jit
-def _row_copies(x, NG: tl.constexpr):
-    """``[R]`` per row → ``[R * NG]`` per stacked row."""
-    if NG == 1:
-        return x
-    r: tl.constexpr = x.shape[0]
-    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 1), (r, NG)), (r * NG,))
 
 
 @triton.jit
@@ -282,20 +180,6 @@ def _block(
         a6 = a6 * f - tl.dot(tl.trans(v6), pv_neg)
         a7 = a7 * f - tl.dot(tl.trans(v7), pv_neg)
     return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc
-
-
-@triton.jit
-def _scales_of(n0, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E: tl.constexpr,
-               NG: tl.constexpr):  # fmt: skip
-    """Key and value scales (and int4 zeros) ``[BLOCK_N, NG]`` of keys ``n0 + offs_n``."""
-    ks = _plane_tile(ks_base, n0, offs_n, hi, NG)
-    vs = _plane_tile(vs_base, n0, offs_n, hi, NG)
-    if E == 8:
-        kz = _plane_tile(kz_base, n0, offs_n, hi, NG)
-        vz = _plane_tile(vz_base, n0, offs_n, hi, NG)
-    else:
-        kz, vz = ks, vs
-    return ks, kz, vs, vz
 
 
 @triton.jit

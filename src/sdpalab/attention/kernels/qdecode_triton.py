@@ -118,6 +118,22 @@ def _prefetch(ptrs):
 
 
 @triton.jit
+def _bulk_l2(ptr, nbytes):
+    """Ask L2 for about ``nbytes`` from ``ptr``: one bulk prefetch (sm_90 and later) of the
+    16-byte-aligned range inside them, issued by lane 0; nothing waits on it."""
+    p = ptr + tl.zeros([1], tl.int32)
+    n = (nbytes + tl.zeros([1], tl.int32)).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p, q; .reg .b32 l, n; .reg .b64 a, e; "
+        "add.u64 a, $1, 15; and.b64 a, a, -16; cvt.u64.u32 e, $2; add.u64 e, e, $1; "
+        "and.b64 e, e, -16; sub.u64 e, e, a; cvt.u32.u64 n, e; "
+        "mov.u32 l, %laneid; setp.eq.u32 p, l, 0; setp.gt.s32 q, n, 0; and.pred p, p, q; "
+        "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }",
+        "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
 def _row_norm(x):
     """Largest magnitude of each row, 1 where the row is zero."""
     a = tl.max(tl.abs(x), 1)
