@@ -210,7 +210,8 @@ def qdecode_attention(
     bulk_l2 = fmt == "int4" and sm90
     if fast:
         ks, kz, vs, vz = (_token_major(t) for t in (ks, kz, vs, vz))
-        if CODES_PER_WORD[fmt] == 4 and kw.stride(2) != vw.stride(2):  # one set of offsets
+        # int8 and fp8: the kernel reads both word planes with one set of offsets (qdecode_fast)
+        if CODES_PER_WORD[fmt] == 4 and kw.stride(2) != vw.stride(2):
             kw, vw = kw.contiguous(), vw.contiguous()
         _fast_kernel[grid](
             q, out, part, lse, kw, ks, kz, vw, vs, vz,
