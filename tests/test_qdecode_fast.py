@@ -254,6 +254,19 @@ def test_benchmark_dry_run_writes_its_table(tmp_path, capsys):
     assert "| 1 | 64 | dequant+flash int4 |" in text
 
 
+def test_benchmark_targets_are_judged_only_on_their_gpu():
+    """Issue 7's targets are an H100's: on another GPU the table says they are for reference."""
+    bench = _bench_module()
+    check = {"target": "int4 B=1 S=131072: >= 80% of copy bandwidth", "measured": "70.1%",
+             "basis": "graph", "pass": False}  # fmt: skip
+    meta = {"command": "c", "date": "d", "copy_gbps": 4191.0, "copy_mib": 512, "torch": "t",
+            "triton": "t", "cuda": "c", "driver": "d", "git_sha": "g", "tune_shape": "8,32768"}  # fmt: skip
+    for device, judged in [("NVIDIA H100 80GB HBM3", True), ("NVIDIA H200", False)]:
+        text = bench.markdown({**meta, "device": device}, {}, [], [check])
+        assert ("shown for reference, not judged" not in text) == judged
+        assert "| int4 B=1 S=131072: >= 80% of copy bandwidth | 70.1% | graph ms | **no** |" in text
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
 @pytest.mark.parametrize("config", BENCH_CONFIGS, ids=lambda c: "bn{}-w{}-s{}".format(*c))
