@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from qdecode_cases import INTERPRETED, _skip_fp8, check_case, cpu_only, dequantize_f64, run_case
+from qdecode_cases import check_case, cpu_only, dequantize_f64, run_case
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kernels import qdecode_launch
 from sdpalab.attention.kernels.qdecode import (
@@ -109,33 +109,6 @@ def test_fast_kernel_softmax_scale(fmt, scale):
     ref = attention_ref(q, dequantize_f64(kq), dequantize_f64(vq), "causal", scale=scale)
     acc = compare(out, ref)
     assert acc.rel_fro_err <= tolerance(torch.bfloat16, 90), acc
-
-
-@pytest.mark.parametrize(
-    ("fmt", "kv_len", "q_len", "splits"),
-    [("int4", 1, 1, None), ("int4", 40, 1, None), ("int4", 64, 3, None), ("int4", 100, 1, 2),
-     ("int4", 300, 2, 3), ("int4", 1000, 1, None), ("int8", 300, 1, 2), ("fp8", 1000, 1, None)],
-)  # fmt: skip
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_scores_ahead_of_values_changes_no_bit(fmt, kv_len, q_len, splits, device, monkeypatch):
-    """A block's scores computed one block ahead of its values (``SCORES_AHEAD``) give exactly
-    the output of whole blocks: splits with no, one, two and many full blocks, causal steps of
-    several tokens whose last blocks are masked; and the oracle agrees."""
-    if (device == "cpu") != INTERPRETED or (device == "cuda" and not torch.cuda.is_available()):
-        pytest.skip("cpu: Triton's interpreter, on machines without CUDA; cuda: compiled")
-    _skip_fp8(fmt, device)
-    gen = torch.Generator().manual_seed(kv_len)
-    k, v = (torch.randn(1, 2, kv_len, 128, generator=gen).to(device) for _ in range(2))
-    q = torch.randn(1, 8, q_len, 128, generator=gen).bfloat16().to(device)
-    kq, vq = quantize(k, fmt, role="key"), quantize(v, fmt, role="value")
-    outs = []
-    for ahead in (0, 1, 2):
-        monkeypatch.setitem(qdecode_launch.SCORES_AHEAD, fmt, ahead)
-        outs.append(qdecode_attention(q, kq, vq, kernel="fast", block_n=32, splits=splits))
-    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
-    torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=0)
-    ref = attention_ref(q, dequantize_f64(kq), dequantize_f64(vq), "causal")
-    assert compare(outs[1], ref).rel_fro_err <= tolerance(torch.bfloat16, kv_len)
 
 
 @cpu_only

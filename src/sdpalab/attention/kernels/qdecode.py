@@ -49,7 +49,6 @@ from sdpalab.attention.kernels.qdecode_launch import (
     CODES_PER_WORD,
     KEY_MODE,
     MAX_CHANNEL_GROUPS,
-    SCORES_AHEAD,
     _cdiv,
     _major,
     _pow2,
@@ -223,7 +222,7 @@ def qdecode_attention(
             G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
             NG=plan["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
             R=plan["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
-            PREFETCH=not interpreting(), PDL=pdl, BULK_L2=bulk_l2, SKEW=SCORES_AHEAD[fmt],
+            PREFETCH=not interpreting(), PDL=pdl, BULK_L2=bulk_l2,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:

@@ -66,7 +66,6 @@ from sdpalab.attention.kernels.qdecode_rows import (
     _load_q,
     _pick,
     _plane_max,
-    _plane_tile,
     _row_copies,
     _row_total,
     _scales_of,
@@ -83,25 +82,44 @@ from sdpalab.attention.kernels.qdecode_triton import (
 
 
 @triton.jit
-def _scores(
-    n0, offs_n, hi, lim, kw_base, ks_base, kz_base, s_kwn, kw_off, g_row,
-    q0, q1, q2, q3, q_off, q_zero, ks, kz,
-    FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, R: tl.constexpr,
-    MASKED: tl.constexpr, AHEAD: tl.constexpr,
+def _block(
+    state, n0, offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
+    vz_base, s_kwn, s_vwn, kw_off, vw_off, j, g_row,
+    q0, q1, q2, q3, q_off, row_scale, q_zero,
+    FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, R: tl.constexpr,
+    MASKED: tl.constexpr, PREFETCH: tl.constexpr, AHEAD: tl.constexpr,
 ):  # fmt: skip
-    """Scores ``[BLOCK_N, R]`` of keys ``n0 + offs_n`` (times ``row_scale`` they are the base-2
-    softmax's), ``-inf`` where masked: per copy, scale * (codes·q16 - q_off) [+ zero * sum q],
-    summed over a row's copies. ``ks``/``kz``: the block's key scales and zeros when ``AHEAD``."""
+    """One block of keys ``n0 + offs_n``: the online-softmax state after it. ``MASKED``: some
+    keys are past ``hi`` or, for some rows, past the causal limit ``lim``. Tiles are transposed,
+    keys first: scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
+    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc = state
     n = n0 + offs_n
     BLOCK_M: tl.constexpr = g_row.shape[0]
     BLOCK_N: tl.constexpr = n.shape[0]
-    kw_blk = kw_base + n0 * s_kwn  # a scalar base; the offsets within a block are loop invariant
+    if AHEAD:  # this block's scales (and zeros) came with the last block; load the next ones
+        ks, kz, vs, vz = sc
+        sc = _scales_of(n0 + BLOCK_N, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG)
+    elif PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
+        nx = tl.minimum(n + BLOCK_N, hi - 1)
+        _prefetch(ks_base + nx * NG)
+        _prefetch(vs_base + nx * NG)
+        if E == 8:
+            _prefetch(kz_base + nx * NG)
+            _prefetch(vz_base + nx * NG)
+    # this block's bases are scalars; the offsets within a block are loop invariant
+    kw_blk = kw_base + n0 * s_kwn
+    vw_blk = vw_base + n0 * s_vwn
     if MASKED:
         n_ok = n < hi
         kw = tl.load(kw_blk + kw_off, mask=n_ok[:, None], other=0)
+        vw = tl.load(vw_blk + vw_off, mask=n_ok[:, None], other=0)
     else:
         n_ok = None
         kw = tl.load(kw_blk + kw_off)
+        vw = tl.load(vw_blk + vw_off)
+
+    # ---- scores: per copy, scale * (codes·q16 - q_off) [+ zero * sum q], summed over a row's
+    # copies; times row_scale (> 0) they are the base-2 softmax's scores
     k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
     raw = tl.zeros([BLOCK_N, BLOCK_M], tl.float32) - q_off[None, :]
     raw = tl.dot(k0, q0, raw)
@@ -120,38 +138,18 @@ def _scores(
             qz = _times_group(raw * 0.0 + 1.0, kz_base, n, n_ok, g_row, NG)
             qk += qz * q_zero[None, :]
     qk = _row_total(qk, NG, R)
+
+    # ---- online softmax (base 2), once per row; its probabilities then go to every copy
     if MASKED:
         qk = tl.where(n_ok[:, None] & (n[:, None] <= lim[None, :]), qk, float("-inf"))
-    return qk
-
-
-@triton.jit
-def _values(
-    state, qk, n0, offs_n, hi, vw_base, vs_base, vz_base, s_vwn, vw_off, g_row, row_scale, vs, vz,
-    FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, R: tl.constexpr,
-    MASKED: tl.constexpr, AHEAD: tl.constexpr,
-):  # fmt: skip
-    """The online-softmax state after keys ``n0 + offs_n`` with scores ``qk`` (``_scores``):
-    acc += codes · (p * scale / beta), everything rescaled by corr and beta (the running
-    largest value scale, one for all rows). ``vs``/``vz``: the block's value scales and zeros
-    when ``AHEAD``. Output tiles are ``[WP, rows]``."""
-    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7 = state
-    n = n0 + offs_n
-    vw_blk = vw_base + n0 * s_vwn
-    if MASKED:
-        n_ok = n < hi
-        vw = tl.load(vw_blk + vw_off, mask=n_ok[:, None], other=0)
-    else:
-        n_ok = None
-        vw = tl.load(vw_blk + vw_off)
-
-    # online softmax (base 2), once per row; its probabilities then go to every copy
     m_new = tl.maximum(m_i, tl.max(qk, 0) * row_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     corr = tl.exp2(m_i - m_safe)
     p = tl.exp2(qk * row_scale[None, :] - m_safe[None, :])
     l_i = l_i * corr + tl.sum(p, 0)
 
+    # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta (the
+    # running largest value scale, one for all rows)
     if AHEAD:
         beta_new = tl.maximum(beta, tl.max(tl.max(vs, 1), 0).to(tl.float32))
     else:
@@ -181,36 +179,7 @@ def _values(
         a5 = a5 * f - tl.dot(tl.trans(v5), pv_neg)
         a6 = a6 * f - tl.dot(tl.trans(v6), pv_neg)
         a7 = a7 * f - tl.dot(tl.trans(v7), pv_neg)
-    return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7
-
-
-@triton.jit
-def _block(
-    state, sc, n0, offs_n, hi, lim, kw_base, ks_base, kz_base, vw_base, vs_base,
-    vz_base, s_kwn, s_vwn, kw_off, vw_off, g_row,
-    q0, q1, q2, q3, q_off, row_scale, q_zero,
-    FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, R: tl.constexpr,
-    MASKED: tl.constexpr, PREFETCH: tl.constexpr, AHEAD: tl.constexpr,
-):  # fmt: skip
-    """One block of keys ``n0 + offs_n``, scores then values: the online-softmax state after
-    it, and the scales (and zeros) of the next block when ``AHEAD`` (``sc``: this block's).
-    ``MASKED``: some keys are past ``hi`` or, for some rows, past the causal limit ``lim``."""
-    BLOCK_N: tl.constexpr = offs_n.shape[0]
-    ks, kz, vs, vz = sc
-    if AHEAD:  # this block's scales (and zeros) came with the last block; load the next ones
-        sc = _scales_of(n0 + BLOCK_N, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG)
-    elif PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
-        nx = tl.minimum(n0 + offs_n + BLOCK_N, hi - 1)
-        _prefetch(ks_base + nx * NG)
-        _prefetch(vs_base + nx * NG)
-        if E == 8:
-            _prefetch(kz_base + nx * NG)
-            _prefetch(vz_base + nx * NG)
-    qk = _scores(n0, offs_n, hi, lim, kw_base, ks_base, kz_base, s_kwn, kw_off, g_row,
-                 q0, q1, q2, q3, q_off, q_zero, ks, kz, FMT, E, NG, R, MASKED, AHEAD)  # fmt: skip
-    state = _values(state, qk, n0, offs_n, hi, vw_base, vs_base, vz_base, s_vwn, vw_off, g_row,
-                    row_scale, vs, vz, FMT, E, NG, OFF, R, MASKED, AHEAD)  # fmt: skip
-    return state, sc
+    return m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc
 
 
 @triton.jit
@@ -224,7 +193,7 @@ def _fast_kernel(
     G: tl.constexpr, HEAD_DIM: tl.constexpr, FMT: tl.constexpr, E: tl.constexpr,
     WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
     R: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr, BULK_L2: tl.constexpr, SKEW: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, BULK_L2: tl.constexpr,
 ):  # fmt: skip
     """One (batch, KV head) x ``R`` query rows x KV split. int8, fp8 (E = 4): one scale per
     token, ``NG`` = 1. int4 (E = 8): a scale and a zero per token and group of ``HEAD_DIM / NG``
@@ -315,56 +284,19 @@ def _fast_kernel(
     # blocks every row sees in full need no masks; the last partial or causal blocks do
     full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
     AHEAD: tl.constexpr = NG <= 2  # scales loaded one block ahead, in registers
-    if AHEAD:
-        sc = _scales_of(lo, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG)
-    else:
-        sc = (0.0, 0.0, 0.0, 0.0)
-    state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7)
-    if SKEW and AHEAD:
-        # full blocks with the scores one block ahead of the values (module doc): a block's
-        # products of keys and queries do not wait for the last block's softmax and values.
-        # Every value the loop carries is loaded or computed in the iteration before (a value
-        # carried two iterations keeps Triton from pipelining the loop's loads).
-        if full > lo:
-            ks, kz, vs, vz = sc
-            qk = _scores(lo, offs_n, hi, lim, kw_base, ks_base, kz_base, s_kwn, kw_off, g_row,
-                         q0, q1, q2, q3, q_off, q_zero, ks, kz, FMT, E, NG, R, False, AHEAD)  # fmt: skip
-            ks = _plane_tile(ks_base, lo + BLOCK_N, offs_n, hi, NG)
-            kz = _plane_tile(kz_base, lo + BLOCK_N, offs_n, hi, NG) if E == 8 else ks
-            for n0 in range(lo, full - BLOCK_N, BLOCK_N):
-                ks2 = _plane_tile(ks_base, n0 + 2 * BLOCK_N, offs_n, hi, NG)
-                kz2 = _plane_tile(kz_base, n0 + 2 * BLOCK_N, offs_n, hi, NG) if E == 8 else ks2
-                vs1 = _plane_tile(vs_base, n0 + BLOCK_N, offs_n, hi, NG)
-                vz1 = _plane_tile(vz_base, n0 + BLOCK_N, offs_n, hi, NG) if E == 8 else vs1
-                # SKEW 2: the next block's value words into L2 (the last block's are read after
-                # the loop, where no pipeline fetches them ahead)
-                if SKEW == 2 and BULK_L2:
-                    _bulk_l2(vw_base + (n0 + BLOCK_N) * s_vwn, BLOCK_N * s_vwn * 4)
-                qk_next = _scores(n0 + BLOCK_N, offs_n, hi, lim, kw_base, ks_base, kz_base,
-                                  s_kwn, kw_off, g_row, q0, q1, q2, q3, q_off, q_zero, ks, kz,
-                                  FMT, E, NG, R, False, AHEAD)  # fmt: skip
-                state = _values(state, qk, n0, offs_n, hi, vw_base, vs_base, vz_base, s_vwn,
-                                vw_off, g_row, row_scale, vs, vz, FMT, E, NG, OFF, R, False,
-                                AHEAD)  # fmt: skip
-                qk, ks, kz, vs, vz = qk_next, ks2, kz2, vs1, vz1
-            state = _values(state, qk, full - BLOCK_N, offs_n, hi, vw_base, vs_base, vz_base,
-                            s_vwn, vw_off, g_row, row_scale, vs, vz, FMT, E, NG, OFF, R, False,
-                            AHEAD)  # fmt: skip
-            vs = _plane_tile(vs_base, full, offs_n, hi, NG)  # the masked blocks' first
-            vz = _plane_tile(vz_base, full, offs_n, hi, NG) if E == 8 else vs
-            sc = (ks, kz, vs, vz)
-    else:
-        for n0 in range(lo, full, BLOCK_N):
-            state, sc = _block(state, sc, n0, offs_n, hi, lim, kw_base, ks_base, kz_base,
-                               vw_base, vs_base, vz_base, s_kwn, s_vwn, kw_off, vw_off, g_row,
-                               q0, q1, q2, q3, q_off, row_scale, q_zero,
-                               FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)  # fmt: skip
+    sc = _scales_of(lo, offs_n, hi, ks_base, kz_base, vs_base, vz_base, E, NG) if AHEAD else 0.0
+    state = (m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc)
+    for n0 in range(lo, full, BLOCK_N):
+        state = _block(state, n0, offs_n, hi, lim, kw_base, ks_base, kz_base,
+                       vw_base, vs_base, vz_base, s_kwn, s_vwn, kw_off, vw_off, j, g_row,
+                       q0, q1, q2, q3, q_off, row_scale, q_zero,
+                       FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)  # fmt: skip
     for n0 in range(full, hi, BLOCK_N):
-        state, sc = _block(state, sc, n0, offs_n, hi, lim, kw_base, ks_base, kz_base,
-                           vw_base, vs_base, vz_base, s_kwn, s_vwn, kw_off, vw_off, g_row,
-                           q0, q1, q2, q3, q_off, row_scale, q_zero,
-                           FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)  # fmt: skip
-    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7 = state
+        state = _block(state, n0, offs_n, hi, lim, kw_base, ks_base, kz_base,
+                       vw_base, vs_base, vz_base, s_kwn, s_vwn, kw_off, vw_off, j, g_row,
+                       q0, q1, q2, q3, q_off, row_scale, q_zero,
+                       FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)  # fmt: skip
+    m_i, l_i, beta, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, _ = state
     if PDL:  # the merge kernel may start now (it waits for this grid's stores to land)
         gdc_launch_dependents()
 

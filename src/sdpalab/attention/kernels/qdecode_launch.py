@@ -21,9 +21,6 @@ CODE_OFFSET = {"int8": 128.0, "int4": 0.0, "fp8": 0.0}
 CODE_UNIT_INV = {"int8": 2.0**24, "int4": 2.0**24, "fp8": 256.0}
 """... and what they must be multiplied by: integer codes are float16 subnormals, fp8 codes
 are re-based by 2^-8."""
-SCORES_AHEAD = {"int8": 0, "fp8": 0, "int4": 1}
-"""Fast kernel, per format: 1 computes a block's scores one block ahead of its values (2 also
-asks L2 for the next block's value words), 0 does each block whole (``qdecode_fast``)."""
 KERNELS = ("fast", "general")
 PROGRAMS_PER_SM = 8
 FAST_WARPS_PER_SM = 8
