@@ -6,6 +6,12 @@ set -u
 out=${1:?usage: gpu_session.sh OUTDIR [parts...]}; shift
 parts=${*:-tests doctor demo qdecode model search}
 mkdir -p "$out"
+# A GPU machine with no package index: wheels left in .whl/ (pydantic, optuna, SALib and what they
+# need, for its Python) are installed first, else the tests that import them cannot run there.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1 COLUMNS=160
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor SDPALAB_CACHE_DIR=$PWD/.cache/sdpalab
 sdpalab() { python3 -m sdpalab.cli "$@"; }
