@@ -8,8 +8,8 @@ from sdpalab.measure.accuracy import compare, tolerance
 
 
 def test_build_and_measure_stay_functions_after_use():
-    import sdpalab.builder
-    import sdpalab.measure.trial  # noqa: F401
+    import sdpalab.build
+    import sdpalab.run.trial  # noqa: F401
 
     wl = sl.Workload(batch=2, heads_q=8, heads_kv=2, seq_kv=96, head_dim=64)
     var = sl.Variant(backend="math", mod="sliding_window", mod_args={"window": 16})

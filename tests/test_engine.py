@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from sdpalab.config import spec_from_dict
+from faults import EXPECTED_STATUS, plugin_env
 from sdpalab.run.executor import run_trials
 from sdpalab.run.store import FILENAME, ResultStore
-from sdpalab.testing.faults import EXPECTED_STATUS
+from sdpalab.spec.config import spec_from_dict
 
 SEQS = [16, 24, 32, 40, 48, 56, 64]
 FAULTS = ["fault_oom", "fault_segv", "fault_hang", "fault_nan", "fault_raise"]
@@ -70,7 +70,7 @@ def test_faults_are_results_and_healthy_trials_survive(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
         _sweep_cmd(config, out, "--workers", "2"),
-        env=_env(SDPALAB_TEST_FAULTS="1"),
+        env=_env(**plugin_env()),
         capture_output=True,
         text=True,
         timeout=300,
@@ -215,7 +215,8 @@ def test_unsupported_trials_are_stored_without_a_worker(tmp_path):
 def test_gpu_memory_is_released_between_trials(tmp_path, monkeypatch):
     """A big masked trial, then a CUDA OOM, must not inflate a later small trial's peak: the
     same small trial measures the same total peak before and after them."""
-    monkeypatch.setenv("SDPALAB_TEST_FAULTS", "1")
+    for key, value in plugin_env().items():
+        monkeypatch.setenv(key, value)
     small = {"seq_kv": 64, "heads_q": 1, "head_dim": 16}
     big = {"seq_kv": 4096, "heads_q": 8, "head_dim": 64}
     spec = spec_from_dict(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sdpalab as sl
-from sdpalab.measure.trial import FILL_MAX_QUERIES, FILL_MAX_SCORES, fill_chunk
+from sdpalab.run.trial import FILL_MAX_QUERIES, FILL_MAX_SCORES, fill_chunk
 
 
 def test_fill_chunks_bound_scores_only_where_scores_are_made():

@@ -149,8 +149,8 @@ def test_a_captured_decode_step_replays_the_eager_step(backend, kv_cache, kv_qua
 @needs_cuda
 def test_measure_times_graph_replays_and_says_when_it_cannot():
     import sdpalab as sl
-    from sdpalab.measure.result import MeasureSettings
-    from sdpalab.measure.trial import _timed_call
+    from sdpalab.run.trial import timed_call
+    from sdpalab.spec import MeasureSettings
 
     wl = sl.Workload(phase="decode", batch=1, heads_q=8, heads_kv=2, seq_kv=256, head_dim=64,
                      dtype="bfloat16", device="cuda")  # fmt: skip
@@ -167,6 +167,6 @@ def test_measure_times_graph_replays_and_says_when_it_cannot():
         assert res.status == "ok" and res.timing_method.startswith("cuda_events (no graph: ")
 
     x = torch.ones(8, device="cuda")
-    fn, method, graph = _timed_call(lambda: x.sum().item(), None, var, "cuda", MeasureSettings())
+    fn, method, graph = timed_call(lambda: x.sum().item(), None, var, "cuda", MeasureSettings())
     assert graph is None and method.startswith("cuda_events (no graph: ")
     assert fn() == 8.0  # the eager step still runs after the failed capture

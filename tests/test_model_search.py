@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from sdpalab import cli
-from sdpalab.config import list_presets, load_spec
 from sdpalab.run.store import ResultStore
-from sdpalab.trials import ModelWorkload
+from sdpalab.spec import ModelWorkload
+from sdpalab.spec.config import list_presets, load_spec
 
 pytest.importorskip("transformers")
 pytest.importorskip("optuna")

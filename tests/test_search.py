@@ -13,12 +13,13 @@ import warnings
 import numpy as np
 import pytest
 
-from sdpalab.config import spec_from_dict
+from faults import plugin_env
 from sdpalab.explore.grid import sweep
 from sdpalab.explore.pareto import hypervolume, pareto, recommend
 from sdpalab.explore.search import JOURNAL, SearchResult, make_sampler, search
 from sdpalab.explore.space import trial_constraints
 from sdpalab.measure.result import Result
+from sdpalab.spec.config import spec_from_dict
 
 optuna = pytest.importorskip("optuna")
 
@@ -54,7 +55,8 @@ def ids_in_store(out):
 @pytest.mark.slow
 def test_search_against_the_grid(tmp_path, monkeypatch):
     """Real engine: search 6, resume for 4 more, then the grid fills the rest of the same store."""
-    monkeypatch.setenv("SDPALAB_TEST_FAULTS", "1")  # fault_wrong: zeros at once, error 1.0
+    for key, value in plugin_env().items():  # fault_wrong: zeros at once, error 1.0
+        monkeypatch.setenv(key, value)
     spec = tiny_spec(["math", "eager", "flash", "fault_wrong"], constraints={"max_error": 1e-3})
     grid_size = len(spec.trials())
     assert grid_size == 16

@@ -6,47 +6,40 @@ wl = sl.Workload(phase="prefill", batch=2, heads_q=8, heads_kv=2, seq_q=1024, se
 var = sl.Variant(backend="flex", mod="sliding_window", mod_args={"window": 256})
 attn = sl.build(var, wl)        # attn(q, k, v) -> out, tensors [B, H, S, D]
 res = sl.measure(var, wl)       # Result: latency, peak memory, error vs float64, ...
+
+Specs: :class:`Workload`, :class:`ModelWorkload`, :class:`Variant`, :class:`MeasureSettings`,
+:class:`Constraints`. One configuration: :func:`build`, :func:`measure` (a :class:`Result`;
+a failure is a status, :class:`Unsupported` says why something cannot run), any callable:
+:class:`PerformanceAnalysis`. Sweeps, searches and reports: :mod:`sdpalab.explore`,
+:mod:`sdpalab.report` and the ``sdpalab`` command.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-
-from sdpalab.spec import Variant, Workload
-
-__version__ = "0.1.0"
 
 # The CPU profiler (used for peak memory) prints two lines per session at kineto's default log
 # level; level 6 keeps them out of users' terminals. An explicit setting wins.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-_LAZY = {
-    "build": "sdpalab.builder",
-    "Result": "sdpalab.measure.result",
-    "MeasureSettings": "sdpalab.measure.result",
-    "PerformanceAnalysis": "sdpalab.analysis",
-    "Unsupported": "sdpalab.attention.errors",
-    "attention_ref": "sdpalab.attention.reference",
-    "bench_model": "sdpalab.integrations.bench_model",
-    "sweep": "sdpalab.explore.grid",
-    "Results": "sdpalab.explore.grid",
-    "load_spec": "sdpalab.config",
-    "load": "sdpalab.report.load",
-    "search": "sdpalab.explore.search",
-    "pareto": "sdpalab.explore.pareto",
-    "recommend": "sdpalab.explore.recommend",
-    "sensitivity": "sdpalab.explore.sensitivity",
-    "goldilocks_across_shapes": "sdpalab.explore.shapes",
-}
+from sdpalab.analysis import PerformanceAnalysis
+from sdpalab.attention.errors import Unsupported
+from sdpalab.build import build
+from sdpalab.measure.result import Result
+from sdpalab.run.trial import measure
+from sdpalab.spec import Constraints, MeasureSettings, ModelWorkload, Variant, Workload
 
-__all__ = ["Variant", "Workload", "measure", *_LAZY]
+__version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    if name == "measure":  # the package is callable: sl.measure(variant, workload)
-        return importlib.import_module("sdpalab.measure")
-    # Heavy pieces load on first use, so `import sdpalab` stays fast for the CLI.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sdpalab' has no attribute {name!r}")
+__all__ = [
+    "Constraints",
+    "MeasureSettings",
+    "ModelWorkload",
+    "PerformanceAnalysis",
+    "Result",
+    "Unsupported",
+    "Variant",
+    "Workload",
+    "build",
+    "measure",
+]

@@ -103,10 +103,10 @@ def sweep(
     workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
 ) -> None:
     """Run every trial of a config's grid; failures are recorded, never fatal."""
-    from sdpalab.config import load_spec
     from sdpalab.explore.grid import sweep as run_sweep
     from sdpalab.report.console import render_run
     from sdpalab.report.progress import progress_callback
+    from sdpalab.spec.config import load_spec
 
     if workers < 1:
         raise BadInput(f"--workers {workers} is not valid; give 1 or more")

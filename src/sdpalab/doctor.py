@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import backend_names, get_backend, make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.roofline import device_name, load_ceilings, measure_ceilings, save_ceilings
-from sdpalab.spec import BACKENDS, DTYPES, resolve_device, supported_dtypes
+from sdpalab.spec import DTYPES, resolve_device, supported_dtypes
 
 
 def probe_backend(backend: str, device: str, dtype: str) -> str:
@@ -39,9 +39,9 @@ def doctor_report(device: str = "auto", *, remeasure: bool = False) -> dict[str,
     dtypes = supported_dtypes(device)
     backends = {
         f"{backend}/{dtype}": probe_backend(backend, device, dtype)
-        for backend in BACKENDS
+        for backend in backend_names()
         for dtype in dtypes
-        if backend != "flex" or dtype == dtypes[0]  # flex compiles: probe it once
+        if not get_backend(backend).compiles or dtype == dtypes[0]  # compiling: probe once
     }
     ceilings = None if remeasure else load_ceilings(device)
     if ceilings is None:

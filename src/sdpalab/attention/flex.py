@@ -43,6 +43,11 @@ def block_mask_for(mod: Mod, q_len: int, kv_len: int, device: str):
     return create_block_mask(mod.mask_mod or _full, None, None, q_len, kv_len, device=device)
 
 
+def clear_cache() -> None:
+    """Drop the cached BlockMasks (they belong to one trial's geometry, on its device)."""
+    block_mask_for.cache_clear()
+
+
 def make_flex(mod_name: str, mod_args: dict) -> Callable:
     def attend(q_BHSD, k_BHSD, v_BHSD):
         q_len, kv_len, heads = q_BHSD.shape[2], k_BHSD.shape[2], q_BHSD.shape[1]

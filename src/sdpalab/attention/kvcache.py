@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sdpalab.attention.dispatch import Attend, make_attend
+from sdpalab.attention.backends import Attend, get_backend, make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
 
@@ -282,7 +282,7 @@ def make_cached_attention(
 
     ``attend``: a stateless attention built for ``cache_mod(variant)`` — that is
     ``make_attend(variant.backend, *cache_mod(variant))``; None builds exactly that (paged with
-    backend ``flex`` reads the page pool itself and ignores it). ``rollback_tokens``: how far a
+    a backend that ``reads_pages`` reads the page pool itself and ignores it). ``rollback_tokens``: how far a
     step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
     ``page_seed``: assign pages from a shuffled free list (None: in order).
     """
@@ -296,7 +296,7 @@ def make_cached_attention(
     if rollback_tokens is None:
         rollback_tokens = workload.seq_q if workload.phase == "decode" else 0
     max_len, group_size = kv.get("max_len", workload.seq_kv), kv.get("group_size")
-    flex_paged = layout == "paged" and variant.backend == "flex"
+    flex_paged = layout == "paged" and get_backend(variant.backend).reads_pages
     if attend is None and not flex_paged:
         attend = make_attend(variant.backend, mod_name, mod_args)
     if fmt.startswith("kivi"):

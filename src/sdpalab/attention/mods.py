@@ -218,6 +218,11 @@ def _make_mod_cached(name, args_items, q_len, kv_len, heads, device) -> Mod:
     return MODS[name].factory(geometry, **dict(args_items))
 
 
+def clear_cache() -> None:
+    """Drop the built mods (some hold tensors of one trial's geometry)."""
+    _make_mod_cached.cache_clear()
+
+
 def make_mod(
     name: str, args: dict[str, Any], *, q_len: int, kv_len: int, heads: int, device: str
 ) -> Mod:

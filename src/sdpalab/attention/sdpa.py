@@ -43,6 +43,11 @@ def _materialized(mod: Mod, heads: int, q_len: int, kv_len: int, device: str, dt
     return dense_bias(mod, heads, q_len, kv_len, device, dtype).contiguous()
 
 
+def clear_cache() -> None:
+    """Drop the materialized masks and biases (they belong to one trial's geometry)."""
+    _materialized.cache_clear()
+
+
 def sdpa_arguments(mod_name: str, mod_args: dict, q: torch.Tensor, k: torch.Tensor) -> dict:
     """``attn_mask`` / ``is_causal`` for SDPA that express the mod at this geometry."""
     q_len, kv_len, heads = q.shape[-2], k.shape[-2], q.shape[1]

@@ -114,7 +114,7 @@ def cached_decode(device: str, batch=2, heads=4, prefill=37, steps=8, head_dim=1
 
     Returns the corrections for the top-left causal mask and for ``cur_len``.
     """
-    from sdpalab.builder import build
+    from sdpalab.build import build
 
     total = prefill + steps
     gen = torch.Generator().manual_seed(0)
@@ -212,7 +212,7 @@ def _weights(module: nn.Module) -> tuple[int, int, int]:
 
 def phantom_quantization(device: str, hidden: int) -> Correction:
     """Quantize their ``SmolAttention`` as they did, and sdpalab's projections with torchao."""
-    from sdpalab.builder import build
+    from sdpalab.build import build
 
     linears = sum(1 for m in theirs.SmolAttention().modules() if isinstance(m, nn.Linear))
     try:
@@ -309,7 +309,7 @@ def uncompiled_flex(device: str, quick: bool = False) -> Correction:
 
     from torch.nn.attention.flex_attention import flex_attention
 
-    from sdpalab.attention.dispatch import make_attend
+    from sdpalab.attention.backends import make_attend
 
     heads, seq = (4, 1024) if quick else (8, 2048)
     wl = Workload(phase="prefill", batch=1, heads_q=heads, seq_kv=seq, head_dim=64, device=device)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from sdpalab.casestudy.published import Published, published_for
-from sdpalab.measure.result import MeasureSettings, Result
-from sdpalab.spec import Variant, Workload
+from sdpalab.measure.result import Result
+from sdpalab.spec import MeasureSettings, Variant, Workload
 
 KV_SIZES = ((4, 16), (8, 32), (10, 64), (12, 128))
 """(seq_len, hidden) pairs of the KV cache and quantization experiments."""
@@ -139,7 +139,7 @@ def one_call(variant: Variant, workload: Workload, seed: int = 0) -> Callable[[]
     prefill), so every call does the same work. Used to profile the same call that
     ``sl.measure`` timed.
     """
-    from sdpalab.builder import build
+    from sdpalab.build import build
 
     attn = build(variant, workload)
     gen = torch.Generator().manual_seed(seed)

@@ -22,7 +22,7 @@ from sdpalab.casestudy.aspublished import cpu_time_total_ms, their_profile
 from sdpalab.casestudy.experiments import Row, one_call, settings_for, trials
 from sdpalab.casestudy.tables import Table, comparison_table, corrections_table, markdown
 from sdpalab.measure.provenance import provenance
-from sdpalab.measure.trial import measure
+from sdpalab.run.trial import measure
 from sdpalab.spec import resolve_device
 
 

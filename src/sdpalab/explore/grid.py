@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdpalab.config import SweepSpec, dump_spec, load_spec
 from sdpalab.measure.result import Result
 from sdpalab.run.executor import OnResult, run_trials
 from sdpalab.run.store import FILENAME, ResultStore
+from sdpalab.spec import SweepSpec, dump_spec
+from sdpalab.spec.config import load_spec
 
 if TYPE_CHECKING:
     import pandas as pd

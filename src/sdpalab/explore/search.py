@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdpalab.config import SweepSpec, Trial, load_spec
 from sdpalab.explore.grid import ResultList
 from sdpalab.explore.objectives import (
     FAILED_VIOLATION,
@@ -53,6 +52,8 @@ from sdpalab.explore.search_loop import SearchLoop
 from sdpalab.explore.space import Space, import_optuna, trial_constraints
 from sdpalab.measure.result import Result
 from sdpalab.run.store import ResultStore
+from sdpalab.spec import SweepSpec, Trial
+from sdpalab.spec.config import load_spec
 
 if TYPE_CHECKING:
     pass

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from sdpalab.config import Trial
 from sdpalab.explore.objectives import (
     CONTEXT_FIELDS,
     ERROR_FLOOR,
@@ -28,6 +27,7 @@ from sdpalab.explore.objectives import (
 from sdpalab.explore.space import SIZE_FIELDS, choice_point, trial_constraints
 from sdpalab.measure.result import Result
 from sdpalab.run.store import ResultStore
+from sdpalab.spec import Trial
 
 REPEAT_LIMIT = 3
 """Proposals of already-known points in a row before a study is handed the unmeasured point

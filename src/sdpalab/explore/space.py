@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sdpalab.config import Trial
 from sdpalab.explore.objectives import CONTEXT_FIELDS
+from sdpalab.spec import Trial
 
 INSTALL = "pip install 'sdpalab[search]'"
 SIZE_FIELDS = (

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sdpalab.attention.backends import get_backend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.integrations.transformers import require_transformers
 from sdpalab.spec import DTYPES, Variant, Workload
@@ -89,10 +90,10 @@ class SdpalabLayer(CacheLayerMixin):
             dtype=_DTYPE_NAMES[key_states.dtype],
             device=str(key_states.device),
         )
-        # Paged + flex would attend from the page pool inside sdpalab; here the model's attention
-        # function attends, so the pages are gathered like every other backend's.
+        # A backend that reads the page pool would attend inside sdpalab; here the model's
+        # attention function attends, so the pages are gathered like every other backend's.
         variant = self.variant
-        if variant.kv_cache == "paged" and variant.backend == "flex":
+        if variant.kv_cache == "paged" and get_backend(variant.backend).reads_pages:
             variant = dataclasses.replace(variant, backend="math")
         self.cached = make_cached_attention(variant, workload, self._capture, rollback_tokens=0)
         self.dtype, self.device = key_states.dtype, key_states.device

@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.mods import validate_mod
-from sdpalab.builder import oracle_mod
+from sdpalab.build import oracle_mod
 from sdpalab.spec import Variant
 
 INSTALL = "pip install 'sdpalab[transformers]'"

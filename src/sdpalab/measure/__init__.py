@@ -1,8 +1,7 @@
-"""Measurement, one small module per quantity: timing, memory, accuracy, roofline, profiler,
-provenance. These modules import only torch (and the standard library)."""
-
-import sys
-import types
+"""Pure instruments, one small module per quantity: timing, memory, accuracy, roofline,
+profiler, provenance, and the :class:`Result` record they fill. They import only torch and the
+standard library, so a worker runs them on a bare GPU image. Trials that use them live in
+:mod:`sdpalab.run`."""
 
 from sdpalab.measure.accuracy import Accuracy, compare, tolerance
 from sdpalab.measure.memory import MemoryPeak, peak_memory
@@ -40,17 +39,3 @@ __all__ = [
     "tolerance",
     "top_ops",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``sl.measure(variant, workload)`` is the public API, and ``sdpalab.measure`` is also this
-    package: importing a submodule rebinds ``sdpalab.measure`` to the package, so the package
-    itself is made callable and forwards to :func:`sdpalab.measure.trial.measure`."""
-
-    def __call__(self, variant, workload, settings=None):
-        from sdpalab.measure.trial import measure
-
-        return measure(variant, workload, settings)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -178,6 +178,7 @@ def render_listing(console: Console, what: str) -> None:
     """``sdpalab list variants|mods|presets``."""
     if what == "variants":
         from sdpalab import spec
+        from sdpalab.attention.backends import backend_names
 
         table = RichTable(title="variant axes", title_style="bold")
         table.add_column("axis", style="cyan")
@@ -185,7 +186,7 @@ def render_listing(console: Console, what: str) -> None:
         from sdpalab.attention.mods import MODS
 
         axes = [
-            ("backend", spec.BACKENDS),
+            ("backend", backend_names()),
             ("mod", tuple(MODS)),
             ("kv_cache", spec.KV_CACHES),
             ("kv_quant", spec.KV_QUANTS),
@@ -220,7 +221,7 @@ def render_listing(console: Console, what: str) -> None:
         console.print(table)
     elif what == "presets":
         try:
-            from sdpalab.config import list_presets
+            from sdpalab.spec.config import list_presets
         except ImportError:
             console.print(
                 Text(

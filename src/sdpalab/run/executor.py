@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sdpalab.measure.result import Result
 from sdpalab.run.store import ResultStore
-from sdpalab.trials import Trial
+from sdpalab.spec import Trial
 
 OnResult = Callable[[Result, int, int], None]
 """``on_result(result, done, total)``, called in the parent after each result is stored."""

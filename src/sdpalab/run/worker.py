@@ -25,7 +25,6 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-FAULTS_ENV = "SDPALAB_TEST_FAULTS"
 THREADS_ENV = "SDPALAB_WORKER_THREADS"
 
 
@@ -47,22 +46,13 @@ def _protocol_stream() -> TextIO:
     return proto
 
 
-TRIAL_CACHES = (
-    ("sdpalab.attention.sdpa", "_materialized"),  # dense masks and biases, on the device
-    ("sdpalab.attention.mods", "_make_mod_cached"),  # built mods (some hold tensors)
-    ("sdpalab.attention.flex", "block_mask_for"),  # FlexAttention BlockMasks, on the device
-)
-"""Memoized functions whose entries belong to one trial's geometry: emptied between trials."""
-
-
 def release_memory() -> None:
     """Drop what a finished trial may still hold: garbage, cached masks, CUDA cache and peaks."""
     import torch
 
-    for module, name in TRIAL_CACHES:
-        cached = getattr(sys.modules.get(module), name, None)
-        if hasattr(cached, "cache_clear"):
-            cached.cache_clear()
+    from sdpalab.attention.backends import clear_trial_caches
+
+    clear_trial_caches()
     gc.collect()
     gc.freeze()  # survivors are long-lived (modules, caches): later collections skip them
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -74,20 +64,19 @@ def release_memory() -> None:
 
 def run_one(message: dict[str, Any]) -> dict[str, Any]:
     """Measure one trial message; returns the Result as a dict (never raises)."""
-    from sdpalab.measure.result import MeasureSettings, Result
-    from sdpalab.measure.trial import measure
-    from sdpalab.spec import Variant, Workload
-    from sdpalab.trials import ModelWorkload, is_model_workload
+    from sdpalab.measure.result import Result
+    from sdpalab.run.trial import measure
+    from sdpalab.spec import MeasureSettings, Variant, is_model_workload, workload_from_dict
 
     try:
         variant = Variant(**message["variant"])
         settings = MeasureSettings(**message["settings"])
+        workload = workload_from_dict(message["workload"])
         if is_model_workload(message["workload"]):  # a whole model, end to end
-            from sdpalab.measure.model_trial import measure_model
+            from sdpalab.run.model_trial import measure_model
 
-            result = measure_model(variant, ModelWorkload(**message["workload"]), settings)
+            result = measure_model(variant, workload, settings)
         else:
-            workload = Workload(**message["workload"])
             result = measure(variant, workload, settings)
     except Exception as err:  # measure() itself does not raise; building the specs might
         print(traceback.format_exc(), file=sys.stderr)
@@ -111,11 +100,7 @@ def main() -> None:
 
     if os.environ.get(THREADS_ENV):
         torch.set_num_threads(max(1, int(os.environ[THREADS_ENV])))
-    if os.environ.get(FAULTS_ENV) == "1":
-        from sdpalab.testing.faults import install
-
-        install()
-    import sdpalab.measure.trial  # noqa: F401  (pay the imports before the first trial's clock)
+    import sdpalab.run.trial  # noqa: F401  (pay the imports before the first trial's clock)
 
     gc.collect()
     gc.freeze()

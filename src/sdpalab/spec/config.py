@@ -19,7 +19,7 @@ being crossed). ``dtype: auto`` is float32 on the CPU and bfloat16 (else float16
 A whole model can be the workload instead of one attention call: ``workload: {model:
 tiny-llama, prompt_len: [64, 128], new_tokens: 16, batch: 1, dtype: auto}`` (keys
 :data:`MODEL_AXES`; ``model`` a built-in name or a local path). Each trial then runs the model's
-prefill and greedy generation with the variant (:mod:`sdpalab.measure.model_trial`).
+prefill and greedy generation with the variant (:mod:`sdpalab.run.model_trial`).
 
 Every value is checked on its own when the file is loaded: a bad one is a ``ValueError`` whose
 one-line message reads ``<file>: <key.path>: <what is wrong>; valid: ...``. Values that are
@@ -31,6 +31,7 @@ silently dropped.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,113 +39,248 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
+    create_model,
 )
 
-from sdpalab.config_errors import first_error
-from sdpalab.config_fields import (
-    MODEL_AXES,
-    _ArgsList,
-    _as_list,
-    _Backends,
-    _Bools,
-    _choice,
-    _DTypes,
-    _KVArgsList,
-    _KVCaches,
-    _KVQuants,
-    _Models,
-    _Mods,
-    _nonempty,
-    _nonnegative,
-    _Phases,
-    _PosInt,
-    _PosInts,
-    _PosNumber,
-    _run_name,
-    _WQuants,
-    _Zip,
-    parse_bytes,
-)
-from sdpalab.measure.result import MeasureSettings
-from sdpalab.spec import (
+from sdpalab.attention.backends import available, backend_names
+from sdpalab.attention.mods import MODS, validate_mod
+from sdpalab.spec.errors import first_error
+from sdpalab.spec.settings import Constraints, MeasureSettings
+from sdpalab.spec.sweep import Grid, SweepSpec
+from sdpalab.spec.variant import KV_ARGS, KV_CACHES, KV_QUANTS, WEIGHT_QUANTS, Variant
+from sdpalab.spec.workload import (
+    BUILTIN_MODELS,
+    DTYPES,
+    PHASES,
+    PLACE,
+    ModelWorkload,
+    Workload,
+    fields_with,
     resolve_device,
     supported_dtypes,
 )
-from sdpalab.trials import Constraints, Grid, SweepSpec, Trial, dump_spec
 
-__all__ = [
-    "Constraints",
-    "Grid",
-    "SweepSpec",
-    "Trial",
-    "dump_spec",
-    "list_presets",
-    "load_spec",
-    "parse_bytes",
-    "spec_from_dict",
-]
+__all__ = ["PRESETS_DIR", "list_presets", "load_spec", "parse_bytes", "spec_from_dict"]
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-AVAILABLE_BACKENDS = {
-    "cpu": ("math", "flash", "eager", "flex"),
-    "cuda": ("math", "flash", "efficient", "cudnn", "flex", "eager"),
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+MODEL_AXES = fields_with(ModelWorkload, exclude=PLACE)
+"""The keys of a model workload (``workload: {model: tiny-llama, ...}``)."""
+
+# --- value checks (each raises ValueError with "<what is wrong>; valid: ...") ------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
-"""What ``backend: available`` expands to per device type; a kernel that refuses a particular
-shape or dtype at run time is recorded as ``unsupported``."""
-# --- the YAML boundary --------------------------------------------------------------------------
+
+
+# --- value checks (each raises ValueError with "<what is wrong>; valid: ...") ------------------
+
+
+def _valid(value: Any, choices) -> Any:
+    if value not in choices:
+        raise ValueError(f"{value!r} is not valid; valid: {', '.join(choices)}")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"{value!r} must be a positive integer")
+    return value
+
+
+def _nonnegative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{value!r} must be a non-negative integer")
+    return value
+
+
+def _positive_number(value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{value!r} must be a positive number")
+    return value
+
+
+def _run_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError(
+            f"{value!r} is not a valid name; valid: letters, digits, '.', '_', '-' "
+            "(it names the run directory)"
+        )
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+def _nonempty(values: list) -> list:
+    if not values:
+        raise ValueError("empty list; give at least one value")
+    return values
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-2`` as a string; accept numbers written that way."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_bytes(value: Any) -> int:
+    """``2GiB``, ``512MiB``, ``1.5GB`` or an integer → bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _positive(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+    if isinstance(value, str) and match and match[2].lower() in _UNITS:
+        size = int(float(match[1]) * _UNITS[match[2].lower()])
+        return _positive(size)
+    raise ValueError(
+        f"{value!r} is not a size; valid: an integer of bytes or e.g. 512MiB, 2GiB, 8GB"
+    )
+
+
+def _mod_entry(value: Any) -> Any:
+    """A mod axis entry: a name, or ``{name: args}`` / ``{name: [args, ...]}``."""
+    if isinstance(value, str):
+        return _valid(value, tuple(MODS))
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, args),) = value.items()
+        _valid(name, tuple(MODS))
+        for one in _as_list(args):
+            if not isinstance(one, dict):
+                raise ValueError(f"arguments of {name!r} must be a mapping, e.g. {{window: 256}}")
+            validate_mod(name, one)
+        return value
+    raise ValueError(
+        "must be a mod name or {name: {arg: value}}; e.g. {sliding_window: {window: 256}}"
+    )
+
+
+def _model_name(value: str) -> str:
+    if value in BUILTIN_MODELS or Path(value).expanduser().exists():
+        return value
+    raise ValueError(
+        f"{value!r} is neither a built-in model nor an existing path; valid: "
+        f"{', '.join(BUILTIN_MODELS)}, a local model directory or a config.json"
+    )
+
+
+def _kv_args(value: dict) -> dict:
+    for key, arg in value.items():
+        _valid(key, tuple(KV_ARGS))
+        if isinstance(arg, bool) or not isinstance(arg, int) or arg <= 0:
+            raise ValueError(f"{key}={arg!r} must be a positive integer")
+    return value
+
+
+# --- the YAML boundary: one pydantic model per spec dataclass, derived from its fields ----------
+
+
+def _axis(item) -> Any:
+    """A list-or-scalar axis whose items pass ``item``; never empty."""
+    return Annotated[
+        list[item] | None,
+        BeforeValidator(lambda v: v if v is None else _as_list(v)),
+        AfterValidator(lambda v: v if v is None else _nonempty(v)),
+    ]
+
+
+def _choice(*valid: str) -> Any:
+    return Annotated[StrictStr, AfterValidator(lambda v: _valid(v, valid))]
+
+
+def _choice(*valid: str) -> Any:
+    return Annotated[StrictStr, AfterValidator(lambda v: _valid(v, valid))]
+
+
+def _setting(name: str) -> Any:
+    """A MeasureSettings field checked by MeasureSettings itself."""
+    return AfterValidator(lambda v: (MeasureSettings(**{name: v}), v)[1])
+
+
+_PosInt = Annotated[StrictInt, AfterValidator(_positive)]
+_PosNumber = Annotated[float, BeforeValidator(_number), AfterValidator(_positive_number)]
+_BY_TYPE = {
+    "int": StrictInt,
+    "float": Annotated[float, BeforeValidator(_number)],
+    "bool": StrictBool,
+}
+_AXIS_ITEMS = {
+    # workload fields
+    "phase": _choice(*PHASES),
+    "dtype": _choice("auto", *DTYPES),
+    "model": Annotated[StrictStr, AfterValidator(_model_name)],
+    # variant fields
+    "backend": Annotated[
+        StrictStr, AfterValidator(lambda v: _valid(v, ("available", *backend_names())))
+    ],
+    "mod": Annotated[Any, AfterValidator(_mod_entry)],
+    "mod_args": dict[str, Any],
+    "kv_cache": _choice(*KV_CACHES),
+    "kv_quant": _choice(*KV_QUANTS),
+    "kv_args": Annotated[dict[str, Any], AfterValidator(_kv_args)],
+    "weight_quant": _choice(*WEIGHT_QUANTS),
+    "projections": StrictBool,
+}
+"""The item type of each axis that is not a positive integer (every workload size is)."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class WorkloadAxes(_Model):
-    phase: _Phases = None
-    batch: _PosInts = None
-    heads_q: _PosInts = None
-    heads_kv: _PosInts = None
-    seq_q: _PosInts = None
-    seq_kv: _PosInts = None
-    head_dim: _PosInts = None
-    dtype: _DTypes = None
-    model: _Models = None
-    prompt_len: _PosInts = None
-    new_tokens: _PosInts = None
+def _axes_model(name: str, names: tuple[str, ...]) -> type[BaseModel]:
+    fields = {n: (_axis(_AXIS_ITEMS.get(n, _PosInt)), None) for n in names}
+    return create_model(name, __base__=_Model, **fields)
 
 
-class VariantAxes(_Model):
-    backend: _Backends = None
-    mod: _Mods = None
-    mod_args: _ArgsList = None
-    kv_cache: _KVCaches = None
-    kv_quant: _KVQuants = None
-    kv_args: _KVArgsList = None
-    weight_quant: _WQuants = None
-    projections: _Bools = None
+def _settings_model() -> type[BaseModel]:
+    fields = {
+        f.name: (Annotated[_BY_TYPE[f.type], _setting(f.name)] | None, None)
+        for f in dataclasses.fields(MeasureSettings)
+    }
+    return create_model("MeasureModel", __base__=_Model, **fields)
 
 
-class MeasureModel(_Model):
-    """Mirrors :class:`MeasureSettings` (a test keeps the two in step)."""
-
-    warmup: Annotated[StrictInt, AfterValidator(_nonnegative)] | None = None
-    repeats: _PosInt | None = None
-    timeout_s: _PosNumber | None = None
-    flush_l2: StrictBool | None = None
-    cuda_graph: StrictBool | None = None
-    check_accuracy: StrictBool | None = None
-    memory: StrictBool | None = None
-    seed: StrictInt | None = None
-
-
-class ConstraintsModel(_Model):
-    max_error: _PosNumber | None = None
-    max_memory: Annotated[Any, AfterValidator(parse_bytes)] | None = None
-    max_latency_ms: _PosNumber | None = None
+WORKLOAD_KEYS = tuple(dict.fromkeys((*fields_with(Workload, exclude=PLACE), *MODEL_AXES)))
+VARIANT_KEYS = tuple(f.name for f in dataclasses.fields(Variant))
+WorkloadAxes = _axes_model("WorkloadAxes", WORKLOAD_KEYS)
+VariantAxes = _axes_model("VariantAxes", VARIANT_KEYS)
+MeasureModel = _settings_model()
+ConstraintsModel = create_model(
+    "ConstraintsModel",
+    __base__=_Model,
+    **{
+        f.name: (
+            (Annotated[Any, AfterValidator(parse_bytes)] if f.name == "max_memory" else _PosNumber)
+            | None,
+            None,
+        )
+        for f in dataclasses.fields(Constraints)
+    },
+)
+_Zip = Annotated[
+    list[_choice(*(k for k in (*WORKLOAD_KEYS, *VARIANT_KEYS) if k != "mod_args"))],
+    AfterValidator(_nonempty),
+]
 
 
 class GridModel(_Model):
@@ -169,8 +305,6 @@ class ConfigModel(_Model):
 
 def _check_mod_args(where: str, variants: dict[str, list]) -> None:
     """Each ``mod_args`` must suit at least one plain mod of the axis (else it is a typo)."""
-    from sdpalab.attention.mods import validate_mod
-
     mods = [m for m in variants.get("mod", ["none"]) if isinstance(m, str)]
     for i, args in enumerate(variants.get("mod_args", []) if mods else []):
         errors = []
@@ -295,7 +429,8 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
 
 
 def _check_workload_kind(where: str, workload: dict[str, list]) -> None:
-    """A model workload takes only :data:`MODEL_AXES`; an attention one none of the model's."""
+    """A model workload takes only a :class:`ModelWorkload`'s keys; an attention one none of
+    the model's own."""
     if "model" in workload:
         bad = [k for k in workload if k not in MODEL_AXES]
         valid = ", ".join(MODEL_AXES)
@@ -332,7 +467,7 @@ def _variant_axes(variants: dict[str, list], device: str) -> dict[str, tuple]:
             expanded = [
                 b
                 for v in values
-                for b in (AVAILABLE_BACKENDS[device.split(":")[0]] if v == "available" else (v,))
+                for b in (available(device.split(":")[0]) if v == "available" else (v,))
             ]
             axes[key] = tuple(expanded)
         elif key == "mod":

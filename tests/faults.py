@@ -1,6 +1,7 @@
 """Test-only backends that fail on purpose, one way each, so the engine's fault handling can be
-tested end to end. They exist only when ``SDPALAB_TEST_FAULTS=1`` (see
-``sdpalab.spec.known_backends``); the worker then calls :func:`install`.
+tested end to end. They register through the public registry call when this module is imported:
+in a test process by importing it, in the CLI and worker processes through
+``SDPALAB_PLUGINS=faults`` (see :func:`plugin_env`).
 
 ==================  ===================================================  ==================
 backend             what it does when called                             expected status
@@ -19,6 +20,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
+
+from sdpalab.attention.backends import Backend, register
 
 FAULT_BACKENDS = (
     "fault_oom",
@@ -79,9 +83,12 @@ _ATTENDS = {
 }
 
 
-def install() -> None:
-    """Register the fault backends with the dispatcher (in the worker process)."""
-    from sdpalab.attention.dispatch import register_backend
+def plugin_env() -> dict[str, str]:
+    """Environment that makes a subprocess (the CLI, a worker) register these backends too."""
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    return {"SDPALAB_PLUGINS": "faults", "PYTHONPATH": path}
 
-    for name, attend in _ATTENDS.items():
-        register_backend(name, lambda mod_name, mod_args, _attend=attend: _attend)
+
+for _name, _attend in _ATTENDS.items():
+    register(Backend(name=_name, make=lambda mod, args, _a=_attend: _a, in_available=False))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from sdpalab.attention.backends import get_backend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.mods import allowed_fraction
 from sdpalab.attention.reference import attention_ref
@@ -21,10 +22,10 @@ from sdpalab.measure.accuracy import compare, tolerance
 from sdpalab.measure.memory import peak_memory
 from sdpalab.measure.profiler import kernels_ran
 from sdpalab.measure.provenance import provenance
-from sdpalab.measure.result import MeasureSettings, Result
+from sdpalab.measure.result import Result
 from sdpalab.measure.roofline import attention_bytes, attention_flops, load_ceilings, throughput
 from sdpalab.measure.timing import capture_graph, capture_stream, time_fn
-from sdpalab.spec import SDPA_BACKENDS, Variant, Workload, trial_id
+from sdpalab.spec import MeasureSettings, Variant, Workload, trial_id
 
 ORACLE_MAX_ELEMENTS = 1 << 25
 """Largest float64 score matrix the oracle builds; longer problems are checked on a slice of
@@ -36,7 +37,7 @@ def _provenance(device: str) -> dict:
     return provenance(device)
 
 
-def _inputs(workload: Workload, seed: int):
+def make_inputs(workload: Workload, seed: int):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     wl = workload
 
@@ -49,7 +50,7 @@ def _inputs(workload: Workload, seed: int):
 
 def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 expected output for the checked query rows, and those rows' indices."""
-    from sdpalab.builder import oracle_mod
+    from sdpalab.build import oracle_mod
 
     mod, args = oracle_mod(variant)
     batch, heads_q, q_len, _ = q.shape
@@ -81,10 +82,9 @@ def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor
 
 FILL_MAX_SCORES = 1 << 27
 """Most score elements one cache-filling call may create, for a backend that materializes them
-(``math``, ``eager``, and ``auto``, which may pick math)."""
+(the registry's ``materializes_scores``)."""
 FILL_MAX_QUERIES = 1 << 26
 """Most query elements one cache-filling call may carry, for every backend."""
-MATERIALIZING = ("math", "eager", "auto")
 
 
 def fill_chunk(variant: Variant, q: torch.Tensor, prefix: int) -> int:
@@ -93,12 +93,12 @@ def fill_chunk(variant: Variant, q: torch.Tensor, prefix: int) -> int:
     context filled 16 tokens at a time made 2048 of them on an H100)."""
     batch, heads_q, _, head_dim = q.shape
     chunk = FILL_MAX_QUERIES // (batch * heads_q * head_dim)
-    if variant.backend in MATERIALIZING:
+    if get_backend(variant.backend).materializes_scores:
         chunk = min(chunk, FILL_MAX_SCORES // (batch * heads_q * max(prefix, 1)))
     return max(1, min(chunk, prefix))
 
 
-def _fill_cache(attn, q, k, v, prefix: int, chunk: int) -> None:
+def fill_cache(attn, q, k, v, prefix: int, chunk: int) -> None:
     """Fill a cached attention with the first ``prefix`` tokens of k, v (untimed, unchecked),
     ``chunk`` tokens a call (:func:`fill_chunk`): filling the context is set-up, not the trial.
     """
@@ -150,20 +150,20 @@ def measure(
 
 
 def _measure_into(result: Result, variant: Variant, workload: Workload, settings) -> None:
-    from sdpalab.builder import build, oracle_mod
+    from sdpalab.build import build, oracle_mod
 
     if settings.cuda_graph and torch.device(workload.device).type == "cuda":
         capture_stream(workload.device)  # its workspaces count in every trial's memory alike
     t0 = time.perf_counter()
     attn = build(variant, workload)
     result.build_s = time.perf_counter() - t0
-    q, k, v = _inputs(workload, settings.seed)
+    q, k, v = make_inputs(workload, settings.seed)
     cached = variant.kv_cache != "none"
     prefix = workload.seq_kv - workload.seq_q
     with torch.inference_mode():
         if cached:
             inner = getattr(attn, "attn", attn)  # projections wrap the cache
-            _fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
+            fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
 
             def setup() -> None:
                 inner.rollback(prefix)
@@ -211,7 +211,7 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
             )
             result.memory_method = peak.method
 
-        if variant.backend in SDPA_BACKENDS:
+        if get_backend(variant.backend).profile_kernel:
             if setup:
                 setup()
             ran = kernels_ran(step, device=workload.device)
@@ -220,7 +220,7 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
             result.kernel = variant.backend
 
         # last: a captured graph keeps its own memory until it is dropped
-        timed, result.timing_method, graph = _timed_call(
+        timed, result.timing_method, graph = timed_call(
             step, setup, variant, workload.device, settings
         )
         timing = time_fn(
@@ -266,14 +266,11 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
     result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
 
 
-GRAPH_REFUSALS = {
-    "flex": "compiled flex recompiles under graph capture",
-    "dynamic": "a dynamic cache reallocates its tensors every step",
-}
-"""Variants timed with plain events on a GPU, and why (a backend or a ``kv_cache``)."""
+CACHE_GRAPH_REFUSALS = {"dynamic": "a dynamic cache reallocates its tensors every step"}
+"""KV cache layouts timed with plain events on a GPU, and why (backends say it in the registry)."""
 
 
-def _timed_call(step: Callable, setup: Callable | None, variant: Variant, device: str, settings):
+def timed_call(step: Callable, setup: Callable | None, variant: Variant, device: str, settings):
     """(what to time, how it is timed, the graph to drop afterwards). On a CUDA device with
     ``settings.cuda_graph``, the step captured in a CUDA graph: its replays are the device's
     time, with no Python or launch cost, as a serving loop replays its decode steps (the
@@ -283,7 +280,9 @@ def _timed_call(step: Callable, setup: Callable | None, variant: Variant, device
         return step, "cpu_clock", None
     if not settings.cuda_graph:
         return step, "cuda_events", None
-    refusal = GRAPH_REFUSALS.get(variant.backend) or GRAPH_REFUSALS.get(variant.kv_cache)
+    refusal = get_backend(variant.backend).graph_refusal or CACHE_GRAPH_REFUSALS.get(
+        variant.kv_cache
+    )
     if refusal:
         return step, f"cuda_events (no graph: {refusal})", None
     try:

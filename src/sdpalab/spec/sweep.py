@@ -1,4 +1,4 @@
-"""A resolved sweep: :class:`SweepSpec` (frozen, made by :mod:`sdpalab.config` from YAML), its
+"""A resolved sweep: :class:`SweepSpec` (frozen, made by :mod:`sdpalab.spec.config` from YAML), its
 sub-grids, and their expansion into :class:`Trial` s, the unit the engine runs.
 
 A trial whose values are each valid but cannot go together (``kv_quant`` without a cache,
@@ -9,61 +9,27 @@ engine stores it as an ``unsupported`` Result without running it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sdpalab.measure.result import MeasureSettings, Result
-from sdpalab.spec import DTYPES, Variant, Workload, resolve_device, supported_dtypes, trial_id
+from sdpalab.measure.result import Result
+from sdpalab.spec.settings import Constraints, MeasureSettings
+from sdpalab.spec.variant import Variant
+from sdpalab.spec.workload import ModelWorkload, Workload, is_model_workload
 
 
-@dataclass(frozen=True)
-class ModelWorkload:
-    """A whole model as the workload: ``model`` (a built-in name or a local path) runs a prefill
-    of ``prompt_len`` seeded random tokens and greedy generation of ``new_tokens`` tokens, for
-    ``batch`` sequences in ``dtype`` (see :mod:`sdpalab.measure.model_trial`)."""
-
-    model: str
-    prompt_len: int = 128
-    new_tokens: int = 32
-    batch: int = 1
-    dtype: str = "float32"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name in ("prompt_len", "new_tokens", "batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
-        object.__setattr__(self, "device", resolve_device(self.device))
-        if self.dtype not in supported_dtypes(self.device):
-            raise ValueError(f"dtype={self.dtype} is not supported on {self.device}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def is_model_workload(workload: dict[str, Any]) -> bool:
-    """Whether a workload dict (a trial's, a Result's) names a model rather than one call."""
-    return workload.get("model") is not None
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Budgets a recommendation must meet; ``None`` means no limit."""
-
-    max_error: float | None = None
-    """Largest relative Frobenius error against the float64 oracle."""
-    max_memory: int | None = None
-    """Largest total peak memory, bytes: inputs, KV cache and the call's own peak
-    (``Result.peak_mem_total_bytes``), as the search and the recommendation check it."""
-    max_latency_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def trial_id(variant: Any, workload: Any, extra: dict[str, Any] | None = None) -> str:
+    """Stable hash of a trial's full configuration (variant, workload, measurement settings)."""
+    blob = json.dumps(
+        {"variant": variant.to_dict(), "workload": workload.to_dict(), "extra": extra or {}},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -136,7 +102,7 @@ class SweepSpec:
     """Resolved: ``cpu``, ``cuda`` or ``cuda:N``."""
     grids: tuple[Grid, ...]
     measure: MeasureSettings
-    constraints: Constraints = Constraints()
+    constraints: Constraints = dataclasses.field(default_factory=Constraints)
     source: str | None = None
     description: str = ""
 

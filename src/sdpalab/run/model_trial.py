@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from sdpalab.attention.errors import Unsupported
-from sdpalab.measure.result import MeasureSettings, Result
-from sdpalab.spec import Variant
+from sdpalab.measure.result import Result
+from sdpalab.spec import MeasureSettings, Variant
 
 _MODELS: dict[tuple, Any] = {}
 _STOCK: dict[tuple, tuple[Any, Any, Any]] = {}

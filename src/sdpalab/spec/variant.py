@@ -1,0 +1,104 @@
+"""A :class:`Variant` picks one value on each axis: kernel, mod, KV cache, KV quantization,
+weight quantization. Frozen and validated on construction: a bad value raises ``ValueError``
+naming the field, the value and the valid choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdpalab.attention.backends import backend_names
+from sdpalab.attention.mods import validate_mod
+from sdpalab.spec.workload import check_choice, check_positive_int
+
+KV_CACHES = ("none", "dynamic", "static", "sliding", "paged")
+KV_QUANTS = ("none", "int8", "int4", "fp8", "kivi2", "kivi4")
+WEIGHT_QUANTS = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only")
+
+KV_ARGS = {
+    "max_len": "static/paged: capacity in tokens (default: the workload's seq_kv)",
+    "window": "sliding: ring-buffer length W (also the sliding-window width)",
+    "page_size": "paged: tokens per page (default 128)",
+    "group_size": "int4: values per group along D (default 64); kivi: tokens per key group (32)",
+    "residual": "kivi: most recent tokens kept in full precision (default 32)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One point on every axis. Build it with :func:`sdpalab.build`."""
+
+    backend: str = "auto"
+    """Kernel: a name from :mod:`sdpalab.attention.backends`."""
+    mod: str = "none"
+    """Mask or score modification: a name from ``sdpalab.attention.mods.MODS``."""
+    mod_args: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the mod, e.g. ``{"window": 256}``."""
+    kv_cache: str = "none"
+    """KV cache layout; ``none`` attends the given k, v directly (no state)."""
+    kv_quant: str = "none"
+    """Storage format of the cached keys and values (needs a ``kv_cache``)."""
+    kv_args: dict[str, Any] = field(default_factory=dict)
+    """Cache and quantization parameters; see ``KV_ARGS``."""
+    weight_quant: str = "none"
+    """torchao quantization of the q/k/v/o projections (implies ``projections``)."""
+    projections: bool = False
+    """Wrap the attention in q/k/v/o ``Linear`` projections (the case study's quantization setup)."""
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, backend_names())
+        check_choice("kv_cache", self.kv_cache, KV_CACHES)
+        check_choice("kv_quant", self.kv_quant, KV_QUANTS)
+        check_choice("weight_quant", self.weight_quant, WEIGHT_QUANTS)
+        if not isinstance(self.mod_args, dict):
+            raise ValueError(f"mod_args={self.mod_args!r} must be a mapping of parameter to value")
+        if not isinstance(self.kv_args, dict):
+            raise ValueError(f"kv_args={self.kv_args!r} must be a mapping of parameter to value")
+        validate_mod(self.mod, self.mod_args)
+        for key, value in self.kv_args.items():
+            check_choice("kv_args key", key, tuple(KV_ARGS))
+            check_positive_int(f"kv_args.{key}", value)
+        if self.kv_quant != "none" and self.kv_cache == "none":
+            raise ValueError(
+                f"kv_quant={self.kv_quant!r} needs a kv_cache; choose one of: "
+                f"{', '.join(c for c in KV_CACHES if c != 'none')}"
+            )
+        if self.kv_cache == "sliding" and "window" not in self.kv_args:
+            raise ValueError("kv_cache='sliding' needs kv_args.window (the ring-buffer length)")
+        if self.weight_quant != "none":
+            object.__setattr__(self, "projections", True)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Stable identity: the same variant always gives the same key."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+    def label(self) -> str:
+        """Short human name, e.g. ``flex/sliding_window(window=256)/static+int8``."""
+        parts = [self.backend]
+        if self.mod != "none":
+            args = ",".join(f"{k}={v}" for k, v in sorted(self.mod_args.items()))
+            parts.append(f"{self.mod}({args})" if args else self.mod)
+        if self.kv_cache != "none":
+            cache = self.kv_cache + ("" if self.kv_quant == "none" else f"+{self.kv_quant}")
+            parts.append(cache)
+        if self.projections:
+            parts.append(f"proj:{self.weight_quant}")
+        return "/".join(parts)
+
+    def python(self) -> str:
+        """The variant as Python a user can paste (non-default fields only)."""
+        default = Variant()
+        args = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        ]
+        return f"sl.Variant({', '.join(args)})"

@@ -1,0 +1,185 @@
+"""What the user means: an attention :class:`Workload` (one call's shape) or a
+:class:`ModelWorkload` (a whole model on a text). Frozen and validated on construction: a bad
+value raises ``ValueError`` naming the field, the value and the valid choices.
+
+Each field says its role in its metadata, and everything downstream derives from it: the YAML
+axes, the context that tells two workloads apart, the sizes along which cost only grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PHASES = ("prefill", "decode")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BUILTIN_MODELS = ("minilm", "tiny-llama")
+"""Models that need no download (see :mod:`sdpalab.models`)."""
+
+KIND, SIZE, CHOICE, PLACE = "kind", "size", "choice", "place"
+"""Field roles: what the work is, how big it is, a free choice (dtype), where it runs."""
+
+
+def _role(role: str, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
+    return field(default=default, metadata={"role": role, "doc": doc})
+
+
+def check_choice(name: str, value: Any, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; checks the device exists."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={device!r} is not valid; choose auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} is not available here (no CUDA); choose cpu or auto"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"device={device!r} is not supported; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+def supported_dtypes(device: str) -> tuple[str, ...]:
+    """Compute dtypes this device can run attention in."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        return ("float32", "float16")
+    return tuple(DTYPES)
+
+
+def _check_dtype_device(spec: Any) -> None:
+    check_choice("dtype", spec.dtype, tuple(DTYPES))
+    object.__setattr__(spec, "device", resolve_device(spec.device))
+    if spec.dtype not in supported_dtypes(spec.device):
+        raise ValueError(
+            f"dtype={spec.dtype!r} is not supported on {spec.device}; "
+            f"choose one of: {', '.join(supported_dtypes(spec.device))}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """One attention call's shape. Tensors are ``[B, H, S, D]``.
+
+    For ``decode``, ``seq_kv`` is the context already cached and ``seq_q`` the tokens of one
+    step (default 1); causal masks align bottom-right (query i sits at position
+    ``seq_kv - seq_q + i``).
+    """
+
+    phase: str = _role(KIND, "prefill", "prefill (a whole sequence) or decode (cached steps)")
+    batch: int = _role(SIZE, 1)
+    heads_q: int = _role(SIZE, 8, "query heads; a multiple of heads_kv")
+    heads_kv: int | None = _role(SIZE, None, "key/value heads; default heads_q")
+    seq_q: int | None = _role(SIZE, None, "query length; default seq_kv (prefill) or 1 (decode)")
+    seq_kv: int = _role(SIZE, 1024, "key/value length, this step's tokens included")
+    head_dim: int = _role(SIZE, 64)
+    dtype: str = _role(CHOICE, "float32")
+    device: str = _role(PLACE, "cpu")
+
+    def __post_init__(self) -> None:
+        check_choice("phase", self.phase, PHASES)
+        for name in ("batch", "heads_q", "seq_kv", "head_dim"):
+            check_positive_int(name, getattr(self, name))
+        if self.heads_kv is None:
+            object.__setattr__(self, "heads_kv", self.heads_q)
+        if self.seq_q is None:
+            object.__setattr__(self, "seq_q", self.seq_kv if self.phase == "prefill" else 1)
+        for name in ("heads_kv", "seq_q"):
+            check_positive_int(name, getattr(self, name))
+        if self.heads_q % self.heads_kv:
+            raise ValueError(
+                f"heads_q={self.heads_q} must be a multiple of heads_kv={self.heads_kv}"
+            )
+        if self.seq_q > self.seq_kv:
+            raise ValueError(f"seq_q={self.seq_q} must be at most seq_kv={self.seq_kv}")
+        _check_dtype_device(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.heads_q // self.heads_kv
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelWorkload:
+    """A whole model as the workload: ``model`` (a built-in name or a local path) runs a
+    prefill of ``prompt_len`` seeded random tokens and greedy generation of ``new_tokens``
+    tokens, for ``batch`` sequences in ``dtype`` (see :mod:`sdpalab.run.model_trial`)."""
+
+    model: str = _role(KIND, doc="a built-in model name or a local path")
+    prompt_len: int = _role(SIZE, 128)
+    new_tokens: int = _role(SIZE, 32)
+    batch: int = _role(SIZE, 1)
+    dtype: str = _role(CHOICE, "float32")
+    device: str = _role(PLACE, "cpu")
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "new_tokens", "batch"):
+            check_positive_int(name, getattr(self, name))
+        _check_dtype_device(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fields_with(kind: type, *roles: str, exclude: str | None = None) -> tuple[str, ...]:
+    """Names of ``kind``'s fields whose role is one of ``roles`` (any role when none given),
+    less those of role ``exclude``."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(kind)
+        if (not roles or f.metadata["role"] in roles) and f.metadata["role"] != exclude
+    )
+
+
+def _union(*names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n for group in names for n in group))
+
+
+WORKLOAD_KINDS = (Workload, ModelWorkload)
+CONTEXT_FIELDS = _union(
+    *(fields_with(k, role) for role in (KIND, SIZE, PLACE) for k in WORKLOAD_KINDS)
+)
+"""Fields that describe the work itself (``dtype`` is a choice, so it is not among them). A
+context holds only the fields its workload kind has."""
+SIZE_FIELDS = _union(*(fields_with(k, SIZE) for k in WORKLOAD_KINDS))
+"""Sizes along which attention's (and a model's) memory and time only grow."""
+
+
+def is_model_workload(workload: dict[str, Any]) -> bool:
+    """Whether a workload dict (a trial's, a Result's) names a model rather than one call."""
+    return workload.get("model") is not None
+
+
+def workload_from_dict(data: dict[str, Any]) -> Workload | ModelWorkload:
+    """The workload a dict describes, of the kind its keys say."""
+    return (ModelWorkload if is_model_workload(data) else Workload)(**data)

@@ -1,1 +1,0 @@
-"""Test-only helpers (fault-injecting backends). Nothing here is used by a normal run."""
