@@ -48,7 +48,7 @@ FULL = {"warmup": 1, "repeats": 3}
 
 
 def _trials(count: int, measure: dict, backend: str = "eager"):
-    from sdpalab.config import spec_from_dict
+    from sdpalab.spec.config import spec_from_dict
 
     spec = spec_from_dict(
         {

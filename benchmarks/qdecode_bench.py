@@ -7,7 +7,7 @@ dequantize-then-SDPA path (issue 7).
 Shapes: B in {1, 8, 32}, S in {4k, 32k, 128k}, H_q=32, H_kv=8, D=128, one query token, bf16.
 Every time is the median of repeated CUDA-event timings with the L2 cache flushed before each
 call (``sdpalab.measure.timing.time_fn``, which flushes by reading a buffer twice the L2's size:
-a memset would leave dirty lines whose write-back lands in the timed call, ``l2_flush.py``);
+a memset would leave dirty lines whose write-back lands in the timed call, ``notes/l2_flush.py``);
 "graph" times replay the same call captured in a CUDA graph (no host launch cost: the device
 time). Bytes are the fewest the step must move: q and the output once and the stored cache
 once (values, scales, zeros, recent full-precision tokens). GB/s is those bytes over a time; "of copy" divides by the copy bandwidth measured here
@@ -16,8 +16,8 @@ of the same shape. The eager columns include the host's launch cost where the GP
 (small shapes); the graph columns are the device's time, and issue 7's targets (bandwidth
 fractions, speed-ups) are judged on them, bf16 backends included. Every timing follows at least
 50 ms of the same call (``time_fn``'s warm-up on a GPU), so that the GPU's clock has settled
-where that work runs it (``qdecode_warmup.py``: after other work, such as a matmul spin-up, it
-has not).
+where that work runs it (``notes/qdecode_warmup.py``: after other work, such as a matmul
+spin-up, it has not).
 
 Before the table, each fused format picks its launch configuration (block of keys, warps,
 pipeline stages) by timing a few at B=8, S=32k (device time), after checking the output of
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kernels.qdecode import bytes_read, plan_launch, qdecode_attention
 from sdpalab.attention.kvquant import QTensor, dequantize, quantize
@@ -52,7 +52,7 @@ HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
 KIVI_RESIDUAL = 32
 BF16_BACKENDS = ("cudnn", "flash", "flex")
 CONFIGS = [  # (block_n, num_warps, num_stages) of the fast kernel (int8, int4, fp8); stages 1:
-    # plain loads, >1: cp.async pipeline. benchmarks/qdecode_explore.py timed a wider grid.
+    # plain loads, >1: cp.async pipeline. benchmarks/notes/qdecode_explore.py timed a wider grid.
     (128, 2, 2),
     (128, 2, 3),
     (64, 2, 2),

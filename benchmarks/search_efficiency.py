@@ -80,8 +80,8 @@ def load(path: Path):
 
 
 def measure(workers: int) -> None:
-    from sdpalab.config import spec_from_dict
     from sdpalab.explore.grid import sweep
+    from sdpalab.spec.config import spec_from_dict
 
     spec = spec_from_dict(CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,9 +101,9 @@ def _point(variant: dict, workload: dict) -> str:
 
 
 def replay() -> dict:
-    from sdpalab.config import spec_from_dict
     from sdpalab.explore.pareto import hypervolume, pareto
     from sdpalab.explore.search import search
+    from sdpalab.spec.config import spec_from_dict
 
     grid = load(DATA)
     spec = spec_from_dict(CONFIG)

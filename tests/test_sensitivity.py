@@ -1,8 +1,8 @@
 """Sensitivity analysis on real CPU measurements and on a model with known answers.
 
-The two real grids in tests/data were measured by ``benchmarks/sensitivity_data.py`` (the engine,
-``sweep``, on a 16-core x86 CPU; provenance is in each file's first row) and are stored so the
-checks here are fast and the same on every machine:
+The two real grids in tests/data were measured by ``benchmarks/notes/sensitivity_data.py`` (the
+engine, ``sweep``, on a 16-core x86 CPU; provenance is in each file's first row) and are stored
+so the checks here are fast and the same on every machine:
 
 * decode against a static KV cache: the memory that holds the context is the cache, and
   ``kv_cache_bytes`` = seq_kv x batch x bytes per element (kv_quant); the kernel does not

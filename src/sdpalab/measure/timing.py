@@ -4,7 +4,7 @@ Warm-up is ``warmup`` calls and, on a GPU, at least ``CUDA_WARMUP_S`` of calls: 
 follows the work it was given last, and a short kernel timed right after heavy work (a matmul,
 another trial's oracle) runs at that work's clock, not its own (on an H100, 1545 MHz after
 matmuls against 1980 MHz, and an int4 decode step 6-12 % slower:
-``benchmarks/results/qdecode-warmup-h100.md``).
+``benchmarks/notes/qdecode-warmup-h100.md``).
 
 On a GPU each call is bracketed by a pair of CUDA events on the device's own clock; all events
 are read after one synchronize at the end. When the GPU sits idle waiting for the host (short
@@ -91,7 +91,7 @@ def time_fn(
     timed region, so every call starts with a cold cache. Reading, not writing: after a memset
     the L2 holds dirty lines, and the timed call's own reads evict them, so their write-back
     lands inside the timed region (about 9 us a call on an H100, the same with or without the
-    kernel's own data in the cache: ``benchmarks/results/l2-flush-h100.md``).
+    kernel's own data in the cache: ``benchmarks/notes/l2-flush-h100.md``).
     """
     if repeats < 1 or warmup < 0 or (warmup_s is not None and warmup_s < 0):
         raise ValueError(

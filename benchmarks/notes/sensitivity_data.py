@@ -10,7 +10,7 @@ numbers come from real kernels:
   sliding_window 256, sliding_window 64} x seq {1024, 2048} x batch {1, 2}. FlexAttention
   skips the blocks its BlockMask leaves out; the math kernel computes every score and masks.
 
-    python benchmarks/sensitivity_data.py --workers 8
+    python benchmarks/notes/sensitivity_data.py --workers 8
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "data"
 CONFIGS = {
     "sensitivity-decode-cpu": {
@@ -76,8 +76,8 @@ def save(path: Path, results) -> None:
 
 
 def main() -> None:
-    from sdpalab.config import spec_from_dict
     from sdpalab.explore.grid import sweep
+    from sdpalab.spec.config import spec_from_dict
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)

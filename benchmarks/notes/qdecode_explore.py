@@ -1,6 +1,6 @@
 """Time a grid of launch configurations of ``triton_qdecode`` on one GPU and print the fastest.
 
-    PYTHONPATH=src:benchmarks python benchmarks/qdecode_explore.py --shapes 8,32768 1,131072 \
+    PYTHONPATH=src:benchmarks python benchmarks/notes/qdecode_explore.py --shapes 8,32768 1,131072 \
         --block-n 64,128 --warps 2,4 --stages 2,3 --splits 0,66 --tile-rows 0,4
 
 How ``default_config`` and the split rule of the fast kernel were chosen. For each shape (B,S

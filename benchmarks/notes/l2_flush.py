@@ -1,6 +1,6 @@
 """How the L2 flush before each timed call changes what is measured (CUDA only).
 
-    PYTHONPATH=src python benchmarks/l2_flush.py --out results/l2-flush.md
+    PYTHONPATH=src python benchmarks/notes/l2_flush.py --out $OUT/l2-flush.md
 
 A flush is work queued before the start event, so the span is the device's time for the call
 alone, with none of its data in the L2. It can be done two ways: overwrite a buffer twice the
@@ -24,12 +24,14 @@ from pathlib import Path
 
 import torch
 
+# qdecode_warmup.py sits beside this file, qdecode_bench.py one folder up (benchmarks/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qdecode_bench as qb
 from qdecode_warmup import matmul_spin_up
 
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.kernels.qdecode import bytes_read, qdecode_attention
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.timing import capture_graph
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# What the L2 flush adds to a timed decode call",
         "",
-        "Command: `PYTHONPATH=src python benchmarks/l2_flush.py --out ...`  ",
+        "Command: `PYTHONPATH=src python benchmarks/notes/l2_flush.py --out ...`  ",
         f"Date: {prov['time_utc']}  ",
         f"Device: {prov['device_name']}, torch {prov['torch']}, triton {prov['triton']}",
         "",

@@ -1,7 +1,7 @@
 """One decode step through ``sl.measure`` (append the new token to the cache, then attend) for
 a few kernels x caches: what a search sees.
 
-    PYTHONPATH=src python benchmarks/decode_step.py [--batch 8 --seq 32768]
+    PYTHONPATH=src python benchmarks/notes/decode_step.py [--batch 8 --seq 32768]
 
 Prints one line per variant: status, median latency and IQR (L2 flushed before each step, the
 cache rolled back between steps; timed as ``sl.measure`` times it, by default as replays of the
@@ -17,8 +17,8 @@ import time
 import torch
 
 import sdpalab as sl
-from sdpalab.measure.result import MeasureSettings
-from sdpalab.measure.trial import _fill_cache, _inputs, fill_chunk
+from sdpalab.run.trial import fill_cache, fill_chunk, make_inputs
+from sdpalab.spec import MeasureSettings
 
 VARIANTS = [("cudnn", "none"), ("flash", "int8"), ("triton_qdecode", "int8"),
             ("triton_qdecode", "fp8"), ("triton_qdecode", "int4")]  # fmt: skip
@@ -26,10 +26,10 @@ VARIANTS = [("cudnn", "none"), ("flash", "int8"), ("triton_qdecode", "int8"),
 
 def host_us(variant: sl.Variant, workload: sl.Workload, steps: int = 50) -> float:
     attn = sl.build(variant, workload)
-    q, k, v = _inputs(workload, 0)
+    q, k, v = make_inputs(workload, 0)
     prefix = workload.seq_kv - workload.seq_q
     with torch.inference_mode():
-        _fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
+        fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
         k_new, v_new = k[:, :, prefix:], v[:, :, prefix:]
         for _ in range(5):
             attn.rollback(prefix)

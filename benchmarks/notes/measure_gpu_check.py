@@ -1,6 +1,6 @@
 """Check sdpalab.measure on a CUDA GPU against known quantities; prints a markdown report.
 
-    PYTHONPATH=src python benchmarks/measure_gpu_check.py > benchmarks/results/measure-gpu.md
+    PYTHONPATH=src python benchmarks/notes/measure_gpu_check.py > $OUT/measure-gpu.md
 
 Each section states what it expects; the numbers below it are what this machine measured.
 """
@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from sdpalab.analysis import PerformanceAnalysis
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.reference import attention_ref
 from sdpalab.measure import (
     compare,
@@ -55,7 +55,8 @@ def main() -> None:
     prov = provenance(DEV)
     prov_s = time.perf_counter() - t0
     print("# sdpalab.measure on a GPU\n")
-    print(f"Command: `PYTHONPATH=src python benchmarks/measure_gpu_check.py`, {prov['time_utc']}\n")
+    command = "PYTHONPATH=src python benchmarks/notes/measure_gpu_check.py"
+    print(f"Command: `{command}`, {prov['time_utc']}\n")
     print("```json\n" + json.dumps(prov, indent=1) + "\n```")
     print(f"\nprovenance('cuda') took {prov_s * 1e3:.0f} ms (first call in the process).")
 

@@ -1,7 +1,7 @@
 """What runs before a timing changes it: decode at B=1, 128k keys on one GPU, timed right after
 different kinds of work.
 
-    PYTHONPATH=src:benchmarks python benchmarks/qdecode_warmup.py --out $OUT/qdecode-warmup.md
+    PYTHONPATH=src:benchmarks python benchmarks/notes/qdecode_warmup.py --out $OUT/qdecode-warmup.md
 
 Two paths, the fused int4 kernel (``triton_qdecode``) and cuDNN bf16 SDPA (H_q=32, H_kv=8,
 D=128, one query token), are each timed three times in a row as CUDA-graph replays with the L2
@@ -22,7 +22,7 @@ from pathlib import Path
 import qdecode_bench as qb
 import torch
 
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.kernels.qdecode import bytes_read, qdecode_attention
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.roofline import measure_ceilings
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# What runs before a timing changes it (decode, B=1, 128k keys)",
         "",
-        "Command: `PYTHONPATH=src:benchmarks python benchmarks/qdecode_warmup.py --out ...`  ",
+        "Command: `PYTHONPATH=src:benchmarks python benchmarks/notes/qdecode_warmup.py --out ...`  ",
         f"Date: {prov['time_utc']}  ",
         f"Device: {prov['device_name']}, copy bandwidth {copy_gbps:.0f} GB/s; torch "
         f"{prov['torch']}, triton {prov['triton']}, commit {prov['git_sha']}",
