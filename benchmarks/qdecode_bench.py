@@ -43,13 +43,13 @@ import torch
 from sdpalab.attention.backends import make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kernels.qdecode import bytes_read, plan_launch, qdecode_attention
+from sdpalab.attention.kivi import KIVI_RESIDUAL
 from sdpalab.attention.kvquant import QTensor, dequantize, quantize
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.roofline import measure_ceilings
 from sdpalab.measure.timing import CUDA_WARMUP_S, capture_graph, time_fn
 
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
-KIVI_RESIDUAL = 32
 BF16_BACKENDS = ("cudnn", "flash", "flex")
 CONFIGS = [  # (block_n, num_warps, num_stages) of the fast kernel (int8, int4, fp8); stages 1:
     # plain loads, >1: cp.async pipeline. benchmarks/notes/qdecode_explore.py timed a wider grid.

@@ -21,8 +21,8 @@ import sdpalab.spec as spec
 from sdpalab.attention import kvquant
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kivi import KiviCache
-from sdpalab.attention.kvcache import make_cached_attention
 from sdpalab.attention.reference import attention_ref
+from sdpalab.build import make_cached_attention
 
 LAYOUTS = ("dynamic", "static", "sliding", "paged")
 FORMATS = ("none", "int8", "int4", "fp8", "kivi2", "kivi4")

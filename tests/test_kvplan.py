@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import sdpalab.spec as spec
-from sdpalab.attention import kvcache, kvplan, kvquant
+from sdpalab.attention import kvplan
 from sdpalab.attention.kvplan import cache_bytes_model, plan_table, step_bytes_model
+from sdpalab.build import make_cached_attention
 
 GEOMETRIES = [
     # (batch, heads_q, heads_kv, head_dim, dtype, tokens, kv_args)
@@ -42,7 +43,7 @@ def test_model_matches_allocation(
     )
     kv_args = {k: v for k, v in kv_args.items() if k != "window" or layout == "sliding"}
     variant = spec.Variant(backend="math", kv_cache=layout, kv_quant=fmt, kv_args=kv_args)
-    cache = kvcache.make_cached_attention(variant, wl)
+    cache = make_cached_attention(variant, wl)
     gen = torch.Generator().manual_seed(0)
 
     def rand(h):
@@ -63,13 +64,6 @@ def test_model_matches_allocation(
     measured = cache.cache_bytes()
     assert abs(measured - model) <= 0.02 * model
     assert measured == model  # on the CPU the allocation is exact
-
-
-def test_defaults_agree_with_the_implementation():
-    assert kvplan.DEFAULT_GROUP == kvquant.DEFAULT_GROUP
-    assert kvplan.KIVI_RESIDUAL == kvcache.KIVI_RESIDUAL
-    assert kvplan.PAGE_SIZE == kvcache.PAGE_SIZE
-    assert kvplan.KV_QUANTS == spec.KV_QUANTS
 
 
 def test_plan_table_at_128k():

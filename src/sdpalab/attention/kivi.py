@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sdpalab.attention.kvcache import KIVI_RESIDUAL, Attend, CachedAttention
+from sdpalab.attention.backends import Attend
+from sdpalab.attention.kvcache import CachedAttention
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
 
 if TYPE_CHECKING:
     from sdpalab.spec import Workload
+
+KIVI_RESIDUAL = 32
+"""Default count of the newest tokens kept in full precision."""
 
 
 class KiviCache(CachedAttention):

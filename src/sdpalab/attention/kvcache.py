@@ -14,8 +14,8 @@ Layouts (all ``[B, H_kv, S, D]``; ``kv_args`` from the Variant):
   Each call attends ``[the W-1 positions before it] + its own tokens`` with the sliding-window
   mask, so a chunk's earliest queries see keys older than the last W of the chunk.
 - ``paged`` — fixed-size pages in a shared pool with a page table per batch row (``paged.py``);
-  with backend ``flex`` attention reads the pool through a BlockMask built from the page table,
-  other backends gather the pages in order first.
+  a backend that reads pages (flex) attends the pool through a BlockMask built from the page
+  table, other backends gather the pages in order first.
 
 KV quantization (``kvquant``) works with every layout for ``int8``, ``int4`` and ``fp8``
 (dequantize, then attend: the baseline path); ``kivi2``/``kivi4`` with ``dynamic`` and
@@ -40,21 +40,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sdpalab.attention.backends import Attend, get_backend, make_attend
-from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
+from sdpalab.attention.backends import Attend
+from sdpalab.attention.kvstore import Codec
 
 if TYPE_CHECKING:
-    from sdpalab.spec import Variant, Workload
-
-KIVI_RESIDUAL = 32
-PAGE_SIZE = 128
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
+    from sdpalab.spec import Workload
 
 
 class CachedAttention:
@@ -247,97 +237,3 @@ class TokenCache(CachedAttention):
 
     def tensors(self):
         return self.k_store.tensors() + self.v_store.tensors()
-
-
-def cache_mod(variant: Variant) -> tuple[str, dict]:
-    """The mod a cached variant attends with: ``("causal", {})`` or
-    ``("sliding_window", {"window": w})``. Raises Unsupported for mods a cache cannot serve."""
-    window = None
-    if variant.mod == "sliding_window":
-        window = variant.mod_args["window"]
-    elif variant.mod not in ("none", "causal"):
-        raise Unsupported(
-            f"mod {variant.mod!r} cannot run with a KV cache: the cache is causal and each call "
-            "sees only keys cached so far; use none, causal or sliding_window"
-        )
-    if variant.kv_cache == "sliding":
-        ring = _positive("kv_args.window", variant.kv_args.get("window"))
-        if window is not None and window > ring:
-            raise ValueError(
-                f"mod_args.window={window} exceeds the sliding cache's kv_args.window={ring}"
-            )
-        window = window or ring
-    return ("causal", {}) if window is None else ("sliding_window", {"window": window})
-
-
-def make_cached_attention(
-    variant: Variant,
-    workload: Workload,
-    attend: Attend | None = None,
-    *,
-    rollback_tokens: int | None = None,
-    page_seed: int | None = None,
-) -> CachedAttention:
-    """The stateful attention of a Variant with a ``kv_cache`` for a Workload's geometry.
-
-    ``attend``: a stateless attention built for ``cache_mod(variant)`` — that is
-    ``make_attend(variant.backend, *cache_mod(variant))``; None builds exactly that (paged with
-    a backend that ``reads_pages`` reads the page pool itself and ignores it). ``rollback_tokens``: how far a
-    step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
-    ``page_seed``: assign pages from a shuffled free list (None: in order).
-    """
-    layout, fmt, kv = variant.kv_cache, variant.kv_quant, variant.kv_args
-    if layout == "none":
-        raise ValueError("make_cached_attention needs a variant with a kv_cache")
-    for key, value in kv.items():
-        _positive(f"kv_args.{key}", value)
-    mod_name, mod_args = cache_mod(variant)
-    window = mod_args.get("window")
-    if rollback_tokens is None:
-        rollback_tokens = workload.seq_q if workload.phase == "decode" else 0
-    max_len, group_size = kv.get("max_len", workload.seq_kv), kv.get("group_size")
-    flex_paged = layout == "paged" and get_backend(variant.backend).reads_pages
-    if attend is None and not flex_paged:
-        attend = make_attend(variant.backend, mod_name, mod_args)
-    if fmt.startswith("kivi"):
-        if layout not in ("dynamic", "static"):
-            raise Unsupported(f"{fmt} storage is built for dynamic and static caches, not {layout}")
-        from sdpalab.attention.kivi import KiviCache
-
-        return KiviCache(
-            workload,
-            fmt=fmt,
-            attend=attend,
-            group_size=group_size,
-            window=window,
-            residual=kv.get("residual", KIVI_RESIDUAL),
-            rollback_tokens=rollback_tokens,
-            max_len=max_len if layout == "static" else None,
-        )
-    k_codec, v_codec = (
-        Codec(fmt, role, workload.head_dim, workload.torch_dtype, workload.device, group_size)
-        for role in ("key", "value")
-    )
-    where = (workload.batch, workload.heads_kv, workload.device)
-    if layout == "paged":
-        from sdpalab.attention.paged import PagedFlexCache, PagedStore, PageTable
-
-        table = PageTable(
-            workload.batch, kv.get("page_size", PAGE_SIZE), max_len, workload.device, page_seed
-        )
-        stores = [PagedStore(c.entry_shapes, workload.heads_kv, table) for c in (k_codec, v_codec)]
-    elif layout == "sliding":
-        ring = kv["window"] - 1 + max(1, rollback_tokens)
-        stores = [RingStore(c.entry_shapes, *where, ring) for c in (k_codec, v_codec)]
-    else:
-        capacity = max_len if layout == "static" else None
-        stores = [LinearStore(c.entry_shapes, *where, capacity) for c in (k_codec, v_codec)]
-    return (PagedFlexCache if flex_paged else TokenCache)(
-        workload,
-        k_codec=k_codec,
-        v_codec=v_codec,
-        k_store=stores[0],
-        v_store=stores[1],
-        attend=attend,
-        window=window,
-    )

@@ -1,8 +1,8 @@
 """The analytic memory model of the KV cache: bytes held and bytes one decode step moves, for every
-(cache layout, quantization) pair, before anything runs. Plain integer math, no torch.
+(cache layout, quantization) pair, before anything runs. Plain integer math.
 
 It mirrors what ``kvcache`` allocates (layouts in ``kvquant``'s and ``kvcache``'s docs), so the
-measured ``cache_bytes()`` matches it (tests hold them within 2 %):
+measured ``cache_bytes()`` matches it (tests hold them within 2 %); its defaults are theirs:
 
 - per token and KV head, for keys and values each: ``none`` D × dtype bytes; ``int8`` and ``fp8``
   D + 2 (a float16 scale); ``int4`` ceil(D/2) + 4·ceil(D/g); KIVI values ceil(D·b/8) + 4·ceil(D/g);
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 
-KV_QUANTS = ("none", "int8", "int4", "fp8", "kivi2", "kivi4")
+from sdpalab.attention.kivi import KIVI_RESIDUAL
+from sdpalab.attention.kvquant import DEFAULT_GROUP, FORMATS
+from sdpalab.attention.paged import PAGE_SIZE
+
+KV_QUANTS = ("none", *FORMATS)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-DEFAULT_GROUP = {"int4": 64, "kivi2": 32, "kivi4": 32}
-KIVI_RESIDUAL = 32
-PAGE_SIZE = 128
 _SCALE_BYTES = 2  # float16 scales and zeros
 _INDEX_BYTES = 4  # int32 page table entries
 

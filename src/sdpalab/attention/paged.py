@@ -31,6 +31,8 @@ from sdpalab.attention.kvstore import Planes, allocate_planes, entries_of
 if TYPE_CHECKING:
     from sdpalab.spec import Workload
 
+PAGE_SIZE = 128
+"""Default tokens per page."""
 Q_BLOCK = 128
 
 

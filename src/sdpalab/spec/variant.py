@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdpalab.attention.backends import backend_names
+from sdpalab.attention.kvquant import FORMATS
 from sdpalab.attention.mods import validate_mod
 from sdpalab.spec.workload import check_choice, check_positive_int
 
 KV_CACHES = ("none", "dynamic", "static", "sliding", "paged")
-KV_QUANTS = ("none", "int8", "int4", "fp8", "kivi2", "kivi4")
+KV_QUANTS = ("none", *FORMATS)
 WEIGHT_QUANTS = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only")
 
 KV_ARGS = {
