@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 import sdpalab as sl
-from sdpalab.integrations.generation import ModelRun, generation_run
-from sdpalab.integrations.hf_cache import SdpalabCache
-from sdpalab.integrations.models import load_model
-from sdpalab.integrations.transformers import apply_variant
 from sdpalab.measure.provenance import provenance
+from sdpalab.models.attention import apply_variant
+from sdpalab.models.cache import SdpalabCache
+from sdpalab.models.generation import ModelRun, generation_run
+from sdpalab.models.loading import load_model
 
 LLAMA_1B = dict(
     hidden_size=2048,

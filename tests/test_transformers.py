@@ -19,16 +19,16 @@ pytest.importorskip("transformers")
 
 import sdpalab as sl
 from sdpalab.attention.reference import attention_ref
-from sdpalab.integrations.bench_model import bench_model
-from sdpalab.integrations.hf_cache import SdpalabCache
-from sdpalab.integrations.models import load_model
-from sdpalab.integrations.transformers import (
+from sdpalab.models.attention import (
     VariantAttention,
     apply_variant,
     default_name,
     model_mod,
     register_variant,
 )
+from sdpalab.models.cache import SdpalabCache
+from sdpalab.models.loading import load_model
+from sdpalab.run.model_trial import bench_model
 
 PROMPT, NEW = 64, 32
 SENTENCES = [

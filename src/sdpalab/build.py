@@ -41,10 +41,10 @@ def build(variant: Variant, workload: Workload) -> Callable:
     """
     if variant.kv_quant != "none" and variant.kv_cache == "none":
         raise Unsupported("a quantized KV cache needs a kv_cache layout")
-    attend = make_attend(variant.backend, *oracle_mod(variant))
-    attn: Callable = attend
     if variant.kv_cache != "none":
-        attn = make_cached_attention(variant, workload, attend)
+        attn: Callable = make_cached_attention(variant, workload)
+    else:
+        attn = make_attend(variant.backend, *oracle_mod(variant))
     if variant.projections:
         from sdpalab.attention.projections import ProjectedAttention, quantize_projections
 
@@ -94,8 +94,8 @@ def make_cached_attention(
 
     ``attend``: a stateless attention built for ``cache_mod(variant)`` — that is
     ``make_attend(variant.backend, *cache_mod(variant))``; None builds exactly that (paged with
-    a backend that ``reads_pages`` reads the page pool itself and ignores it). ``rollback_tokens``: how far a
-    step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
+    a backend that ``reads_pages``: none, it reads the page pool itself). ``rollback_tokens``:
+    how far a step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
     ``page_seed``: assign pages from a shuffled free list (None: in order).
     """
     layout, fmt, kv = variant.kv_cache, variant.kv_quant, variant.kv_args
@@ -108,8 +108,10 @@ def make_cached_attention(
     if rollback_tokens is None:
         rollback_tokens = workload.seq_q if workload.phase == "decode" else 0
     max_len, group_size = kv.get("max_len", workload.seq_kv), kv.get("group_size")
-    flex_paged = layout == "paged" and get_backend(variant.backend).reads_pages
-    if attend is None and not flex_paged:
+    # A backend that reads pages attends the pool itself, unless the caller brings its own attend
+    # (a model's attention function), which gets the pages gathered like every other backend.
+    reads_pool = layout == "paged" and attend is None and get_backend(variant.backend).reads_pages
+    if attend is None and not reads_pool:
         attend = make_attend(variant.backend, mod_name, mod_args)
     if fmt.startswith("kivi"):
         if layout not in ("dynamic", "static"):
@@ -140,7 +142,7 @@ def make_cached_attention(
     else:
         capacity = max_len if layout == "static" else None
         stores = [LinearStore(c.entry_shapes, *where, capacity) for c in (k_codec, v_codec)]
-    return (PagedFlexCache if flex_paged else TokenCache)(
+    return (PagedFlexCache if reads_pool else TokenCache)(
         workload,
         k_codec=k_codec,
         v_codec=v_codec,

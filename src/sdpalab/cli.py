@@ -268,7 +268,7 @@ def model_(
     from rich.measure import Measurement
     from rich.table import Table
 
-    from sdpalab.integrations.bench_model import bench_model, model_table
+    from sdpalab.run.model_trial import bench_model, model_table
     from sdpalab.spec import Variant
 
     try:

@@ -1,7 +1,7 @@
 """sdpalab Variants as Hugging Face transformers attention implementations.
 
     import sdpalab as sl
-    from sdpalab.integrations.transformers import register_variant
+    from sdpalab.models.attention import register_variant
 
     name = register_variant(sl.Variant(backend="flash"))
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=name)

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from sdpalab.integrations.transformers import INSTALL, require_transformers
+from sdpalab.models.attention import INSTALL, require_transformers
+from sdpalab.spec import BUILTIN_MODELS, DTYPES
 
-BUILTINS = ("minilm", "tiny-llama")
 TINY_LLAMA = dict(
     hidden_size=256,
     intermediate_size=512,
@@ -114,8 +114,6 @@ def load_model(
     require_transformers()
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from sdpalab.spec import DTYPES
-
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     overrides = dict(overrides or {})
     tokenizer = None
@@ -126,7 +124,7 @@ def load_model(
         path = minilm_path() if model == "minilm" else Path(model).expanduser()
         if not path.exists():
             raise ValueError(
-                f"model {model!r} is neither a built-in ({', '.join(BUILTINS)}) nor an existing "
+                f"model {model!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing "
                 "path: give a local model directory or a config.json"
             )
         config = AutoConfig.from_pretrained(str(path), **overrides)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from sdpalab.attention.errors import Unsupported
-from sdpalab.integrations.models import LoadedModel
 from sdpalab.measure.memory import cpu_allocation_peak
 from sdpalab.measure.timing import summarize
+from sdpalab.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""A transformers ``Cache`` backed by sdpalab's KV caches and KV quantization.
+
+    cache = SdpalabCache(sl.Variant(backend="flash", kv_cache="dynamic", kv_quant="int8"))
+    model.generate(ids, past_key_values=cache, max_new_tokens=32)
+    cache.cache_bytes()   # what the storage holds: values, scales, zeros, residual windows
+
+Each layer holds one sdpalab ``CachedAttention`` built by ``sdpalab.build.make_cached_attention``
+(the same code ``sl.build`` uses), with an ``attend`` that only *captures* the keys and values the cache
+would attend: so which tokens each step sees (all of them, a ring of the last W, KIVI's
+quantized groups plus full-precision residual) is defined once, in ``attention/kvcache.py``.
+``update`` returns those keys and values (dequantized for quantized storage: the baseline path)
+and the model's attention function attends them; register the same Variant with
+:func:`sdpalab.models.attention.apply_variant` to run its kernel and mask there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sdpalab.attention.errors import Unsupported
+from sdpalab.build import cache_mod, make_cached_attention
+from sdpalab.models.attention import require_transformers
+from sdpalab.spec import DTYPES, Variant, Workload
+
+require_transformers()
+from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402
+
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def cache_window(variant: Variant) -> int | None:
+    """The sliding-window width the cache attends with (None: causal over everything).
+
+    Raises ``ValueError`` for variants a cache cannot serve.
+    """
+    if variant.kv_cache == "none":
+        raise ValueError(
+            f"variant {variant.label()!r} has no kv_cache; choose dynamic, static, sliding or paged"
+        )
+    try:
+        _, args = cache_mod(variant)
+    except Unsupported as err:
+        raise ValueError(str(err)) from None
+    return args.get("window")
+
+
+class SdpalabLayer(CacheLayerMixin):
+    """One model layer's cache: an sdpalab ``CachedAttention`` that stores, never attends."""
+
+    is_compileable = False
+
+    def __init__(self, variant: Variant, max_cache_len: int | None = None) -> None:
+        super().__init__()
+        self.variant, self.max_cache_len = variant, max_cache_len
+        self.window = cache_window(variant)
+        self.is_sliding = variant.kv_cache == "sliding"
+        # Rings (sliding, KIVI's residual) cannot roll back past what they overwrote.
+        kivi = variant.kv_quant.startswith("kivi")
+        self.is_croppable = variant.kv_cache != "sliding" and not kivi
+        self.cached = None
+        self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _capture(self, q, k_BHSD, v_BHSD):
+        self._captured = (k_BHSD, v_BHSD)
+        return q
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads_kv, _, head_dim = key_states.shape
+        if key_states.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"SdpalabCache stores {', '.join(DTYPES)}; got {key_states.dtype}")
+        max_len = self.variant.kv_args.get("max_len", self.max_cache_len)
+        if self.variant.kv_cache in ("static", "paged") and max_len is None:
+            raise ValueError(
+                f"kv_cache={self.variant.kv_cache!r} preallocates: give SdpalabCache "
+                "max_cache_len= (or kv_args.max_len), the most tokens it will hold"
+            )
+        workload = Workload(
+            batch=batch,
+            heads_q=heads_kv,
+            heads_kv=heads_kv,
+            seq_kv=max_len or 1,
+            head_dim=head_dim,
+            dtype=_DTYPE_NAMES[key_states.dtype],
+            device=str(key_states.device),
+        )
+        # The model's attention function attends: a paged pool is gathered for it (build.py).
+        self.cached = make_cached_attention(
+            self.variant, workload, self._capture, rollback_tokens=0
+        )
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``[B, H_kv, n, D]`` keys and values; return those the new queries attend."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        # The cache wants one query per new token; the capture ignores it, so k stands in.
+        self.cached(key_states, key_states, value_states)
+        keys, values = self._captured
+        self._captured = None
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """``(kv_length, kv_offset)`` of what ``update`` will return for ``query_length`` tokens:
+        with a window W, keys from W - 1 positions before the first new token (kvcache's rule)."""
+        start = self.get_seq_length()
+        lo = 0 if self.window is None else max(0, start - (self.window - 1))
+        return start + query_length - lo, lo
+
+    def get_seq_length(self) -> int:
+        return 0 if self.cached is None else self.cached.length
+
+    def get_max_length(self) -> int:
+        if self.variant.kv_cache in ("static", "paged") and self.cached is not None:
+            return self.variant.kv_args.get("max_len", self.max_cache_len)
+        return -1
+
+    def cache_bytes(self) -> int:
+        return 0 if self.cached is None else self.cached.cache_bytes()
+
+    def reset(self) -> None:
+        if self.cached is not None:
+            self.cached.reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last ``-tokens_to_remove`` tokens (transformers passes a negative count)."""
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count of tokens to remove")
+        if tokens_to_remove and self.cached is not None:
+            self.cached.rollback(self.cached.length + tokens_to_remove)
+
+    def _no_batch_edits(self, what: str) -> None:
+        if self.get_seq_length():
+            raise NotImplementedError(
+                f"SdpalabCache does not {what} (beam search, several sequences per prompt): "
+                "generate with num_beams=1 and num_return_sequences=1"
+            )
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._no_batch_edits("reorder its batch")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._no_batch_edits("repeat its batch")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._no_batch_edits("select from its batch")
+
+
+class SdpalabCache(Cache):
+    """A transformers ``Cache`` whose layers are sdpalab KV caches of ``variant``.
+
+    ``variant`` must have a ``kv_cache`` (``dynamic``, ``static``, ``sliding``, ``paged``) and
+    may quantize it (``kv_quant``); ``max_cache_len`` sizes the preallocating layouts (static,
+    paged) unless ``kv_args.max_len`` does. Layers are created on first use, one per model layer.
+    """
+
+    def __init__(self, variant: Variant, *, max_cache_len: int | None = None) -> None:
+        cache_window(variant)  # fail now, not inside the first forward
+        self.variant = variant
+        super().__init__(layer_class_to_replicate=lambda: SdpalabLayer(variant, max_cache_len))
+
+    def cache_bytes(self) -> int:
+        """Bytes every layer's storage holds (values, scales, zeros, residual windows)."""
+        return sum(layer.cache_bytes() for layer in self.layers)
+
+
+def variant_cache(variant: Variant, max_cache_len: int) -> tuple[Callable[[], Cache], str]:
+    """A factory of fresh caches for ``variant`` inside a model, and the cache's name.
+
+    transformers' ``DynamicCache`` for a variant without a ``kv_cache``, else an
+    :class:`SdpalabCache` holding up to ``max_cache_len`` tokens. Raises ``ValueError`` now
+    for a variant no cache can serve, before any run.
+    """
+    from transformers import DynamicCache
+
+    if variant.kv_cache == "none":
+        return DynamicCache, "DynamicCache"
+    cache_window(variant)
+    name = variant.kv_cache + ("" if variant.kv_quant == "none" else f"+{variant.kv_quant}")
+    return lambda: SdpalabCache(variant, max_cache_len=max_cache_len), f"SdpalabCache({name})"
