@@ -86,7 +86,7 @@ def handoff(
 def store_write(count: int) -> dict[str, float]:
     """``ResultStore.write`` alone (one commit per Result, WAL)."""
     from sdpalab.measure.result import Result
-    from sdpalab.run.store import ResultStore
+    from sdpalab.run.rundir import ResultStore
 
     times = []
     with tempfile.TemporaryDirectory() as out, ResultStore(out) as store:

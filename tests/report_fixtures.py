@@ -6,11 +6,11 @@ flash-like ones O(S)), so the plots look like real ones and slopes can be checke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import sdpalab as sl
 from sdpalab.measure.result import Result
+from sdpalab.run.rundir import CSV, write_csv, write_run_info
 from sdpalab.spec import trial_id
 
 EVIL = "<script>alert(1)</script>"
@@ -162,12 +162,10 @@ def sweep_results() -> list[Result]:
 
 
 def write_run(path: Path, results: list[Result], name: str = "test-run") -> Path:
-    """A run directory as the store would leave it, minus the SQLite file: results.csv and
+    """A run directory as a sweep would leave it, minus the SQLite file: results.csv and
     run.json (name, config, provenance, command line)."""
     path.mkdir(parents=True, exist_ok=True)
-    from sdpalab.report.load import frame
-
-    frame(results).to_csv(path / "results.csv", index=False)
+    write_csv(path / CSV, [r.to_row() for r in results])
     info = {
         "name": name,
         "config": {"name": name, "measure": {"repeats": 20}},
@@ -181,5 +179,5 @@ def write_run(path: Path, results: list[Result], name: str = "test-run") -> Path
             "measured_at": "2025-01-01T00:00:00+00:00",
         },
     }
-    (path / "run.json").write_text(json.dumps(info))
+    write_run_info(path, info)
     return path

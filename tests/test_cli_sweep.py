@@ -102,7 +102,7 @@ def test_bad_workers_exits_2(monkeypatch, capsys):
 
 def test_existing_run_needs_resume(tmp_path, monkeypatch, capsys):
     from sdpalab.measure.result import Result
-    from sdpalab.run.store import ResultStore
+    from sdpalab.run.rundir import ResultStore
 
     (tmp_path / "c.yaml").write_text(GOOD)
     with ResultStore(tmp_path / "run") as store:

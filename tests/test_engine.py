@@ -15,7 +15,7 @@ import pytest
 
 from faults import EXPECTED_STATUS, plugin_env
 from sdpalab.run.executor import run_trials
-from sdpalab.run.store import FILENAME, ResultStore
+from sdpalab.run.rundir import SQLITE, ResultStore
 from sdpalab.spec.config import spec_from_dict
 
 SEQS = [16, 24, 32, 40, 48, 56, 64]
@@ -153,7 +153,7 @@ def test_sigkill_then_resume_keeps_exactly_one_row_per_trial(tmp_path):
     # kill at a random moment once the run has started writing rows
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and sweep.poll() is None:
-        if (out / FILENAME).exists():
+        if (out / SQLITE).exists():
             with ResultStore(out) as store:
                 if len(store):
                     break
@@ -176,7 +176,7 @@ def test_sigkill_then_resume_keeps_exactly_one_row_per_trial(tmp_path):
         _sweep_cmd(config, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    db = sqlite3.connect(out / FILENAME)
+    db = sqlite3.connect(out / SQLITE)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     rows = db.execute("SELECT trial_id, status, written_utc FROM trials").fetchall()
     ids = [r[0] for r in rows]

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from sdpalab import cli
-from sdpalab.run.store import ResultStore
+from sdpalab.run.rundir import ResultStore
 from sdpalab.spec import ModelWorkload
 from sdpalab.spec.config import list_presets, load_spec
 
@@ -50,6 +50,7 @@ def test_model_config_expands_to_model_trials(tmp_path):
     assert len(load_spec("model-tiny").trials()) == 24
 
 
+@pytest.mark.slow  # the engine's worker processes load and run the model
 def test_search_and_pareto_on_a_model(tmp_path, monkeypatch, capsys):
     path, out = tmp_path / "model.yaml", tmp_path / "run"
     path.write_text(CONFIG)

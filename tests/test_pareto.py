@@ -10,15 +10,12 @@ import pytest
 import yaml
 
 import sdpalab as sl
-from sdpalab.explore.pareto import (
-    hypervolume,
-    limits,
-    pareto,
-    parse_bytes,
-    recommend,
-)
+from sdpalab.explore.objectives import check_constraints
+from sdpalab.explore.pareto import hypervolume, pareto
+from sdpalab.explore.recommend import recommend
 from sdpalab.explore.shapes import goldilocks_across_shapes
 from sdpalab.measure.result import Result
+from sdpalab.spec import Constraints
 
 MiB = 2**20
 
@@ -104,23 +101,17 @@ def test_constraints_and_contexts():
     lean = make("eager", lat=6.0, mem=50 * MiB, seq=2048)
     # each shape has its own front: the 512 point does not dominate the 2048 ones
     assert len(pareto([small, big, lean])) == 3
-    capped = pareto([small, big, lean], constraints={"max_memory": "200MiB"})
+    capped = pareto([small, big, lean], constraints=Constraints(max_memory=200 * MiB))
     assert labels(capped) == ["eager", "math"] and big not in capped
-    assert pareto([small], constraints={"max_latency_ms": 0.5}) == []
-    assert pareto([small], constraints={"max_error": 1e-9}) == []
+    assert pareto([small], constraints=Constraints(max_latency_ms=0.5)) == []
+    assert pareto([small], constraints=Constraints(max_error=1e-9)) == []
 
 
-def test_limits_parse_and_reject():
-    assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("1.5 MB") == 1_500_000
-    assert limits({"max_memory": "1GiB"}, max_error=1e-2) == {
-        "max_error": 1e-2,
-        "max_memory": float(2**30),
-        "max_latency_ms": None,
-    }
-    with pytest.raises(ValueError, match="size such as"):
-        parse_bytes("lots")
-    with pytest.raises(ValueError, match="must be positive"):
-        limits(max_error=-1)
+def test_constraints_are_checked():
+    assert check_constraints(None) == Constraints()
+    for bad in (Constraints(max_error=-1), Constraints(max_memory="2GiB")):
+        with pytest.raises(ValueError, match="must be a positive number"):
+            pareto([make()], constraints=bad)
     with pytest.raises(ValueError, match="priority"):
         recommend([make()], priority="speed")
 
@@ -142,7 +133,9 @@ def test_fast_but_wrong_is_never_recommended(priority):
     assert rec.best.trial_id != "wrong" and rec.runner_up.trial_id != "wrong"
     assert rec.excluded == {"over the error tolerance": 1}
     # an explicit error budget that admits it makes it a candidate again
-    loose = recommend([*good, fast_but_wrong()], priority="latency", max_error=1e-2)
+    loose = recommend(
+        [*good, fast_but_wrong()], priority="latency", constraints=Constraints(max_error=1e-2)
+    )
     assert loose.best.trial_id == "wrong"
 
 
@@ -187,21 +180,21 @@ def test_recommendation_meets_every_constraint():
             )
             for i in range(30)
         ]
-        lim = {
-            "max_error": float(10 ** rng.uniform(-7, -3)),
-            "max_memory": float(rng.lognormal(17.5, 1)),
-            "max_latency_ms": float(rng.lognormal(0.5, 1)),
-        }
+        lim = Constraints(
+            max_error=float(10 ** rng.uniform(-7, -3)),
+            max_memory=int(rng.lognormal(17.5, 1)),
+            max_latency_ms=float(rng.lognormal(0.5, 1)),
+        )
         for priority in ("latency", "memory", "error", "balanced"):
             try:
-                rec = recommend(results, priority=priority, **lim)
+                rec = recommend(results, priority=priority, constraints=lim)
             except ValueError as err:
                 assert "no configuration qualifies" in str(err)
                 continue
             for pick in filter(None, [rec.best, rec.runner_up]):
-                assert pick.ok and pick.rel_fro_err <= lim["max_error"]
-                assert pick.peak_mem_total_bytes <= lim["max_memory"]
-                assert pick.latency_ms <= lim["max_latency_ms"]
+                assert pick.ok and pick.rel_fro_err <= lim.max_error
+                assert pick.peak_mem_total_bytes <= lim.max_memory
+                assert pick.latency_ms <= lim.max_latency_ms
             assert rec.best in pareto(results, constraints=lim)
 
 

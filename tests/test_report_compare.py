@@ -71,7 +71,7 @@ def test_stored_runs_compare_like_in_memory(tmp_path):
     # Through the CSV (ints read back as floats, dicts as JSON text) the keys still match.
     results = sweep_results()
     write_run(tmp_path / "a", results)
-    from sdpalab.report.load import load, load_results
+    from sdpalab.run.rundir import load, load_results
 
     comparisons = compare_runs(load(tmp_path / "a"), results)
     assert {c.verdict for c in comparisons} == {"same", "failed"}

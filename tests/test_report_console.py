@@ -1,4 +1,4 @@
-"""Console tables, doctor and listings; sl.load, the CSV round trip and the Parquet export."""
+"""Console tables, doctor and listings; rundir.load, the CSV round trip and the Parquet export."""
 
 from types import SimpleNamespace
 
@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-import sdpalab as sl
 from report_fixtures import make_result, sweep_results, write_run
 from sdpalab.report.console import (
     render_comparison,
@@ -15,8 +14,8 @@ from sdpalab.report.console import (
     render_results,
     render_run,
 )
-from sdpalab.report.load import export, load_results
 from sdpalab.report.tables import format_ms, group_tables
+from sdpalab.run.rundir import ResultStore, export, load, load_results
 from sdpalab.units import format_bytes
 
 
@@ -137,7 +136,7 @@ def test_formats():
 def test_load_round_trip_and_export(tmp_path):
     results = sweep_results()
     write_run(tmp_path, results)
-    df = sl.load(tmp_path)
+    df = load(tmp_path)
     assert isinstance(df, pd.DataFrame) and len(df) == len(results)
     for column in (
         "latency_ms",
@@ -171,15 +170,14 @@ def test_load_round_trip_and_export(tmp_path):
 
 
 def test_load_from_the_store(tmp_path):
-    store_mod = pytest.importorskip("sdpalab.run.store")
     results = sweep_results()
-    with store_mod.ResultStore(tmp_path) as store:
+    with ResultStore(tmp_path) as store:
         for r in results:
             store.write(r)
     back = load_results(tmp_path)  # no results.csv: the store is the only source
     assert [r.trial_id for r in back] == [r.trial_id for r in results]
     assert back[0].provenance == results[0].provenance  # the store keeps what a CSV cannot
-    df = sl.load(tmp_path)
+    df = load(tmp_path)
     assert len(df) == len(results) and df["latency_ms"].notna().sum() == 25
     export(tmp_path)
     assert (tmp_path / "results.csv").exists() and (tmp_path / "results.parquet").exists()

@@ -7,8 +7,8 @@ from PIL import Image
 
 from report_fixtures import sweep_results, write_run
 from sdpalab.attention.mods import allowed_fraction
-from sdpalab.report.load import load
 from sdpalab.report.plots import fitted_slope, mask_density, plot_mask, render_plots
+from sdpalab.run.rundir import load
 
 SENSITIVITY = pd.DataFrame(
     {

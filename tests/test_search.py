@@ -15,10 +15,12 @@ import pytest
 
 from faults import plugin_env
 from sdpalab.explore.grid import sweep
-from sdpalab.explore.pareto import hypervolume, pareto, recommend
+from sdpalab.explore.pareto import hypervolume, pareto
+from sdpalab.explore.recommend import recommend
 from sdpalab.explore.search import JOURNAL, SearchResult, make_sampler, search
 from sdpalab.explore.space import trial_constraints
 from sdpalab.measure.result import Result
+from sdpalab.spec import Constraints
 from sdpalab.spec.config import spec_from_dict
 
 optuna = pytest.importorskip("optuna")
@@ -107,11 +109,13 @@ def test_search_against_the_grid(tmp_path, monkeypatch):
     assert all(r.ok and r.rel_fro_err > 0.5 for r in wrong)
     assert any(r in pareto(grid.results) for r in wrong)
     for priority in ("latency", "memory", "error", "balanced"):
-        for limit in ({}, {"max_error": 1e-3}):
-            rec = recommend(grid.results, priority=priority, context={"seq_kv": 64}, **limit)
+        for limit in (Constraints(), Constraints(max_error=1e-3)):
+            rec = recommend(
+                grid.results, priority=priority, context={"seq_kv": 64}, constraints=limit
+            )
             assert rec.best.variant["backend"] != "fault_wrong"
             assert rec.runner_up is None or rec.runner_up.variant["backend"] != "fault_wrong"
-            assert rec.best.rel_fro_err <= (limit.get("max_error") or rec.best.tolerance)
+            assert rec.best.rel_fro_err <= (limit.max_error or rec.best.tolerance)
     # the search's own recommendation meets its limits
     rec = second.recommend("latency", context={"seq_kv": 64})
     assert rec.best.ok and rec.best.rel_fro_err <= 1e-3
@@ -254,10 +258,11 @@ def test_constraints_reach_the_sampler_and_failures_are_told(tmp_path):
     small = replay_spec(seqs=(128,), constraints={"max_error": 1e-2})
     spec = replay_spec(constraints={"max_error": 1e-2})
     run = replayer(spec, with_failures)
-    search(small, tmp_path, trials=len(small.trials()), runner=run, max_memory="300KiB")
+    limits = Constraints(max_error=1e-2, max_memory=300 * 2**10)
+    search(small, tmp_path, trials=len(small.trials()), runner=run, constraints=limits)
     assert len(run.calls) == len(small.trials())
-    found = search(spec, tmp_path, trials=len(run.table), runner=run, max_memory="300KiB")
-    assert found.limits["max_memory"] == 300 * 2**10 and found.limits["max_error"] == 1e-2
+    found = search(spec, tmp_path, trials=len(run.table), runner=run, constraints=limits)
+    assert found.constraints == limits
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL))
     )
@@ -320,8 +325,10 @@ def test_bad_input(tmp_path):
         search(spec, tmp_path, trials=2, sampler="random", runner=replayer(spec))
     with pytest.raises(ValueError, match="--trials"):
         search(spec, tmp_path, trials=0, runner=replayer(spec))
-    with pytest.raises(ValueError, match="size"):
-        search(spec, tmp_path, trials=2, max_memory="lots", runner=replayer(spec))
+    with pytest.raises(ValueError, match="max_memory=-1 must be"):
+        search(
+            spec, tmp_path, trials=2, constraints=Constraints(max_memory=-1), runner=replayer(spec)
+        )
     search(spec, tmp_path, trials=2, runner=replayer(spec))
     changed = replay_spec(dtypes=("float32",))
     with pytest.raises(ValueError, match="different space"):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdpalab.explore.grid import Results, default_out, sweep
+from sdpalab.explore.grid import Results, sweep
 from sdpalab.report.html import write_report
+from sdpalab.run.rundir import default_out
 
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, on_result=None) -> Results:

@@ -22,6 +22,7 @@ from sdpalab.casestudy.aspublished import cpu_time_total_ms, their_profile
 from sdpalab.casestudy.experiments import Row, one_call, settings_for, trials
 from sdpalab.casestudy.tables import Table, comparison_table, corrections_table, markdown
 from sdpalab.measure.provenance import provenance
+from sdpalab.run.rundir import CSV, ResultStore, write_csv, write_run_info
 from sdpalab.run.trial import measure
 from sdpalab.spec import resolve_device
 
@@ -116,8 +117,6 @@ def _corrections(rows: list[Row], device: str, quick: bool) -> list[fix.Correcti
 
 
 def _write(run: CaseStudyRun) -> dict[str, Path]:
-    import pandas as pd
-
     out = run.out
     paths = {}
     rows = [
@@ -134,8 +133,7 @@ def _write(run: CaseStudyRun) -> dict[str, Path]:
         }
         for r in run.rows
     ]
-    paths["csv"] = out / "results.csv"
-    pd.DataFrame(rows).to_csv(paths["csv"], index=False)
+    paths["csv"] = write_csv(out / CSV, rows)
     info = {
         "name": "case-study" + ("-quick" if run.quick else ""),
         "command": run.command,
@@ -143,8 +141,7 @@ def _write(run: CaseStudyRun) -> dict[str, Path]:
         "device": run.device,
         "provenance": provenance(run.device),
     }
-    paths["run"] = out / "run.json"
-    paths["run"].write_text(json.dumps(info, indent=2, default=str))
+    paths["run"] = write_run_info(out, info)
     paths["corrections"] = out / "corrections.json"
     paths["corrections"].write_text(
         json.dumps(
@@ -156,7 +153,10 @@ def _write(run: CaseStudyRun) -> dict[str, Path]:
             default=str,
         )
     )
-    paths["sqlite"] = _store(out, [r.result for r in run.rows])
+    with ResultStore(out) as store:
+        for r in run.rows:
+            store.write(r.result)
+        paths["sqlite"] = store.path
     paths["markdown"] = out / "case-study.md"
     paths["markdown"].write_text(markdown(run.tables, _header(run, info["provenance"])))
     paths["html"] = _html(run)
@@ -179,16 +179,6 @@ def _header(run: CaseStudyRun, prov: dict) -> list[str]:
         "batch); its FlexAttention `(batch, seq_len, hidden, hidden)` tensors are "
         "`[B=batch, H=seq_len, S=hidden, D=hidden]`. float32, as it used.",
     ]
-
-
-def _store(out: Path, results) -> Path:
-    """Write the Results through the engine's SQLite store (``results.sqlite``)."""
-    from sdpalab.run.store import ResultStore
-
-    with ResultStore(out) as store:
-        for result in results:
-            store.write(result)
-        return store.path
 
 
 def _html(run: CaseStudyRun) -> Path:

@@ -18,96 +18,32 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sdpalab.measure.result import Result
+from sdpalab.spec import CONTEXT_FIELDS, Constraints
 
 OBJECTIVES = ("latency_ms", "peak_mem_total_bytes", "rel_fro_err")
 """Default objectives, all minimized."""
-CONTEXT_FIELDS = (
-    "model",
-    "phase",
-    "batch",
-    "heads_q",
-    "heads_kv",
-    "seq_q",
-    "seq_kv",
-    "head_dim",
-    "prompt_len",
-    "new_tokens",
-    "device",
-)
-"""Workload fields that describe the work itself; ``dtype`` is left out: it is a choice. A
-model workload has ``model``, ``prompt_len`` and ``new_tokens`` and none of the attention
-shape's fields (and the other way round); a context holds only the fields its workload has."""
-LIMIT_NAMES = ("max_error", "max_memory", "max_latency_ms")
 ERROR_FLOOR = 1e-12
 """Errors are compared in log space; an exact 0 counts as this."""
 _MEMORY = ("peak_mem_total_bytes", "peak_mem_bytes")
+_LIMITED = {"max_error": "rel_fro_err", "max_memory": "memory", "max_latency_ms": "latency_ms"}
+"""Each limit of :class:`Constraints` and the objective it bounds."""
 
 # --------------------------------------------------------------------------- limits
 
 
-def limits(constraints: Any = None, **overrides: Any) -> dict[str, float | None]:
-    """Constraint limits as ``{max_error, max_memory, max_latency_ms}`` (``None`` = no limit).
-
-    ``constraints`` is a mapping, an object with those attributes (a config's constraints) or
-    ``None``; non-``None`` ``overrides`` win. Memory may be given as bytes or a string such as
-    ``"2GiB"``.
-    """
-    out: dict[str, float | None] = {}
-    for name in LIMIT_NAMES:
-        if isinstance(constraints, Mapping):
-            value = constraints.get(name)
-        else:
-            value = getattr(constraints, name, None)
-        if overrides.get(name) is not None:
-            value = overrides[name]
-        if value is not None and name == "max_memory":
-            value = parse_bytes(value)
-        if value is not None:
-            value = float(value)
-            if not value > 0:
-                raise ValueError(f"{name}={value!r} must be positive")
-        out[name] = value
-    unknown = set(overrides) - set(LIMIT_NAMES)
-    if unknown:
-        raise ValueError(
-            f"unknown constraint {sorted(unknown)[0]!r}; choose one of: {', '.join(LIMIT_NAMES)}"
-        )
-    return out
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1e3,
-    "mb": 1e6,
-    "gb": 1e9,
-    "tb": 1e12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_bytes(value: Any) -> int:
-    """``2GiB`` → 2147483648; ``"1.5GB"``, ``512MiB`` and plain numbers work too."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    text = str(value).strip().lower().replace(" ", "")
-    number = text.rstrip("kmgtib")
-    unit = text[len(number) :]
-    try:
-        if unit not in _UNITS:
-            raise ValueError
-        return int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise ValueError(
-            f"memory {value!r} is not valid; write bytes or a size such as 512MiB, 2GiB, 8GB"
-        ) from None
+def check_constraints(constraints: Constraints | None) -> Constraints:
+    """``constraints`` (``None``: no limit), every limit it sets checked to be positive."""
+    constraints = Constraints() if constraints is None else constraints
+    for name, value in constraints.to_dict().items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (number and value > 0):
+            raise ValueError(f"{name}={value!r} must be a positive number")
+    return constraints
 
 
 def memory_of(result: Result) -> float | None:
@@ -119,22 +55,17 @@ def memory_of(result: Result) -> float | None:
     return None
 
 
-def constraint_values(result: Result, limit: Mapping[str, float | None]) -> dict[str, float]:
+def constraint_values(result: Result, constraints: Constraints) -> dict[str, float]:
     """Optuna-style constraint values (``<= 0`` means met), one per set limit.
 
     ``log10(value / limit)``: scale-free, so a 2x overshoot weighs the same for every limit.
     A failed trial, or a missing value, violates every limit by ``FAILED_VIOLATION``.
     """
     out = {}
-    for name, attr in (
-        ("max_error", "rel_fro_err"),
-        ("max_memory", None),
-        ("max_latency_ms", "latency_ms"),
-    ):
-        bound = limit.get(name)
+    for name, bound in constraints.to_dict().items():
         if bound is None:
             continue
-        value = memory_of(result) if attr is None else getattr(result, attr)
+        value = objective_value(result, _LIMITED[name])
         if not result.ok or value is None or not math.isfinite(value):
             out[name] = FAILED_VIOLATION
         else:
@@ -146,9 +77,9 @@ FAILED_VIOLATION = 10.0
 """Constraint value of a failed trial: ten decades over every limit."""
 
 
-def meets(result: Result, limit: Mapping[str, float | None]) -> bool:
+def meets(result: Result, constraints: Constraints) -> bool:
     """True for an ``ok`` result within every set limit."""
-    return result.ok and all(v <= 0 for v in constraint_values(result, limit).values())
+    return result.ok and all(v <= 0 for v in constraint_values(result, constraints).values())
 
 
 # --------------------------------------------------------------------------- contexts
@@ -202,6 +133,13 @@ def objective_value(result: Result, name: str) -> float | None:
     return None if value is None else float(value)
 
 
+def objective_matrix(results: Sequence[Result], objectives: Sequence[str]) -> np.ndarray:
+    """``[len(results), len(objectives)]`` objective values, NaN where one is not measured."""
+    return np.array(
+        [[objective_value(r, o) for o in objectives] for r in results], dtype=float
+    ).reshape(len(results), len(objectives))
+
+
 def latency_noise(a: Result, b: Result) -> float:
     """Latency difference below which ``a`` and ``b`` tie: their IQRs combined in quadrature."""
     return math.hypot(a.latency_iqr_ms or 0.0, b.latency_iqr_ms or 0.0)
@@ -219,14 +157,3 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     if not objectives:
         raise ValueError("objectives must name at least one Result field")
     return tuple(objectives)
-
-
-def run_limits(run_dir: str | Path) -> dict[str, Any]:
-    """The ``constraints`` a run was configured with (from its ``run.json``; ``{}`` if none)."""
-    try:
-        info = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    config = info.get("config") if isinstance(info, dict) else None
-    found = config.get("constraints") if isinstance(config, dict) else None
-    return dict(found) if isinstance(found, dict) else {}

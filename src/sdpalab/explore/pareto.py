@@ -3,84 +3,27 @@
 Objectives are minimized, per context (shape): see :mod:`sdpalab.explore.objectives`. Latency
 is noise-aware: two points whose median latencies differ by less than
 ``sqrt(iqr_a**2 + iqr_b**2)`` tie on latency (neither dominates the other on it). The
-recommendation built on the front is :mod:`sdpalab.explore.recommend` (also importable from
-here).
+recommendation built on the front is :mod:`sdpalab.explore.recommend`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 
 from sdpalab.explore.objectives import (
-    CONTEXT_FIELDS,
-    ERROR_FLOOR,
-    FAILED_VIOLATION,
-    LIMIT_NAMES,
     OBJECTIVES,
+    check_constraints,
     check_objectives,
-    config_key,
-    config_label,
-    constraint_values,
-    context_key,
-    context_label,
-    context_of,
     group_by_context,
-    latency_noise,
-    limits,
     meets,
-    memory_of,
-    objective_value,
-    parse_bytes,
-    varying_fields,
+    objective_matrix,
 )
 from sdpalab.measure.result import Result
-
-__all__ = [
-    "CONTEXT_FIELDS",
-    "ERROR_FLOOR",
-    "FAILED_VIOLATION",
-    "LIMIT_NAMES",
-    "OBJECTIVES",
-    "config_key",
-    "config_label",
-    "constraint_values",
-    "context_key",
-    "context_label",
-    "context_of",
-    "dominated_mask",
-    "group_by_context",
-    "hypervolume",
-    "latency_noise",
-    "limits",
-    "meets",
-    "memory_of",
-    "objective_value",
-    "pareto",
-    "parse_bytes",
-    "varying_fields",
-]
-
-
-def __getattr__(name: str):
-    # the recommendation has its own module; it stays importable from here
-    if name in ("recommend", "Recommendation"):
-        from sdpalab.explore import recommend as module
-
-        return getattr(module, name)
-    raise AttributeError(f"module 'sdpalab.explore.pareto' has no attribute {name!r}")
-
+from sdpalab.spec import Constraints
 
 # --------------------------------------------------------------------------- dominance
-
-
-def _matrix(results: Sequence[Result], objectives: Sequence[str]) -> np.ndarray:
-    vals = np.array(
-        [[objective_value(r, o) for o in objectives] for r in results], dtype=float
-    ).reshape(len(results), len(objectives))
-    return vals
 
 
 def dominated_mask(
@@ -110,31 +53,34 @@ def pareto(
     objectives: Sequence[str] = OBJECTIVES,
     *,
     noise_aware: bool = True,
-    constraints: Any = None,
+    constraints: Constraints | None = None,
 ) -> list[Result]:
     """The non-dominated feasible results, per context (shape), in input order.
 
-    Feasible: ``status == "ok"``, every objective measured, and within ``constraints`` (a
-    mapping or object with ``max_error``, ``max_memory``, ``max_latency_ms``). Objectives are
-    minimized; ``"memory"`` means ``peak_mem_total_bytes`` (else ``peak_mem_bytes``). With
-    ``noise_aware``, latencies within the combined IQR tie. An objective that no candidate
-    measured (memory with ``measure.memory: false``) is left out rather than emptying the front.
+    Feasible: ``status == "ok"``, every objective measured, and within ``constraints``.
+    Objectives are minimized; ``"memory"`` means ``peak_mem_total_bytes`` (else
+    ``peak_mem_bytes``). With ``noise_aware``, latencies within the combined IQR tie. An
+    objective that no candidate measured (memory with ``measure.memory: false``) is left out
+    rather than emptying the front.
     """
     objectives = check_objectives(objectives)
-    limit = limits(constraints)
+    constraints = check_constraints(constraints)
     latest = {}
     for res in results:  # a trial measured twice counts once: the latest
         latest[res.trial_id or id(res)] = res
-    candidates = [r for r in latest.values() if meets(r, limit)]
+    candidates = [r for r in latest.values() if meets(r, constraints)]
     front_ids = set()
     for group in group_by_context(candidates).values():
-        for res in _front(group, objectives, noise_aware):
+        for res in group_front(group, objectives, noise_aware=noise_aware):
             front_ids.add(id(res))
     return [r for r in candidates if id(r) in front_ids]
 
 
-def _front(group: list[Result], objectives: Sequence[str], noise_aware: bool) -> list[Result]:
-    vals = _matrix(group, objectives)
+def group_front(
+    group: list[Result], objectives: Sequence[str], *, noise_aware: bool = True
+) -> list[Result]:
+    """The non-dominated results of one shape's ``group``, feasibility not checked."""
+    vals = objective_matrix(group, objectives)
     measured = ~np.isnan(vals).all(axis=0)  # drop objectives no candidate has
     objectives = [o for o, m in zip(objectives, measured, strict=True) if m]
     vals = vals[:, measured]

@@ -18,6 +18,7 @@ import numpy as np
 from sdpalab.explore.objectives import (
     ERROR_FLOOR,
     OBJECTIVES,
+    check_constraints,
     check_objectives,
     config_label,
     constraint_values,
@@ -25,13 +26,14 @@ from sdpalab.explore.objectives import (
     context_of,
     group_by_context,
     latency_noise,
-    limits,
     memory_of,
+    objective_matrix,
     objective_value,
     varying_fields,
 )
-from sdpalab.explore.pareto import _front, _matrix
+from sdpalab.explore.pareto import group_front, pareto
 from sdpalab.measure.result import Result
+from sdpalab.spec import Constraints, Variant
 from sdpalab.units import format_bytes
 
 PRIORITIES = ("latency", "memory", "error", "balanced")
@@ -47,15 +49,13 @@ class Recommendation:
     trade: str
     """What choosing the runner-up instead would gain and lose, with numbers."""
     priority: str
-    limits: dict[str, float | None]
+    constraints: Constraints
     context: dict[str, Any]
     front: list[Result] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)
     """Why other results were not candidates: reason → count."""
 
-    def variant(self):
-        from sdpalab.spec import Variant
-
+    def variant(self) -> Variant:
         return Variant(**self.best.variant)
 
     @property
@@ -69,8 +69,6 @@ class Recommendation:
     def variant_yaml(self) -> str:
         """The variant (and its dtype) as a config fragment to paste."""
         import yaml
-
-        from sdpalab.spec import Variant
 
         default = Variant().to_dict()
         fields = {k: v for k, v in self.best.variant.items() if v != default.get(k)}
@@ -108,19 +106,16 @@ def recommend(
     results: Iterable[Result],
     *,
     priority: str = "latency",
-    max_error: float | None = None,
-    max_memory: Any = None,
-    max_latency_ms: float | None = None,
-    constraints: Any = None,
+    constraints: Constraints | None = None,
     objectives: Sequence[str] = OBJECTIVES,
     context: Mapping[str, Any] | None = None,
 ) -> Recommendation:
     """Pick the configuration that best fits ``priority`` among feasible, accurate results.
 
-    Candidates are ``ok`` results within every limit (``constraints`` overridden by the
-    keyword limits) whose relative error is at most ``max_error`` or, when no error limit is
-    set, at most their dtype's tolerance (``Result.tolerance``): a variant that is wrong is
-    never recommended however fast. A result whose error was not measured is not a candidate.
+    Candidates are ``ok`` results within every limit of ``constraints`` whose relative error is
+    at most its ``max_error`` or, when no error limit is set, at most their dtype's tolerance
+    (``Result.tolerance``): a variant that is wrong is never recommended however fast. A result
+    whose error was not measured is not a candidate.
 
     ``priority``: ``latency`` (fastest; ties within noise go to less memory, then less error),
     ``memory``, ``error``, or ``balanced`` (closest to the ideal point of the front, each
@@ -134,14 +129,12 @@ def recommend(
             f"priority={priority!r} is not valid; choose one of: {', '.join(PRIORITIES)}"
         )
     objectives = check_objectives(objectives)
-    limit = limits(
-        constraints, max_error=max_error, max_memory=max_memory, max_latency_ms=max_latency_ms
-    )
+    constraints = check_constraints(constraints)
     pool = _select_context(list(results), context)
     ctx = context_of(pool[0]) if pool else dict(context or {})
     candidates, excluded = [], {}
     for res in {r.trial_id or id(r): r for r in pool}.values():
-        why = _excluded_because(res, limit)
+        why = _excluded_because(res, constraints)
         if why:
             excluded[why] = excluded.get(why, 0) + 1
         else:
@@ -149,7 +142,7 @@ def recommend(
     if not candidates:
         detail = "; ".join(f"{n} {why}" for why, n in sorted(excluded.items())) or "no results"
         raise ValueError(f"no configuration qualifies for a recommendation ({detail})")
-    front = _front(candidates, objectives, noise_aware=True) or candidates
+    front = group_front(candidates, objectives) or candidates
     ranked = _rank(front, priority, objectives)
     on_front = {id(r) for r in ranked}
     ranked += [r for r in _rank(candidates, priority, objectives) if id(r) not in on_front]
@@ -161,7 +154,7 @@ def recommend(
         runner_up=runner,
         trade=trade,
         priority=priority,
-        limits=limit,
+        constraints=constraints,
         context=ctx,
         front=front,
         excluded=excluded,
@@ -188,18 +181,18 @@ def _select_context(results: list[Result], context: Mapping[str, Any] | None) ->
     return results
 
 
-def _excluded_because(res: Result, limit: Mapping[str, float | None]) -> str | None:
+def _excluded_because(res: Result, constraints: Constraints) -> str | None:
     if not res.ok:
         return f"status {res.status}"
     err = res.rel_fro_err
     if err is None or not math.isfinite(err):
         return "error not measured"
-    bound = limit.get("max_error")
+    bound = constraints.max_error
     if bound is None:
         bound = res.tolerance
     if bound is not None and err > bound:
-        return "over the error tolerance" if limit.get("max_error") is None else "over max_error"
-    cons = constraint_values(res, limit)
+        return "over max_error" if constraints.max_error is not None else "over the error tolerance"
+    cons = constraint_values(res, constraints)
     if cons.get("max_memory", 0) > 0:
         return "over max_memory"
     if cons.get("max_latency_ms", 0) > 0:
@@ -211,7 +204,7 @@ def _rank(group: list[Result], priority: str, objectives: Sequence[str]) -> list
     """Order ``group`` by fit to ``priority`` (best first)."""
     if priority == "balanced":
         names = [o for o in objectives if all(objective_value(r, o) is not None for r in group)]
-        logs = np.log10(np.maximum(_matrix(group, names), ERROR_FLOOR))
+        logs = np.log10(np.maximum(objective_matrix(group, names), ERROR_FLOOR))
         span = logs.max(axis=0) - logs.min(axis=0)
         scaled = (logs - logs.min(axis=0)) / np.where(span > 0, span, 1.0)
         score = np.sqrt((scaled**2).sum(axis=1))
@@ -301,7 +294,7 @@ class FrontSummary:
     recommendations: dict[str, Recommendation]
     unavailable: dict[str, str]
     """Shape label → why nothing could be recommended there."""
-    limits: dict[str, float | None]
+    constraints: Constraints
     priority: str
     objectives: tuple[str, ...]
 
@@ -338,39 +331,31 @@ def summarize_front(
     results: Iterable[Result],
     *,
     priority: str = "latency",
-    max_error: float | None = None,
-    max_memory: Any = None,
-    max_latency_ms: float | None = None,
-    constraints: Any = None,
+    constraints: Constraints | None = None,
     objectives: Sequence[str] = OBJECTIVES,
 ) -> FrontSummary:
     """Front and recommendation of every shape in ``results`` (what ``sdpalab pareto`` shows).
 
-    The front holds the feasible non-dominated results; the recommendation follows
-    :func:`recommend` (accurate results only). Limits: ``constraints`` (e.g. a run's config)
-    overridden by the keyword limits.
+    The front holds the non-dominated results within ``constraints``; the recommendation
+    follows :func:`recommend` (accurate results only).
     """
-    from sdpalab.explore.pareto import pareto
-
     if priority not in PRIORITIES:
         raise ValueError(
             f"priority={priority!r} is not valid; choose one of: {', '.join(PRIORITIES)}"
         )
     objectives = check_objectives(objectives)
-    limit = limits(
-        constraints, max_error=max_error, max_memory=max_memory, max_latency_ms=max_latency_ms
-    )
+    constraints = check_constraints(constraints)
     groups = group_by_context(list(results))
     contexts = [context_of(g[0]) for g in groups.values()]
     fields = varying_fields(contexts)
-    summary = FrontSummary({}, {}, {}, {}, limit, priority, objectives)
+    summary = FrontSummary({}, {}, {}, {}, constraints, priority, objectives)
     for group, ctx in zip(groups.values(), contexts, strict=True):
         shape = context_label(ctx, fields)
         summary.shapes[shape] = ctx
-        summary.fronts[shape] = pareto(group, objectives, constraints=limit)
+        summary.fronts[shape] = pareto(group, objectives, constraints=constraints)
         try:
             summary.recommendations[shape] = recommend(
-                group, priority=priority, objectives=objectives, **limit
+                group, priority=priority, objectives=objectives, constraints=constraints
             )
         except ValueError as err:
             summary.unavailable[shape] = str(err)

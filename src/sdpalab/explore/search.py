@@ -1,4 +1,4 @@
-"""``sl.search(spec, trials=N)``: multi-objective search of a config's space with Optuna.
+"""``search(spec, trials=N)``: multi-objective search of a config's space with Optuna.
 
 The space is the config's grid. Every choice axis of a variant (``backend``, ``mod`` with its
 arguments, ``kv_cache``, ``kv_quant``, ``kv_args.*``, ``weight_quant``, ``projections``) and the
@@ -28,22 +28,20 @@ DIR/optuna.log`` opens it; calling ``search`` again on the same DIR extends it. 
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sdpalab.explore.grid import ResultList
 from sdpalab.explore.objectives import (
     FAILED_VIOLATION,
     OBJECTIVES,
+    check_constraints,
     check_objectives,
     context_label,
-    limits,
     varying_fields,
 )
 from sdpalab.explore.pareto import pareto
@@ -51,12 +49,9 @@ from sdpalab.explore.recommend import Recommendation, recommend
 from sdpalab.explore.search_loop import SearchLoop
 from sdpalab.explore.space import Space, import_optuna, trial_constraints
 from sdpalab.measure.result import Result
-from sdpalab.run.store import ResultStore
-from sdpalab.spec import SweepSpec, Trial
+from sdpalab.run.rundir import default_out, finish_run, start_run
+from sdpalab.spec import Constraints, SweepSpec, Trial
 from sdpalab.spec.config import load_spec
-
-if TYPE_CHECKING:
-    pass
 
 SAMPLERS = ("nsga2", "tpe", "gp")
 JOURNAL = "optuna.log"
@@ -77,7 +72,7 @@ class SearchResult(ResultList):
     """``DIR/optuna.log``: open with ``optuna-dashboard``."""
     study_names: list[str]
     objectives: tuple[str, ...]
-    limits: dict[str, float | None]
+    constraints: Constraints
     measured: int = 0
     """Trials this call ran in the engine (the budget counts these)."""
     reused: int = 0
@@ -92,17 +87,26 @@ class SearchResult(ResultList):
     spec: SweepSpec | None = field(default=None, repr=False)
 
     def front(self, *, noise_aware: bool = True) -> list[Result]:
-        """The feasible non-dominated results per shape, under the search's limits."""
+        """The feasible non-dominated results per shape, under the search's constraints."""
         return pareto(
-            self.results, self.objectives, noise_aware=noise_aware, constraints=self.limits
+            self.results, self.objectives, noise_aware=noise_aware, constraints=self.constraints
         )
 
-    def recommend(self, priority: str = "latency", **kwargs: Any) -> Recommendation:
-        """:func:`~sdpalab.explore.pareto.recommend` under the search's limits."""
-        merged = {**self.limits, **{k: v for k, v in kwargs.items() if k in self.limits}}
-        rest = {k: v for k, v in kwargs.items() if k not in self.limits}
+    def recommend(
+        self,
+        priority: str = "latency",
+        *,
+        constraints: Constraints | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Recommendation:
+        """:func:`~sdpalab.explore.recommend.recommend` under ``constraints`` (default: the
+        search's)."""
         return recommend(
-            self.results, priority=priority, objectives=self.objectives, **merged, **rest
+            self.results,
+            priority=priority,
+            constraints=self.constraints if constraints is None else constraints,
+            objectives=self.objectives,
+            context=context,
         )
 
 
@@ -151,9 +155,7 @@ def search(
     *,
     trials: int,
     sampler: str = "nsga2",
-    max_memory: Any = None,
-    max_error: float | None = None,
-    max_latency_ms: float | None = None,
+    constraints: Constraints | None = None,
     resume: bool = False,
     workers: int = 1,
     seed: int = 0,
@@ -163,16 +165,15 @@ def search(
 ) -> SearchResult:
     """Search ``spec``'s space with Optuna for ``trials`` new measurements; returns them all.
 
-    ``spec`` is a SweepSpec, a YAML path or a preset name. Limits come from the config's
-    ``constraints`` and are overridden by ``max_memory`` (bytes or ``"2GiB"``, against
-    ``peak_mem_total_bytes``), ``max_error`` (relative Frobenius error) and ``max_latency_ms``.
-    ``sampler``: ``nsga2`` (default), ``tpe`` or ``gp``. ``out`` (default
-    ``runs/<name>-<time>``) holds ``results.sqlite``, ``results.csv``, ``run.json`` and the
-    study's ``optuna.log``; a second call on the same ``out`` extends the study and reuses every
-    stored measurement (``resume=True`` insists that there is one to extend). ``workers`` trials
-    run at once. ``on_result(result, measured, trials)`` is called after each new measurement.
-    ``runner`` replaces the engine (a function from a list of Trials to their Results), for
-    replaying stored measurements in benchmarks.
+    ``spec`` is a SweepSpec, a YAML path or a preset name. ``constraints`` (default: the
+    config's) limit the relative error, the total peak memory (``peak_mem_total_bytes``) and
+    the latency of what counts as feasible. ``sampler``: ``nsga2`` (default), ``tpe`` or
+    ``gp``. ``out`` (default ``runs/<name>-<time>``) holds ``results.sqlite``, ``results.csv``,
+    ``run.json`` and the study's ``optuna.log``; a second call on the same ``out`` extends the
+    study and reuses every stored measurement (``resume=True`` insists that there is one to
+    extend). ``workers`` trials run at once. ``on_result(result, measured, trials)`` is called
+    after each new measurement. ``runner`` replaces the engine (a function from a list of
+    Trials to their Results), for replaying stored measurements in benchmarks.
     """
     optuna = import_optuna()
     if not isinstance(spec, SweepSpec):
@@ -185,12 +186,8 @@ def search(
         raise ValueError(
             f"--sampler {sampler!r} is not valid; choose one of: {', '.join(SAMPLERS)}"
         )
-    from sdpalab.explore.grid import CSV, RUN_JSON, _dump, _write_run_json, default_out
-
     objectives = check_objectives(objectives)
-    limit = limits(
-        spec.constraints, max_error=max_error, max_memory=max_memory, max_latency_ms=max_latency_ms
-    )
+    constraints = check_constraints(spec.constraints if constraints is None else constraints)
     out = Path(out) if out is not None else default_out(f"{spec.name}-search")
     journal = out / JOURNAL
     if resume and not journal.exists():
@@ -201,20 +198,19 @@ def search(
         raise ValueError(f"{spec.name}: the config's grid has no trials")
 
     started = time.time()
-    invocation = {
-        "argv": list(sys.argv),
-        "command": shlex.join(sys.argv),
-        "started_utc": _utc(started),
-        "search": {
+    info = start_run(
+        out,
+        spec,
+        len(space.table),
+        search={
             "trials": trials,
             "sampler": sampler,
             "seed": seed,
             "workers": workers,
-            "limits": limit,
+            "limits": constraints.to_dict(),
             "objectives": list(objectives),
         },
-    }
-    info = _write_run_json(out, spec, invocation, len(space.table))
+    )
 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -250,14 +246,13 @@ def search(
         _fail_stale(study)
         studies.append(study)
 
-    state = SearchLoop(space, limit, objectives, out, runner, workers, on_result, trials, seed)
+    state = SearchLoop(
+        space, constraints, objectives, out, runner, workers, on_result, trials, seed
+    )
     try:
         state.run(studies, dist)
     finally:
         state.close()
-    with ResultStore(out) as store:
-        store.export_csv(out / CSV)
-    elapsed = time.time() - started
     summary = {
         "measured": state.measured,
         "reused": state.reused,
@@ -265,9 +260,7 @@ def search(
         "invalid": state.invalid,
         "exhausted": state.exhausted,
     }
-    invocation.update(finished_utc=_utc(), elapsed_s=round(elapsed, 3), **summary)
-    info["invocations"][-1] = invocation
-    _dump(out / RUN_JSON, info)
+    elapsed = finish_run(out, info, started, **summary)
     results = [state.known[t.trial_id] for t in space.table.values() if t.trial_id in state.known]
     return SearchResult(
         results=results,
@@ -275,15 +268,11 @@ def search(
         storage=journal,
         study_names=names,
         objectives=objectives,
-        limits=limit,
+        constraints=constraints,
         elapsed_s=elapsed,
         spec=spec,
         **summary,
     )
-
-
-def _utc(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _check_same_space(study, dist: dict[str, Any], out: Path) -> None:

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 
 from sdpalab.explore.objectives import (
-    CONTEXT_FIELDS,
     ERROR_FLOOR,
     FAILED_VIOLATION,
     constraint_values,
     objective_value,
 )
-from sdpalab.explore.space import SIZE_FIELDS, choice_point, trial_constraints
+from sdpalab.explore.space import choice_point, trial_constraints
 from sdpalab.measure.result import Result
-from sdpalab.run.store import ResultStore
-from sdpalab.spec import Trial
+from sdpalab.run.executor import WorkerPool
+from sdpalab.run.rundir import ResultStore
+from sdpalab.spec import CONTEXT_FIELDS, SIZE_FIELDS, Trial
 
 REPEAT_LIMIT = 3
 """Proposals of already-known points in a row before a study is handed the unmeasured point
@@ -36,15 +36,13 @@ and each repeat costs an ask without buying a measurement."""
 _INFERABLE = ("oom", "timeout")
 
 
-LIMITS = ("max_error", "max_memory", "max_latency_ms")
-"""The limits a trial's constraints are told in, after its status."""
-
-
 class SearchLoop:
     """The ask → resolve → run → tell loop over the studies of one search."""
 
-    def __init__(self, space, limit, objectives, out, runner, workers, on_result, budget, seed):
-        self.space, self.limit, self.objectives = space, limit, objectives
+    def __init__(
+        self, space, constraints, objectives, out, runner, workers, on_result, budget, seed
+    ):
+        self.space, self.constraints, self.objectives = space, constraints, objectives
         self.out, self.budget, self.on_result = out, budget, on_result
         self.store = ResultStore(out)
         self.known: dict[str, Result] = {r.trial_id: r for r in self.store.results()}
@@ -157,7 +155,7 @@ class SearchLoop:
                     "from": res.trial_id,
                     "reason": f"{res.status} on a smaller shape ({res.trial_id})",
                 }
-            cons = constraint_values(res, self.limit)
+            cons = constraint_values(res, self.constraints)
             for name in ("max_memory", "max_latency_ms"):
                 if res.ok and cons.get(name, 0) > 0:
                     return {
@@ -203,12 +201,12 @@ class SearchLoop:
             trial.set_user_attr("status", result.status)
             if result.reason:
                 trial.set_user_attr("reason", result.reason[:300])
-            cons = constraint_values(result, self.limit)
-            named |= {k: cons[k] for k in LIMITS if k in cons}
+            named |= constraint_values(result, self.constraints)
             for o in self.objectives:
                 trial.set_user_attr(o, objective_value(result, o))
         else:
-            named |= {k: FAILED_VIOLATION for k in LIMITS if self.limit.get(k) is not None}
+            limits = self.constraints.to_dict()
+            named |= {k: FAILED_VIOLATION for k, v in limits.items() if v is not None}
         trial.set_user_attr("constraints", list(named.values()))
         if trial_constraints():
             for name, value in named.items():
@@ -249,11 +247,9 @@ class EngineRunner:
     """The engine's worker pool, kept alive across the search's batches."""
 
     def __init__(self, out: Path, workers: int, stored: Callable[[Result, bool], None]) -> None:
-        from sdpalab.run.executor import _Pool
-
         self.out, self.stored = out, stored
         self.store = ResultStore(out)
-        self.pool = _Pool(out / "logs", workers, self._finish)
+        self.pool = WorkerPool(out / "logs", workers, self._finish)
         self.batch: dict[str, Result] = {}
 
     def _finish(self, result: Result, counted: bool = True) -> None:

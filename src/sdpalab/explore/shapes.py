@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import pandas as pd
 
 from sdpalab.explore.objectives import (
+    check_constraints,
     config_key,
     config_label,
     context_label,
     context_of,
     group_by_context,
     latency_noise,
-    limits,
     meets,
     objective_value,
     varying_fields,
 )
 from sdpalab.explore.pareto import pareto
 from sdpalab.measure.result import Result
+from sdpalab.spec import Constraints, Variant
 
 GOLDILOCKS_OBJECTIVES = ("latency_ms", "memory")
 """Error enters as a limit (``max_error``, else each dtype's tolerance), not as a ratio: a
@@ -58,10 +58,7 @@ def goldilocks_across_shapes(
     within: float = 0.10,
     objectives: Sequence[str] = GOLDILOCKS_OBJECTIVES,
     *,
-    max_error: float | None = None,
-    max_memory: Any = None,
-    max_latency_ms: float | None = None,
-    constraints: Any = None,
+    constraints: Constraints | None = None,
     include_all: bool = False,
 ) -> pd.DataFrame:
     """Configurations (variant + dtype) within ``within`` (0.10 = 10 %) of every shape's front.
@@ -69,14 +66,12 @@ def goldilocks_across_shapes(
     Returns one row per configuration measured ``ok`` and feasible on every shape, sorted by
     its worst gap: ``label``, ``variant`` (``sl.Variant(...)``), ``dtype``, ``worst_gap``,
     ``goldilocks`` (bool), and one ``gap[<shape>]`` column per shape. A configuration that
-    failed, broke a limit or exceeded the error tolerance on any shape is left out. Only the
-    goldilocks rows unless ``include_all``.
+    failed, broke a limit of ``constraints`` or exceeded the error tolerance (``max_error``,
+    else its dtype's) on any shape is left out. Only the goldilocks rows unless ``include_all``.
     """
     if not within >= 0:
         raise ValueError(f"within={within!r} must be a non-negative fraction (0.10 = 10 %)")
-    limit = limits(
-        constraints, max_error=max_error, max_memory=max_memory, max_latency_ms=max_latency_ms
-    )
+    constraints = check_constraints(constraints)
     results = list(results)
     groups = group_by_context(results)
     contexts = [context_of(g[0]) for g in groups.values()]
@@ -84,19 +79,17 @@ def goldilocks_across_shapes(
     names = [context_label(c, fields) for c in contexts]
 
     def accurate(res: Result) -> bool:
-        bound = limit["max_error"] if limit["max_error"] is not None else res.tolerance
+        bound = constraints.max_error if constraints.max_error is not None else res.tolerance
         err = res.rel_fro_err
         return err is not None and (bound is None or err <= bound)
 
     per_config: dict[str, dict[str, Result]] = {}
     fronts = {}
     for (key, group), name in zip(groups.items(), names, strict=True):
-        good = [r for r in group if meets(r, limit) and accurate(r)]
+        good = [r for r in group if meets(r, constraints) and accurate(r)]
         fronts[key] = pareto(good, objectives)
         for res in good:
             per_config.setdefault(config_key(res), {})[name] = res
-
-    from sdpalab.spec import Variant
 
     rows = []
     for cfg in per_config.values():

@@ -15,21 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sdpalab.explore.objectives import CONTEXT_FIELDS
-from sdpalab.spec import Trial
+from sdpalab.spec import CONTEXT_FIELDS, SIZE_FIELDS, Trial
 
 INSTALL = "pip install 'sdpalab[search]'"
-SIZE_FIELDS = (
-    "batch",
-    "heads_q",
-    "heads_kv",
-    "seq_q",
-    "seq_kv",
-    "head_dim",
-    "prompt_len",
-    "new_tokens",
-)
-"""Workload sizes along which attention's (and a model's) memory and time only grow."""
 
 
 def import_optuna():

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sdpalab.report.load import decode_json
 from sdpalab.report.tables import SHAPE, row_label, shape_of, trial_rows
+from sdpalab.run.rundir import decode_json
 
 VERDICTS = ("faster", "slower", "same", "broken", "fixed", "failed", "added", "removed")
 VERDICT_STYLE = {
@@ -117,10 +117,10 @@ def _verdict(base: dict[str, Any], new: dict[str, Any]) -> tuple[str, float | No
 def compare_runs(base_results, new_results) -> list[Comparison]:
     """Match the trials of two runs by configuration and compare them.
 
-    ``base_results``, ``new_results``: lists of Result or flat DataFrames (``sl.load``). Returns
-    one Comparison per configuration present in either run: matched ones in the new run's
-    order, then those only in the base run. When a run holds a configuration twice, its last
-    trial counts.
+    ``base_results``, ``new_results``: lists of Result or flat DataFrames (``rundir.load``).
+    Returns one Comparison per configuration present in either run: matched ones in the new
+    run's order, then those only in the base run. When a run holds a configuration twice, its
+    last trial counts.
     """
     base = {config_key(r): r for r in trial_rows(base_results)}
     new = {config_key(r): r for r in trial_rows(new_results)}

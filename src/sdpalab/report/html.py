@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sdpalab.report.load import export, load_results, read_run_info
 from sdpalab.report.markup import escape, figure_html, html_table
 from sdpalab.report.sections import (
     comparison_html,
@@ -26,6 +25,7 @@ from sdpalab.report.sections import (
     trials_html,
 )
 from sdpalab.report.tables import counts_line, status_counts
+from sdpalab.run.rundir import export, load_results, read_run_info
 
 __all__ = ["escape", "figure_html", "html_table", "make_report", "write_report"]
 

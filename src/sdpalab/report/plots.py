@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from sdpalab.report.figure import colors, log2_tokens, ok_rows, plt, save, slug
-from sdpalab.report.load import decode_json
 from sdpalab.report.mask_plot import mask_density, plot_mask
 from sdpalab.report.search_plots import pareto_front, plot_pareto, plot_sensitivity
 from sdpalab.report.tables import SHAPE, row_label, trial_rows
+from sdpalab.run.rundir import decode_json
 from sdpalab.units import format_bytes
 
 __all__ = [

@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from sdpalab.report.figure import bytes_ticks, colors, ok_rows, plt, save
-from sdpalab.report.load import frame, records
 from sdpalab.report.tables import row_label
+from sdpalab.run.rundir import frame, records
 from sdpalab.units import format_bytes
 
 

@@ -8,7 +8,7 @@ with markup off and escaped in HTML.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +18,9 @@ from sdpalab.report.markup import escape, html_table
 from sdpalab.report.tables import EAGER_MARK, EAGER_NOTE, eager_among_graphs, format_ms
 from sdpalab.units import format_bytes
 
+if TYPE_CHECKING:
+    from sdpalab.spec import Constraints
+
 _LIMIT_TEXT = {
     "max_error": "error <= {:.3g}",
     "max_memory": "memory <= {}",
@@ -25,10 +28,10 @@ _LIMIT_TEXT = {
 }
 
 
-def limits_text(limits: dict[str, Any]) -> str:
+def limits_text(constraints: Constraints) -> str:
     parts = []
     for name, template in _LIMIT_TEXT.items():
-        value = limits.get(name)
+        value = getattr(constraints, name)
         if value is not None:
             parts.append(template.format(format_bytes(value) if name == "max_memory" else value))
     return ", ".join(parts) or "none (errors must stay within each dtype's tolerance)"
@@ -65,7 +68,7 @@ def _front_table(rows: list[dict], latencies: list[str], title: str) -> Table:
 def render_front(console: Console, summary) -> None:
     """Each shape's front (the pick in bold) and its recommendation as a pasteable Variant."""
     rows = summary.rows()
-    console.print(Text(f"limits: {limits_text(summary.limits)}; priority: {summary.priority}"))
+    console.print(Text(f"limits: {limits_text(summary.constraints)}; priority: {summary.priority}"))
     for shape in summary.shapes:
         mine = [r for r in rows if r["shape"] == shape]
         title = f"Pareto front · {shape} ({len(mine)} points; memory = total peak)"
@@ -183,7 +186,7 @@ def _common_clauses(notes: list[str]) -> str:
 def front_section(summary) -> tuple[str, str]:
     """``("Pareto front and recommendation", html)`` for :func:`write_report`."""
     parts = [
-        f"<p>limits: {escape(limits_text(summary.limits))}; priority: "
+        f"<p>limits: {escape(limits_text(summary.constraints))}; priority: "
         f"{escape(summary.priority)}; memory is the total peak (inputs, KV cache and the "
         "call's own).</p>"
     ]

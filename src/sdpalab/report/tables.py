@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdpalab.report.load import frame, records
+from sdpalab.run.rundir import frame, records
 
 SHAPE = (
     ("batch", "B"),

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sdpalab.measure.result import Result
-from sdpalab.run.store import ResultStore
+from sdpalab.run.rundir import ResultStore
 from sdpalab.spec import Trial
 
 OnResult = Callable[[Result, int, int], None]
@@ -312,6 +312,3 @@ class WorkerPool:
                     wall_s=now - worker.started,
                 )
             )
-
-
-_Pool = WorkerPool  # the name explore.search first used

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from sdpalab.measure.result import Result
-from sdpalab.run.store import FILENAME, ResultStore
+from sdpalab.run.rundir import SQLITE, ResultStore
 
 VARIANT = {
     "backend": "math",
@@ -56,7 +56,7 @@ def _result(i: int, status: str = "ok", **fields) -> Result:
 
 def test_round_trip_and_done_ids(tmp_path):
     with ResultStore(tmp_path) as store:
-        assert store.path == tmp_path / FILENAME
+        assert store.path == tmp_path / SQLITE
         for i in range(5):
             store.write(_result(i, status="ok" if i % 2 else "oom"))
         assert store.done_ids() == {f"t{i:04d}" for i in range(5)}
@@ -78,7 +78,7 @@ def test_flat_columns_answer_sql(tmp_path):
         for i in range(4):
             store.write(_result(i))
         store.write(_result(9, status="crash", latency_ms=None, reason="worker died"))
-    db = sqlite3.connect(tmp_path / FILENAME)
+    db = sqlite3.connect(tmp_path / SQLITE)
     rows = db.execute(
         "SELECT label, wl_seq_kv, latency_ms, v_backend FROM trials WHERE status = 'ok' "
         "ORDER BY latency_ms DESC LIMIT 2"
@@ -97,7 +97,7 @@ def test_unknown_fields_get_a_column(tmp_path):
 
     with ResultStore(tmp_path) as store:
         store.write(Wider(**_result(1).__dict__))
-    db = sqlite3.connect(tmp_path / FILENAME)
+    db = sqlite3.connect(tmp_path / SQLITE)
     assert db.execute("SELECT new_metric_ms FROM trials").fetchone() == (1.25,)
 
 
@@ -136,7 +136,7 @@ def test_concurrent_writers_do_not_corrupt(tmp_path):
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    db = sqlite3.connect(tmp_path / FILENAME)
+    db = sqlite3.connect(tmp_path / SQLITE)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     ids = [r[0] for r in db.execute("SELECT trial_id FROM trials")]
     assert len(ids) == len(set(ids)) == 4 * COUNT + COUNT
