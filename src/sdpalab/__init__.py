@@ -9,9 +9,10 @@ res = sl.measure(var, wl)       # Result: latency, peak memory, error vs float64
 
 Specs: :class:`Workload`, :class:`ModelWorkload`, :class:`Variant`, :class:`MeasureSettings`,
 :class:`Constraints`. One configuration: :func:`build`, :func:`measure` (a :class:`Result`;
-a failure is a status, :class:`Unsupported` says why something cannot run), any callable:
-:class:`PerformanceAnalysis`. Sweeps, searches and reports: :mod:`sdpalab.explore`,
-:mod:`sdpalab.report` and the ``sdpalab`` command.
+a failure is a status, :class:`Unsupported` says why something cannot run); any callable:
+:class:`PerformanceAnalysis`. A config's grid: :func:`load_spec`, :func:`sweep`, :func:`search`
+into a run directory, read back with :func:`load`. Fronts, recommendations and sensitivity:
+:mod:`sdpalab.explore`; reports: :mod:`sdpalab.report` and the ``sdpalab`` command.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 from sdpalab.analysis import PerformanceAnalysis
 from sdpalab.attention.errors import Unsupported
 from sdpalab.build import build
+from sdpalab.explore.grid import sweep
+from sdpalab.explore.search import search
 from sdpalab.measure.result import Result
+from sdpalab.run.rundir import load
 from sdpalab.run.trial import measure
 from sdpalab.spec import Constraints, MeasureSettings, ModelWorkload, Variant, Workload
+from sdpalab.spec.config import load_spec
 
 __version__ = "0.1.0"
 
@@ -41,5 +46,9 @@ __all__ = [
     "Variant",
     "Workload",
     "build",
+    "load",
+    "load_spec",
     "measure",
+    "search",
+    "sweep",
 ]

@@ -130,10 +130,8 @@ class Worker:
 
 def worker_env(workers: int) -> dict[str, str]:
     """The workers' environment: this one, sdpalab importable, CPU threads shared out."""
-    import sdpalab
-
     env = dict(os.environ)
-    src = str(Path(sdpalab.__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])  # the directory that holds sdpalab/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     if workers > 1 and "SDPALAB_WORKER_THREADS" not in env:
         env["SDPALAB_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
