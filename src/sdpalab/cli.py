@@ -265,10 +265,8 @@ def model_(
     decode, peak memory, KV cache bytes, and agreement with the stock run."""
     import json
 
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    from sdpalab.run.model_trial import bench_model, model_table
+    from sdpalab.report.console import render_model_bench
+    from sdpalab.run.model_trial import bench_model
     from sdpalab.spec import Variant
 
     try:
@@ -288,14 +286,7 @@ def model_(
         )
     except ImportError as err:
         raise BadInput(str(err)) from None
-    columns, rows = model_table(bench)
-    shown = Table(*columns, title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})")
-    for row in rows:
-        shown.add_row(*row)
-    # as wide as the table needs, so that no name is cut (print(width=) cannot exceed the console's)
-    wide = Console(width=10_000)
-    needed = Measurement.get(wide, wide.options, shown).maximum
-    Console(width=max(console.width, needed)).print(shown)
+    render_model_bench(console, bench)
 
 
 def main() -> None:

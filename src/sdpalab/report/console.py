@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table as RichTable
 from rich.text import Text
 
@@ -303,3 +304,42 @@ def render_plan(console: Console, rows: list[dict[str, Any]], title: str) -> Non
             f"{row['ratio_to_bf16']:.3f}",
         )
     console.print(table)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _agreement_cell(bench: Any, run: Any) -> str:
+    if run is bench.runs[0]:
+        return "stock"
+    if bench.kind == "encoder":
+        return _num(run.embedding_cosine, ".6f")
+    return f"{_num(run.token_match, '.3f')} / {_num(run.step_match, '.3f')}"
+
+
+def render_model_bench(console: Console, bench: Any) -> None:
+    """``sdpalab model``: one row per run of a :class:`~sdpalab.run.model_trial.ModelBench`, as
+    wide as the table needs so that no name is cut."""
+    agreement = "token / step match" if bench.kind == "decoder" else "embedding cos"
+    columns = ["run", "attention", "cache", "status", "prefill ms", "decode ms/tok", "tok/s"]
+    columns += ["peak MiB", "KV MiB", agreement]
+    rows = []
+    for run in bench.runs:
+        mib = [None if b is None else b / 2**20 for b in (run.peak_mem_bytes, run.kv_cache_bytes)]
+        status = run.status if run.status == "ok" else f"{run.status}: {run.reason}"
+        timing = [run.prefill_ms, run.decode_ms_per_token, run.tokens_per_s, *mib]
+        cells = [
+            _num(x, f) for x, f in zip(timing, (".1f", ".2f", ".1f", ".2f", ".3f"), strict=True)
+        ]
+        rows.append([run.label, run.attn_implementation, run.cache, status, *cells])
+        rows[-1].append(_agreement_cell(bench, run))
+    shown = RichTable(
+        *columns, title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})"
+    )
+    for row in rows:
+        shown.add_row(*row)
+    # print(width=) cannot exceed the console's: measure the table on a wide one first
+    wide = Console(width=10_000)
+    needed = Measurement.get(wide, wide.options, shown).maximum
+    Console(width=max(console.width, needed)).print(shown)

@@ -232,36 +232,6 @@ def bench_model(
     )
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _agreement_cell(bench: ModelBench, run: ModelRun) -> str:
-    if run is bench.runs[0]:
-        return "stock"
-    if bench.kind == "encoder":
-        return _num(run.embedding_cosine, ".6f")
-    return f"{_num(run.token_match, '.3f')} / {_num(run.step_match, '.3f')}"
-
-
-def model_table(bench: ModelBench) -> tuple[list[str], list[list[str]]]:
-    """Column names and rows (strings) of a :class:`ModelBench`, one row per run."""
-    agreement = "token / step match" if bench.kind == "decoder" else "embedding cos"
-    columns = ["run", "attention", "cache", "status", "prefill ms", "decode ms/tok", "tok/s"]
-    columns += ["peak MiB", "KV MiB", agreement]
-    rows = []
-    for run in bench.runs:
-        mib = [None if b is None else b / 2**20 for b in (run.peak_mem_bytes, run.kv_cache_bytes)]
-        status = run.status if run.status == "ok" else f"{run.status}: {run.reason}"
-        timing = [run.prefill_ms, run.decode_ms_per_token, run.tokens_per_s, *mib]
-        cells = [
-            _num(x, f) for x, f in zip(timing, (".1f", ".2f", ".1f", ".2f", ".3f"), strict=True)
-        ]
-        rows.append([run.label, run.attn_implementation, run.cache, status, *cells])
-        rows[-1].append(_agreement_cell(bench, run))
-    return columns, rows
-
-
 _MODELS: dict[tuple, LoadedModel] = {}
 _STOCK: dict[tuple, tuple[torch.Tensor, ModelRun, Reference | None]] = {}
 """(model, prompt_len, new_tokens, batch, dtype, device, seed, warmup) → (ids, stock run,
