@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export SDPALAB_CACHE_DIR := $(CURDIR)/.cache/sdpalab
 
-.PHONY: demo test lint gpu-test clean setup browser
+.PHONY: demo test test-fast lint gpu-test clean setup browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,12 +32,18 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+# The edit-run loop: no FlexAttention/Inductor compiles, subprocess sweeps or long Triton
+# interpreter runs (those are marked slow); under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow and not gpu"
+
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python tests/import_graph.py
 
 clean:
 	rm -rf $(VENV) .cache runs

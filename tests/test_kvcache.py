@@ -351,6 +351,7 @@ def test_quantized_cache_shrinks_at_head_dim_128(layout, fmt, limit):
 # -- compiled paths -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a Dynamo trace
 def test_static_cache_traces_under_torch_compile():
     seq, fill = 40, 30
     q, k, v = _qkv(seq, batch=2, heads_q=8, heads_kv=2, head_dim=64)

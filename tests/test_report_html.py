@@ -72,6 +72,7 @@ def _chromium(tmp_path, *args, timeout=90):
     )
 
 
+@pytest.mark.slow  # a headless browser in a subprocess
 @pytest.mark.skipif(
     CHROMIUM is None,
     reason="chromium is not installed (make test installs "
