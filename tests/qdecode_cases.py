@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdpalab.attention.kernels import qdecode_triton
-from sdpalab.attention.kernels.qdecode import qdecode_attention
+from sdpalab.attention.kernels.qdecode import general, qdecode_attention
 from sdpalab.attention.kvquant import BITS, QTensor, fp8_supported, quantize
 from sdpalab.attention.reference import attention_ref
 from sdpalab.measure.accuracy import compare, tolerance
@@ -15,7 +14,7 @@ from sdpalab.measure.timing import capture_graph
 
 FORMATS = ["none", "int8", "int4", "fp8", "kivi4", "kivi2"]
 KIVI_GROUP = 32
-INTERPRETED = type(qdecode_triton._qdecode_kernel).__name__ == "InterpretedFunction"
+INTERPRETED = type(general.general_kernel).__name__ == "InterpretedFunction"
 cpu_only = pytest.mark.skipif(
     not INTERPRETED,
     reason="the CPU tests need Triton's interpreter active before triton is imported "

@@ -7,7 +7,7 @@ the code happens to produce.
 import pytest
 import torch
 
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.mods import MODS
 from sdpalab.attention.reference import attention_ref

@@ -28,13 +28,13 @@ from qdecode_cases import (
     dequantize_f64,
     run_case,
 )
-from sdpalab.attention.dispatch import make_attend
+from sdpalab.attention.backends import make_attend
 from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.kernels.attend import qtensor_from_planes
 from sdpalab.attention.kernels.qdecode import (
     CODES_PER_WORD,
     launch_geometry,
     qdecode_attention,
+    qtensor_from_planes,
 )
 from sdpalab.attention.kvquant import QTensor, dequantize, quantize
 from sdpalab.attention.kvstore import Codec
@@ -56,6 +56,7 @@ CPU_CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # 40 s of Triton interpreter: every format on every case
 @cpu_only
 @pytest.mark.parametrize("case", CPU_CASES)
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -278,7 +279,7 @@ def test_cached_decode_matches_math_backend_on_gpu(fmt):
 def test_cache_hands_the_kernel_its_quantized_planes(monkeypatch, fmt, layout):
     """With the fused backend the cache passes its stored codes, never a dequantized copy."""
     _skip_fp8(fmt, "cpu")
-    from sdpalab.attention.kernels.attend import QDecodeAttend
+    from sdpalab.attention.kernels.qdecode import QDecodeAttend
 
     calls = []
     real = QDecodeAttend.attend_quantized

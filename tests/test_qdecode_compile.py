@@ -22,8 +22,9 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from sdpalab.attention.kernels.qdecode_fast import _fast_kernel
-from sdpalab.attention.kernels.qdecode_triton import _merge_kernel, _qdecode_kernel
+from sdpalab.attention.kernels.qdecode.fast import fast_kernel
+from sdpalab.attention.kernels.qdecode.general import general_kernel
+from sdpalab.attention.kernels.qdecode.splits import merge_kernel
 
 POINTERS = {"Q": "*bf16", "Out": "*bf16", "Part": "*fp32", "Lse": "*fp32", "KW": "*i32",
             "KS": "*fp16", "KZ": "*fp16", "VW": "*i32", "VS": "*fp16", "VZ": "*fp16",
@@ -47,22 +48,22 @@ for fmt, fid, e, ng, off, unit in [("int8", 1, 4, 1, 128.0, 2.0**24), ("fp8", 2,
         consts = dict(G=4, HEAD_DIM=128, FMT=fid, E=e, WP=128 // e, NG=ng, OFF=off,
                       UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split,
                       PREFETCH=True, PDL=split, BULK_L2=False)
-        sizes[f"fast-{fmt}-{causal}"] = build(_fast_kernel, consts, 2, 2)
+        sizes[f"fast-{fmt}-{causal}"] = build(fast_kernel, consts, 2, 2)
     consts.update(R=4)  # the default: G = 4 rows, the 8-wide side of the products
-    sizes[f"fast-{fmt}-tile4"] = build(_fast_kernel, consts, 2, 2)
+    sizes[f"fast-{fmt}-tile4"] = build(fast_kernel, consts, 2, 2)
 consts.update(BLOCK_N=64, BULK_L2=True)  # int4's default launch: scales of two groups loaded
 # one block ahead, the first two blocks prefetched into L2
-sizes["fast-int4-default"] = build(_fast_kernel, consts, 1, 3)
+sizes["fast-int4-default"] = build(fast_kernel, consts, 1, 3)
 consts.update(NG=4)  # groups of 32 channels: scales prefetched into L1 instead
-sizes["fast-int4-g32"] = build(_fast_kernel, consts, 1, 3)
+sizes["fast-int4-g32"] = build(fast_kernel, consts, 1, 3)
 general = dict(G=4, HEAD_DIM=80, BLOCK_D=128, FMT=4, NW=10, WP=16, K_MODE=2, K_GROUP=32,
                K_NG=1, K_TG=4, V_MODE=1, V_GROUP=32, V_NG=3, SCALE_MUL=1.0, BLOCK_M=16,
                BLOCK_N=128, CAUSAL=True, SPLIT=True, HAS_QUANT=True, HAS_RES=True,
                Q_NORM=True, F32=False)
-sizes["general-kivi4"] = build(_qdecode_kernel, general, 8, 2)
+sizes["general-kivi4"] = build(general_kernel, general, 8, 2)
 for pdl in (True, False):  # a programmatic dependent launch on sm_90, a plain one before
     sizes[f"merge-pdl-{pdl}"] = build(
-        _merge_kernel, dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=64, PDL=pdl), 4, 1)
+        merge_kernel, dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=64, PDL=pdl), 4, 1)
 print(json.dumps(sizes))
 """
 

@@ -1,5 +1,6 @@
-"""The fast triton_qdecode kernel (int8, fp8, int4; ``qdecode_fast``) against the float64 oracle,
-which kernel a call takes, the split rule, and the configurations ``qdecode_bench.py`` times.
+"""The fast triton_qdecode kernel (int8, fp8, int4; ``qdecode/fast.py``) against the float64
+oracle, which kernel a call takes, the split rule, and the configurations ``qdecode_bench.py``
+times.
 
 On the CPU in Triton's interpreter: GQA 1 to 16, query steps of 1 to 5 tokens, lengths off the
 block, several splits, int4 groups of 32 to 128 channels, values far from 1. Tests marked
@@ -17,8 +18,8 @@ pytest.importorskip("triton")
 
 from qdecode_cases import check_case, cpu_only, dequantize_f64, run_case
 from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.kernels import qdecode_launch
 from sdpalab.attention.kernels.qdecode import (
+    host,
     launch_geometry,
     plan_launch,
     qdecode_attention,
@@ -41,6 +42,7 @@ FAST_CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # 60 s of Triton interpreter: every format on every case
 @cpu_only
 @pytest.mark.parametrize("case", FAST_CASES)
 @pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
@@ -167,7 +169,7 @@ def test_fast_splits_fill_one_wave_of_an_h100(monkeypatch, batch, kv_len, block_
     """8 warps per SM on 132 SMs: up to 528 programs of 2 warps or 1056 of 1, the split counts
     timed fastest there (B=1, 2 warps: 66 asked, 64 chunks of 16 whole blocks; 1 warp: 132
     asked, 128 chunks of 16 blocks)."""
-    monkeypatch.setattr(qdecode_launch, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(host, "sm_count", lambda index: 132)
     geo = launch_geometry(
         batch=batch, heads_q=32, heads_kv=8, q_len=1, kv_len=kv_len, fmt="int8",
         dtype=torch.bfloat16, device=torch.device("cuda", 0), block_n=block_n, fast=True,
@@ -242,6 +244,7 @@ def test_gpu_tests_cover_every_benchmarked_config():
     assert _bench_module().CONFIGS == BENCH_CONFIGS
 
 
+@pytest.mark.slow  # the whole benchmark, its kernels in Triton's interpreter
 @cpu_only
 def test_benchmark_dry_run_writes_its_table(tmp_path, capsys):
     """``qdecode_bench.py --device cpu`` end to end on a tiny shape (the numbers mean nothing)."""

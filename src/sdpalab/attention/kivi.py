@@ -91,7 +91,7 @@ class KiviCache(CachedAttention):
 
     def _step_fused(self, q, k, v, a, b, k_pending, v_pending, new_k, new_v):
         """Hand a fused kernel the quantized groups and the full-precision tail as stored."""
-        from sdpalab.attention.kernels.attend import qtensor_from_planes
+        from sdpalab.attention.kernels.qdecode import qtensor_from_planes
 
         if new_k is not None:  # store first; CachedAttention.__call__ rolls back on failure
             self.k_store.append(new_k)

@@ -210,7 +210,7 @@ class TokenCache(CachedAttention):
         k_planes, v_planes = self.k_store.read(lo, start + n), self.v_store.read(lo, start + n)
         if getattr(self.attend, "reads_quantized", False) and self.k_codec.fmt != "none":
             # a fused kernel reads the stored codes and scales itself: no dequantized copy
-            from sdpalab.attention.kernels.attend import qtensor_from_planes
+            from sdpalab.attention.kernels.qdecode import qtensor_from_planes
 
             return self.attend.attend_quantized(
                 q,

@@ -1,59 +1,34 @@
-"""Triton device code of the fused quantized-KV decode kernel (the host side, the layouts and
-the design notes are in ``qdecode.py``).
+"""The general kernel of fused decode attention over a quantized KV cache: every format, recent
+full-precision tokens, float16, bfloat16 and float32 queries (``host.py`` picks the kernel).
 
-Formats (``FMT``): 0 none (full precision only), 1 int8, 2 fp8 e4m3, 3 int4, 4 kivi4, 5 kivi2.
-Key scale modes (``K_MODE``): 0 one scale per token, 1 scale and zero per token and channel group,
-2 scale and zero per channel and token group (KIVI keys). Value modes (``V_MODE``): 0 or 1.
+- GQA inside the kernel: the ``G = H_q / H_kv`` query heads of a KV head times ``q_len`` tokens
+  (row ``r = i * G + g``) form one ``[BLOCK_M, D]`` tile, so K and V are read once for all.
+- Codes are loaded as int32 words, turned into float16 ``1024 + c`` by ``codes.code_pairs`` and
+  put in channel order (``_decode``): at most 8 bits each, exact in float16, straight into
+  ``tl.dot``.
+- Scales and zeros are folded into the small ``[BLOCK_M, BLOCK_N]`` score and probability tiles,
+  not the ``[BLOCK_N, D]`` K/V tiles: per-token scales multiply a score column; per-group scales
+  (int4, KIVI values) give one masked product per channel group; KIVI's per-channel key scales
+  multiply q, once per token group. Probabilities are divided by the block's largest value scale
+  before they become float16, and bf16 queries by their row's largest magnitude (float16 holds
+  every bf16 significand), so no float16 range is exceeded.
+- float32 accumulation, online softmax in base 2, split-KV merged by ``splits.merge_kernel``;
+  float32 inputs take the same path with float32 tiles and IEEE float32 products.
+
+Key scale modes (``K_MODE``): 0 one scale per token, 1 scale and zero per token and channel
+group, 2 scale and zero per channel and token group (KIVI keys). Value modes (``V_MODE``): 0 or 1.
 """
 
 import triton
 import triton.language as tl
 
-from sdpalab.attention.kernels.attend import interpreting
+from sdpalab.attention.kernels.qdecode.codes import code_pairs, halves, plane_bases
+from sdpalab.attention.kernels.qdecode.splits import key_range
 
-try:  # programmatic dependent launches: triton 3.3 and later
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-    HAS_PDL = True
-except ImportError:
-    HAS_PDL = False
-
-    @triton.jit
-    def gdc_wait():
-        pass
-
-    @triton.jit
-    def gdc_launch_dependents():
-        pass
-
-
-_F16_SIGN = tl.constexpr(-0x7FFF8000)  # 0x80008000 as a signed int32
 # Triton's CPU interpreter keeps bfloat16 as raw uint16 and multiplies the bit patterns in
 # tl.dot (triton 3.6 and 3.9); there, bf16 products run in float32, which is exact for them.
-_INTERPRETED = tl.constexpr(interpreting())
-
-
-@triton.jit
-def _pair(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
-    """int32 words → int32 holding two float16 bit patterns: the code at bit ``SHIFT`` (low
-    half) and the code at bit ``SHIFT + 16`` (high half)."""
-    x = w >> SHIFT
-    if FMT == 1:  # int8 c: 0x6400 | (c + 128) is 1024 + 128 + c
-        y = (x & 0x00FF00FF) ^ 0x64806480
-    elif FMT == 2:  # e4m3: sign to bit 15, exponent and mantissa to bits 7..13 = value * 2^-8
-        y = ((x << 7) & 0x3F803F80) | ((x << 8) & _F16_SIGN)
-    elif FMT == 5:  # 2-bit codes: 1024 + c
-        y = (x & 0x00030003) | 0x64006400
-    else:  # 4-bit codes: 1024 + c
-        y = (x & 0x000F000F) | 0x64006400
-    return y
-
-
-@triton.jit
-def _halves(y):
-    lo = y.to(tl.int16).to(tl.float16, bitcast=True)
-    hi = (y >> 16).to(tl.int16).to(tl.float16, bitcast=True)
-    return lo, hi
+# Triton's own switch: host.interpreting() reads the same variable without importing triton.
+_INTERPRETED = tl.constexpr(triton.knobs.runtime.interpret)
 
 
 @triton.jit
@@ -66,29 +41,29 @@ def _decode(w, FMT: tl.constexpr, ROWS: tl.constexpr, WP: tl.constexpr):
     ``[.., half, i]`` = code index ``half * E/2 + i`` in row-major order.
     """
     if FMT == 1 or FMT == 2:
-        a0, b0 = _halves(_pair(w, 0, FMT))
-        a1, b1 = _halves(_pair(w, 8, FMT))
+        a0, b0 = halves(code_pairs(w, 0, FMT, False))
+        a1, b1 = halves(code_pairs(w, 8, FMT, False))
         x = tl.join(tl.join(a0, b0), tl.join(a1, b1))
         x = tl.reshape(x, (ROWS, WP * 4))
     elif FMT == 5:
-        a0, b0 = _halves(_pair(w, 0, FMT))
-        a1, b1 = _halves(_pair(w, 2, FMT))
-        a2, b2 = _halves(_pair(w, 4, FMT))
-        a3, b3 = _halves(_pair(w, 6, FMT))
-        a4, b4 = _halves(_pair(w, 8, FMT))
-        a5, b5 = _halves(_pair(w, 10, FMT))
-        a6, b6 = _halves(_pair(w, 12, FMT))
-        a7, b7 = _halves(_pair(w, 14, FMT))
+        a0, b0 = halves(code_pairs(w, 0, FMT, False))
+        a1, b1 = halves(code_pairs(w, 2, FMT, False))
+        a2, b2 = halves(code_pairs(w, 4, FMT, False))
+        a3, b3 = halves(code_pairs(w, 6, FMT, False))
+        a4, b4 = halves(code_pairs(w, 8, FMT, False))
+        a5, b5 = halves(code_pairs(w, 10, FMT, False))
+        a6, b6 = halves(code_pairs(w, 12, FMT, False))
+        a7, b7 = halves(code_pairs(w, 14, FMT, False))
         j0, j1, j2, j3 = tl.join(a0, b0), tl.join(a1, b1), tl.join(a2, b2), tl.join(a3, b3)
         j4, j5, j6, j7 = tl.join(a4, b4), tl.join(a5, b5), tl.join(a6, b6), tl.join(a7, b7)
         k0, k1, k2, k3 = tl.join(j0, j4), tl.join(j1, j5), tl.join(j2, j6), tl.join(j3, j7)
         x = tl.join(tl.join(k0, k2), tl.join(k1, k3))
         x = tl.reshape(x, (ROWS, WP * 16))
     else:
-        a0, b0 = _halves(_pair(w, 0, FMT))
-        a1, b1 = _halves(_pair(w, 4, FMT))
-        a2, b2 = _halves(_pair(w, 8, FMT))
-        a3, b3 = _halves(_pair(w, 12, FMT))
+        a0, b0 = halves(code_pairs(w, 0, FMT, False))
+        a1, b1 = halves(code_pairs(w, 4, FMT, False))
+        a2, b2 = halves(code_pairs(w, 8, FMT, False))
+        a3, b3 = halves(code_pairs(w, 12, FMT, False))
         j0, j1, j2, j3 = tl.join(a0, b0), tl.join(a1, b1), tl.join(a2, b2), tl.join(a3, b3)
         x = tl.join(tl.join(j0, j2), tl.join(j1, j3))
         x = tl.reshape(x, (ROWS, WP * 8))
@@ -101,6 +76,7 @@ def _decode(w, FMT: tl.constexpr, ROWS: tl.constexpr, WP: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, F32: tl.constexpr):
+    """``a @ b`` accumulated in float32; IEEE float32 products for float32 tiles."""
     if F32:
         return tl.dot(a, b, input_precision="ieee")
     elif _INTERPRETED and a.dtype == tl.bfloat16:
@@ -110,65 +86,10 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
-def _prefetch(ptrs):
-    """Ask for the lines at ``ptrs`` to be brought into L1 (no result, nothing waits on it).
-    Compiled kernels only: the interpreter cannot run PTX."""
-    tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
-
-
-@triton.jit
-def _bulk_l2(ptr, nbytes):
-    """Ask L2 for about ``nbytes`` from ``ptr``: one bulk prefetch (sm_90 and later) of the
-    16-byte-aligned range inside them, issued by lane 0; nothing waits on it."""
-    p = ptr + tl.zeros([1], tl.int32)
-    n = (nbytes + tl.zeros([1], tl.int32)).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p, q; .reg .b32 l, n; .reg .b64 a, e; "
-        "add.u64 a, $1, 15; and.b64 a, a, -16; cvt.u64.u32 e, $2; add.u64 e, e, $1; "
-        "and.b64 e, e, -16; sub.u64 e, e, a; cvt.u32.u64 n, e; "
-        "mov.u32 l, %laneid; setp.eq.u32 p, l, 0; setp.gt.s32 q, n, 0; and.pred p, p, q; "
-        "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }",
-        "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1,
-    )  # fmt: skip
-
-
-@triton.jit
 def _row_norm(x):
     """Largest magnitude of each row, 1 where the row is zero."""
     a = tl.max(tl.abs(x), 1)
     return tl.where(a == 0.0, 1.0, a)
-
-
-@triton.jit
-def _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, ROWS: tl.constexpr, G: tl.constexpr,
-               CAUSAL: tl.constexpr):  # fmt: skip
-    """Keys of split ``pid_s`` for query tile ``pid_m`` (``ROWS`` rows ``i * G + g``; ``qi``
-    the query token of each row): ``lim`` (per row, the last key it sees), ``[lo, hi)`` (the
-    keys the tile reads: its last visible key bounds the loops) and ``seen_by_all`` (keys
-    ``< seen_by_all`` every row of the tile sees)."""
-    if CAUSAL:
-        lim = kv_len - q_len + qi
-        i_last = tl.minimum((pid_m * ROWS + ROWS - 1) // G, q_len - 1)
-        hi = tl.minimum(kv_len - q_len + i_last + 1, kv_len)
-        seen_by_all = kv_len - q_len + (pid_m * ROWS) // G + 1
-    else:
-        lim = kv_len - 1 + 0 * qi
-        hi = kv_len
-        seen_by_all = kv_len
-    lo = pid_s * chunk
-    return lim, lo, tl.minimum(hi, lo + chunk), seen_by_all
-
-
-@triton.jit
-def _plane_bases(KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb,
-                 s_vsh):  # fmt: skip
-    """Where (batch ``b``, KV head ``hk``) starts in each stored plane: key and value words,
-    scales, zeros (zeros share their scales' strides)."""
-    return (
-        KW + b * s_kwb + hk * s_kwh, KS + b * s_ksb + hk * s_ksh, KZ + b * s_ksb + hk * s_ksh,
-        VW + b * s_vwb + hk * s_vwh, VS + b * s_vsb + hk * s_vsh, VZ + b * s_vsb + hk * s_vsh,
-    )  # fmt: skip
 
 
 @triton.jit
@@ -185,7 +106,7 @@ def _softmax_update(qk, valid, m_i, l_i, acc, qk_scale):
 
 
 @triton.jit
-def _qdecode_kernel(
+def general_kernel(
     Q, Out, Part, Lse,
     KW, KS, KZ, VW, VS, VZ, KR, VR,
     q_len, n_quant, kv_len, chunk, num_splits, qk_scale,
@@ -206,6 +127,12 @@ def _qdecode_kernel(
     CAUSAL: tl.constexpr, SPLIT: tl.constexpr, HAS_QUANT: tl.constexpr, HAS_RES: tl.constexpr,
     Q_NORM: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
+    """One (batch, KV head) x ``BLOCK_M`` query rows x KV split (grid: ``B * H_kv``, query
+    tiles, splits). ``Q``, ``Out``: ``[B, H_q, q_len, D]``; ``KW``/``VW``: int32 words
+    ``[B, H_kv, n_quant, NW]``; ``KS``/``KZ``/``VS``/``VZ``: scales and zeros (layouts as in
+    ``kvquant``); ``KR``/``VR``: recent tokens ``[B, H_kv, R, D]`` at positions ``n_quant``
+    on; ``Part``/``Lse``: each split's partial output and base-2 log-sum-exp. ``qk_scale``:
+    the softmax scale times log2(e)."""
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -224,7 +151,7 @@ def _qdecode_kernel(
     q_raw = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q = q_raw.to(tl.float32)
 
-    lim, lo, hi, _ = _key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, BLOCK_M, G, CAUSAL)
+    lim, lo, hi, _ = key_range(qi, pid_m, pid_s, q_len, kv_len, chunk, BLOCK_M, G, CAUSAL)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -242,7 +169,7 @@ def _qdecode_kernel(
             qd = q_raw.to(tl.float16)
             alpha = tl.full([BLOCK_M], 1.0, tl.float32)
         j = tl.arange(0, WP)
-        kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = _plane_bases(
+        kw_base, ks_base, kz_base, vw_base, vs_base, vz_base = plane_bases(
             KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
         )
         quant_hi = tl.minimum(hi, n_quant)
@@ -358,33 +285,3 @@ def _qdecode_kernel(
     else:
         o_ptrs = Out + b * s_ob + hq[:, None] * s_oh + qi[:, None] * s_os + d[None, :]
         tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=o_mask)
-
-
-@triton.jit
-def _merge_kernel(
-    Part, Lse, Out, q_len, H_Q, num_splits, s_ob, s_oh, s_os,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-):  # fmt: skip
-    """Merge the splits of one query row, ``BLOCK_D`` channels (program 1 picks which): weights
-    ``2^(lse_s - max lse)``. ``PDL``: launched as a programmatic dependent of the split kernel
-    (``launch_pdl``), it may start before that kernel ends, and waits here for its stores."""
-    if PDL:
-        gdc_wait()
-    row = tl.program_id(0).to(tl.int64)
-    qi = row % q_len
-    hq = (row // q_len) % H_Q
-    b = row // (q_len * H_Q)
-    s = tl.arange(0, BLOCK_S)
-    s_ok = s < num_splits
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    lse = tl.load(Lse + row * num_splits + s, mask=s_ok, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp2(lse - m)
-    part_ptrs = Part + (row * num_splits + s)[:, None] * HEAD_DIM + d[None, :]
-    part = tl.load(part_ptrs, mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    den = tl.sum(w, 0)
-    num = tl.sum(w[:, None] * part, 0)
-    o = num / tl.where(den == 0.0, 1.0, den)
-    tl.store(Out + b * s_ob + hq * s_oh + qi * s_os + d, o.to(Out.dtype.element_ty), mask=d_ok)

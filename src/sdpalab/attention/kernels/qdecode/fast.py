@@ -1,0 +1,561 @@
+"""The fast kernel of fused decode attention over a quantized KV cache: int8, fp8 and int4 caches
+without recent tokens, float16 or bfloat16 queries, power-of-two head dims of at least 16 words
+(``host.fast_unavailable``); the general kernel (``general.py``) takes the rest.
+
+Keys first: every product is transposed so that the keys are the large side of the tensor-core
+tile (scores ``codes [BLOCK_N, D] @ q^T [D, rows]``, outputs ``codes^T [D/E, BLOCK_N] @ p
+[BLOCK_N, rows]``), and decode's 1 to 8 query rows per KV head fill its 8-wide side unpadded.
+
+Codes by position: a 32-bit word holds ``E`` codes (4 bytes or 8 nibbles) of channels ``E*j ..
+E*j + E-1``, and a dot product does not care in which order it visits channels, so codes are
+never put back into channel order. ``codes.code_pairs`` takes the codes at bits ``s`` and
+``s + 16`` into the two float16 halves of a register, which a tensor core takes as a pair along
+the reduced dimension: for keys the channels (``_joined``; the queries are gathered once in the
+same order, ``_joined_channel``), for values the keys (the halves of the words of keys ``2i``
+and ``2i + 1`` are first regrouped, ``_value_tiles``). The words load straight into the operand
+layout; no code goes through shared memory; one accumulator per value tile.
+
+Codes as float16 subnormals: an integer code ``u < 1024`` read as float16 is ``u * 2^-24``
+exactly, and tensor cores multiply subnormals exactly into float32; fp8 e4m3 becomes
+``value * 2^-8``. A code tile holds ``(code + OFF) / UNIT_INV``; int4 codes at bits 4 and 12
+come out 16 times larger (``UP``), which their queries and outputs absorb.
+
+Channel groups by stacked rows (int4: a scale and a zero per token and group of channels): the
+``R`` query rows are repeated ``NG`` times, once per group, with the other groups' channels of
+the queries zeroed. One product gives every group's partial score; each stacked row is scaled by
+its group's scale and a row's copies (neighbouring columns ``r * NG + g``, held by one thread)
+are summed into the score they share. The online softmax runs once per row; each copy carries
+the probabilities times its group's value scales, and channel ``c`` is read from the copy of its
+group. A row's copies share one power-of-two query scale ``alpha``; the softmax scale's sign
+goes into the queries. Value scales are taken relative to a running maximum ``beta``, so float16
+probabilities times scales never overflow; each block's product is added to the float32
+accumulators outside the tensor cores, which truncate as they accumulate (int8's bias makes
+their sums ~100x the result).
+
+Per-token scales (and int4 zeros) feed no ``tl.dot``, so Triton's pipeliner does not stage them:
+with up to two groups the next block's are loaded while a block computes (``AHEAD``), with more
+they are prefetched into L1 (compiled kernels only). Why each choice, with measurements:
+``benchmarks/notes/qdecode-kernel.md``.
+"""
+
+from typing import NamedTuple
+
+import triton
+import triton.language as tl
+
+from sdpalab.attention.kernels.qdecode.codes import Planes, code_pairs, halves, plane_bases
+from sdpalab.attention.kernels.qdecode.splits import gdc_launch_dependents, key_range
+
+
+class Scales(NamedTuple):
+    """Per-token scales and zeros ``[BLOCK_N, NG]`` float16 of one block (int8 and fp8 have no
+    zeros: ``kz``, ``vz`` repeat the scales)."""
+
+    ks: tl.tensor
+    kz: tl.tensor
+    vs: tl.tensor
+    vz: tl.tensor
+
+
+class State(NamedTuple):
+    """A program's online softmax after some blocks of keys, float32. Rows are a tile's query
+    rows; stacked rows their ``NG`` copies (``BLOCK_M = R * NG``)."""
+
+    m_i: tl.tensor  # [R] largest base-2 score so far
+    l_i: tl.tensor  # [R] sum of 2^(score - m_i)
+    beta: tl.tensor  # [] largest value scale so far
+    ps: tl.tensor  # [BLOCK_M] sum of the float16 p * scale / beta (takes off int8's code bias)
+    zs: tl.tensor  # [BLOCK_M] sum of p * zero / beta (int4's zeros)
+    a0: tl.tensor  # [WP, BLOCK_M] output of value tile 0 (channels E * col); a1..a7 likewise
+    a1: tl.tensor
+    a2: tl.tensor
+    a3: tl.tensor
+    a4: tl.tensor  # int8, fp8: [1, 1], carried unchanged
+    a5: tl.tensor
+    a6: tl.tensor
+    a7: tl.tensor
+    scales: Scales  # the next block's, when loaded ahead (``AHEAD``); else 0.0
+
+
+class Keys(NamedTuple):
+    """Where a program finds a block of keys: ``n0 + offs`` for block ``n0``, none past ``hi``."""
+
+    planes: Planes
+    offs: tl.tensor  # [BLOCK_N] 0 .. BLOCK_N - 1
+    hi: tl.tensor  # end of the program's keys
+    kw_off: tl.tensor  # [BLOCK_N, WP] offsets of a block's key words from the block's base
+    vw_off: tl.tensor  # the same for value words (int8, fp8: kw_off itself)
+    s_kwn: tl.tensor  # token stride of the key words
+    s_vwn: tl.tensor  # token stride of the value words
+
+
+class Queries(NamedTuple):
+    """A program's queries as the blocks meet them."""
+
+    q0: tl.tensor  # [2 * WP, BLOCK_M] float16 queries of key tile 0's channels; q1..q3 likewise
+    q1: tl.tensor
+    q2: tl.tensor  # int8, fp8: q0 again
+    q3: tl.tensor  # int8, fp8: q1 again
+    off: tl.tensor  # [BLOCK_M] what the code bias adds to a stacked row's raw products
+    zero: tl.tensor  # [BLOCK_M] times a zero: the zero's share of the raw products
+    row_scale: tl.tensor  # [R] (> 0) turns a row's summed raw products into base-2 scores
+    g_row: tl.tensor  # [BLOCK_M] channel group of each stacked row
+    lim: tl.tensor  # [R] the last key each row sees (causal)
+
+
+# ---------------------------------------------------------------- codes → tensor-core operands
+
+
+@triton.jit
+def _joined(w, SHIFT: tl.constexpr, FMT: tl.constexpr):
+    """The codes at bits ``SHIFT`` and ``SHIFT + 16`` of words ``[N, WP]`` side by side
+    ``[N, 2 * WP]``, as the two halves of one 32-bit register (no data moves)."""
+    lo, hi = halves(code_pairs(w, SHIFT, FMT, True))
+    return tl.reshape(tl.join(lo, hi), (w.shape[0], 2 * w.shape[1]))
+
+
+@triton.jit
+def _key_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
+    """Key words ``[N, WP]`` → ``E / 2`` float16 code tiles ``[N, 2 * WP]`` (``_joined_channel``
+    maps their columns to channels; the last two repeat when E = 4; int4 tiles 1 and 3 are
+    16 times larger)."""
+    if E == 4:
+        c0 = _joined(w, 0, FMT)
+        c1 = _joined(w, 8, FMT)
+        c2, c3 = c0, c1
+    else:
+        c0 = _joined(w, 0, FMT)
+        c1 = _joined(w, 4, FMT)
+        c2 = _joined(w, 8, FMT)
+        c3 = _joined(w, 12, FMT)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _joined_channel(col, T: tl.constexpr, E: tl.constexpr):
+    """The channel of column ``col`` of joined key tile ``T`` (codes ``T`` and ``T + E/2``)."""
+    return (col // 2) * E + T + (col % 2) * (E // 2)
+
+
+@triton.jit
+def _by_token(y):
+    """``[N/2, WP]`` words holding the float16 codes of keys ``2i`` (low half) and ``2i + 1``
+    (high half) → ``[N, WP]``: the halves become the key pairs that a value operand keeps in
+    one register, so no data moves."""
+    lo, hi = halves(y)
+    x = tl.permute(tl.join(lo, hi), (0, 2, 1))
+    return tl.reshape(x, (2 * y.shape[0], y.shape[1]))
+
+
+@triton.jit
+def _value_tiles(w, FMT: tl.constexpr, E: tl.constexpr):
+    """Value words ``[N, WP]`` → ``E`` float16 code tiles ``[N, WP]``, tile ``T`` holding channel
+    ``E * col + T`` (int8, fp8: the last four repeat the first; int4 odd tiles are 16 times
+    larger). The low halves of the words of keys ``2i`` and ``2i + 1`` are put in one word, and
+    their high halves in another, with one byte permute each; every code is then taken from
+    the pair as from a key word."""
+    N: tl.constexpr = w.shape[0]
+    WP: tl.constexpr = w.shape[1]
+    we, wo = tl.split(tl.permute(tl.reshape(w, (N // 2, 2, WP)), (0, 2, 1)))
+    lo = (we & 0xFFFF) | (wo << 16)
+    hi = ((we >> 16) & 0xFFFF) | (wo & -0x10000)
+    if E == 4:
+        c0 = _by_token(code_pairs(lo, 0, FMT, True))
+        c1 = _by_token(code_pairs(lo, 8, FMT, True))
+        c2 = _by_token(code_pairs(hi, 0, FMT, True))
+        c3 = _by_token(code_pairs(hi, 8, FMT, True))
+        c4, c5, c6, c7 = c0, c1, c2, c3
+    else:
+        c0 = _by_token(code_pairs(lo, 0, FMT, True))
+        c1 = _by_token(code_pairs(lo, 4, FMT, True))
+        c2 = _by_token(code_pairs(lo, 8, FMT, True))
+        c3 = _by_token(code_pairs(lo, 12, FMT, True))
+        c4 = _by_token(code_pairs(hi, 0, FMT, True))
+        c5 = _by_token(code_pairs(hi, 4, FMT, True))
+        c6 = _by_token(code_pairs(hi, 8, FMT, True))
+        c7 = _by_token(code_pairs(hi, 12, FMT, True))
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+# ---------------------------------------------------------------- stacked rows, per-token planes
+
+
+@triton.jit
+def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
+            alpha):  # fmt: skip
+    """Queries of key tile ``T``'s channels, of each stacked row's group only, over alpha,
+    float16, transposed: ``[2 * WP, BLOCK_M]``."""
+    ch = _joined_channel(col, T, E)
+    keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
+    x = tl.load(base + ch[:, None], mask=keep, other=0.0).to(tl.float32)
+    return (x / alpha[None, :]).to(tl.float16)
+
+
+@triton.jit
+def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr):
+    """Output of value tile ``T`` (``x [WP, BLOCK_M]``: channel ``E * col + T``), each stacked
+    row's group only."""
+    ch = col * E + T
+    keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
+    tl.store(base + ch[:, None], x, mask=keep)
+
+
+@triton.jit
+def _times_group(x, base, n, n_ok, g_row, NG: tl.constexpr):
+    """``x [BLOCK_N, BLOCK_M]`` times the per-token values of each stacked row's group (plane
+    ``[S, NG]`` at ``base``; stacked row r has group ``g_row[r]``)."""
+    if n_ok is None:
+        out = x * tl.load(base + n * NG).to(tl.float32)[:, None]
+    else:
+        out = x * tl.load(base + n * NG, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    for g in tl.static_range(1, NG):
+        if n_ok is None:
+            vg = tl.load(base + n * NG + g).to(tl.float32)
+        else:
+            vg = tl.load(base + n * NG + g, mask=n_ok, other=0.0).to(tl.float32)
+        out = tl.where((g_row == g)[None, :], x * vg[:, None], out)
+    return out
+
+
+@triton.jit
+def _plane_max(base, n, n_ok, NG: tl.constexpr):
+    """The largest per-token value of keys ``n`` in plane ``[S, NG]`` at ``base`` (0 for keys
+    past ``n_ok``)."""
+    g = tl.arange(0, NG)
+    if n_ok is None:
+        v = tl.load(base + n[:, None] * NG + g[None, :])
+    else:
+        v = tl.load(base + n[:, None] * NG + g[None, :], mask=n_ok[:, None], other=0.0)
+    return tl.max(tl.max(v, 1), 0).to(tl.float32)
+
+
+@triton.jit
+def _plane_tile(base, n0, offs_n, hi, NG: tl.constexpr):
+    """Per-token values ``[BLOCK_N, NG]`` of keys ``n0 + offs_n`` (0 past ``hi``) from a plane
+    stored ``[S, NG]`` contiguous, as stored (float16: converted where used, so that nothing
+    waits on the load before then): one vectorized load from a scalar base."""
+    g = tl.arange(0, NG)
+    ok = (offs_n + n0 < hi)[:, None]  # offsets first: the interpreter's n0 may be a constexpr
+    return tl.load(base + n0 * NG + (offs_n[:, None] * NG + g[None, :]), mask=ok, other=0.0)
+
+
+@triton.jit
+def _scales_of(planes, n0, offs_n, hi, E: tl.constexpr, NG: tl.constexpr):
+    """The ``Scales`` of keys ``n0 + offs_n``."""
+    ks = _plane_tile(planes.ks, n0, offs_n, hi, NG)
+    vs = _plane_tile(planes.vs, n0, offs_n, hi, NG)
+    if E == 8:
+        kz = _plane_tile(planes.kz, n0, offs_n, hi, NG)
+        vz = _plane_tile(planes.vz, n0, offs_n, hi, NG)
+    else:
+        kz, vz = ks, vs
+    return Scales(ks, kz, vs, vz)
+
+
+@triton.jit
+def _pick(v, R: tl.constexpr):
+    """``[BLOCK_N, NG]`` per-token values → ``[BLOCK_N, R * NG]``, each stacked row (``r * NG +
+    g``) its group's value, float32."""
+    n: tl.constexpr = v.shape[0]
+    NG: tl.constexpr = v.shape[1]
+    x = tl.broadcast_to(tl.expand_dims(v.to(tl.float32), 1), (n, R, NG))
+    return tl.reshape(x, (n, R * NG))
+
+
+@triton.jit
+def _row_total(x, NG: tl.constexpr, R: tl.constexpr):
+    """``[N, R * NG]`` stacked rows → ``[N, R]``: each row's sum over its NG copies."""
+    if NG == 1:
+        return x
+    n: tl.constexpr = x.shape[0]
+    return tl.sum(tl.reshape(x, (n, R, NG)), 2)
+
+
+@triton.jit
+def _copies(x, NG: tl.constexpr):
+    """``[N, R]`` per row → ``[N, R * NG]`` per stacked row (a row's copies side by side)."""
+    if NG == 1:
+        return x
+    n: tl.constexpr = x.shape[0]
+    r: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 2), (n, r, NG)), (n, r * NG))
+
+
+@triton.jit
+def _row_copies(x, NG: tl.constexpr):
+    """``[R]`` per row → ``[R * NG]`` per stacked row."""
+    if NG == 1:
+        return x
+    r: tl.constexpr = x.shape[0]
+    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 1), (r, NG)), (r * NG,))
+
+
+# ---------------------------------------------------------------- memory hints (compiled only)
+
+
+@triton.jit
+def _prefetch(ptrs):
+    """Ask for the lines at ``ptrs`` to be brought into L1 (no result, nothing waits on it)."""
+    tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
+def _bulk_l2(ptr, nbytes):
+    """Ask L2 for about ``nbytes`` from ``ptr``: one bulk prefetch (sm_90 and later) of the
+    16-byte-aligned range inside them, issued by lane 0; nothing waits on it."""
+    p = ptr + tl.zeros([1], tl.int32)
+    n = (nbytes + tl.zeros([1], tl.int32)).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p, q; .reg .b32 l, n; .reg .b64 a, e; "
+        "add.u64 a, $1, 15; and.b64 a, a, -16; cvt.u64.u32 e, $2; add.u64 e, e, $1; "
+        "and.b64 e, e, -16; sub.u64 e, e, a; cvt.u32.u64 n, e; "
+        "mov.u32 l, %laneid; setp.eq.u32 p, l, 0; setp.gt.s32 q, n, 0; and.pred p, p, q; "
+        "@p cp.async.bulk.prefetch.L2.global [a], n; mov.u32 $0, 0; }",
+        "=r,l,r", [p, n], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- one block of keys
+
+
+@triton.jit
+def _block(
+    state, n0, keys, queries, FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr,
+    OFF: tl.constexpr, R: tl.constexpr, MASKED: tl.constexpr, PREFETCH: tl.constexpr,
+    AHEAD: tl.constexpr,
+):  # fmt: skip
+    """The ``State`` after keys ``n0 + keys.offs``. ``MASKED``: some keys are past ``keys.hi``
+    or, for some rows, past the causal limit ``queries.lim``. Tiles are transposed, keys first:
+    scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
+    planes = keys.planes
+    n = n0 + keys.offs
+    g_row = queries.g_row
+    BLOCK_M: tl.constexpr = g_row.shape[0]
+    BLOCK_N: tl.constexpr = n.shape[0]
+    sc = state.scales
+    if AHEAD:  # this block's scales (and zeros) came with the last block; load the next ones
+        ks, kz, vs, vz = sc
+        sc = _scales_of(planes, n0 + BLOCK_N, keys.offs, keys.hi, E, NG)
+    elif PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
+        nx = tl.minimum(n + BLOCK_N, keys.hi - 1)
+        _prefetch(planes.ks + nx * NG)
+        _prefetch(planes.vs + nx * NG)
+        if E == 8:
+            _prefetch(planes.kz + nx * NG)
+            _prefetch(planes.vz + nx * NG)
+    kw_blk = planes.kw + n0 * keys.s_kwn
+    vw_blk = planes.vw + n0 * keys.s_vwn
+    if MASKED:
+        n_ok = n < keys.hi
+        kw = tl.load(kw_blk + keys.kw_off, mask=n_ok[:, None], other=0)
+        vw = tl.load(vw_blk + keys.vw_off, mask=n_ok[:, None], other=0)
+    else:
+        n_ok = None
+        kw = tl.load(kw_blk + keys.kw_off)
+        vw = tl.load(vw_blk + keys.vw_off)
+
+    # ---- scores: per copy, scale * (codes·q16 - off) [+ zero * sum q], summed over a row's
+    # copies; times row_scale (> 0) they are the base-2 softmax's scores
+    k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
+    raw = tl.zeros([BLOCK_N, BLOCK_M], tl.float32) - queries.off[None, :]
+    raw = tl.dot(k0, queries.q0, raw)
+    raw = tl.dot(k1, queries.q1, raw)
+    if E == 8:
+        raw = tl.dot(k2, queries.q2, raw)
+        raw = tl.dot(k3, queries.q3, raw)
+    if AHEAD:
+        qk = raw * _pick(ks, R)
+        if E == 8:
+            qk += _pick(kz, R) * queries.zero[None, :]
+    else:
+        qk = _times_group(raw, planes.ks, n, n_ok, g_row, NG)
+        if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
+            # product's layout
+            qz = _times_group(raw * 0.0 + 1.0, planes.kz, n, n_ok, g_row, NG)
+            qk += qz * queries.zero[None, :]
+    qk = _row_total(qk, NG, R)
+
+    # ---- online softmax (base 2), once per row; its probabilities then go to every copy
+    if MASKED:
+        qk = tl.where(n_ok[:, None] & (n[:, None] <= queries.lim[None, :]), qk, float("-inf"))
+    m_new = tl.maximum(state.m_i, tl.max(qk, 0) * queries.row_scale)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    corr = tl.exp2(state.m_i - m_safe)
+    p = tl.exp2(qk * queries.row_scale[None, :] - m_safe[None, :])
+    l_i = state.l_i * corr + tl.sum(p, 0)
+
+    # ---- values: acc += codes · (p * scale / beta), everything rescaled by corr and beta (the
+    # running largest value scale, one for all rows)
+    if AHEAD:
+        beta_new = tl.maximum(state.beta, tl.max(tl.max(vs, 1), 0).to(tl.float32))
+    else:
+        beta_new = tl.maximum(state.beta, _plane_max(planes.vs, n, n_ok, NG))
+    p = _copies(p * (-1.0 / beta_new), NG)  # -p / beta, per copy
+    if AHEAD:
+        pv_neg = (p * _pick(vs, R)).to(tl.float16)
+    else:
+        pv_neg = _times_group(p, planes.vs, n, n_ok, g_row, NG).to(tl.float16)
+    f_row = _row_copies(corr * (state.beta / beta_new), NG)
+    f = f_row[None, :]
+    ps, zs = state.ps, state.zs
+    if OFF != 0:
+        ps = ps * f_row - tl.sum(pv_neg.to(tl.float32), 0)
+    if E == 8:
+        pz = p * _pick(vz, R) if AHEAD else _times_group(p, planes.vz, n, n_ok, g_row, NG)
+        zs = zs * f_row - tl.sum(pz, 0)
+    v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, FMT, E)
+    # A fresh product per block, added in float32: tensor cores truncate as they accumulate.
+    # (Subtracting the product of -pv keeps Triton from folding the sum back into the product's
+    # accumulator.)
+    a0 = state.a0 * f - tl.dot(tl.trans(v0), pv_neg)
+    a1 = state.a1 * f - tl.dot(tl.trans(v1), pv_neg)
+    a2 = state.a2 * f - tl.dot(tl.trans(v2), pv_neg)
+    a3 = state.a3 * f - tl.dot(tl.trans(v3), pv_neg)
+    a4, a5, a6, a7 = state.a4, state.a5, state.a6, state.a7
+    if E == 8:
+        a4 = a4 * f - tl.dot(tl.trans(v4), pv_neg)
+        a5 = a5 * f - tl.dot(tl.trans(v5), pv_neg)
+        a6 = a6 * f - tl.dot(tl.trans(v6), pv_neg)
+        a7 = a7 * f - tl.dot(tl.trans(v7), pv_neg)
+    return State(m_new, l_i, beta_new, ps, zs, a0, a1, a2, a3, a4, a5, a6, a7, sc)
+
+
+# ---------------------------------------------------------------- the kernel
+
+
+@triton.jit
+def fast_kernel(
+    Q, Out, Part, Lse, KW, KS, KZ, VW, VS, VZ,
+    q_len, kv_len, chunk, num_splits, qk_scale,
+    s_qb, s_qh, s_qs, s_ob, s_oh, s_os,
+    s_kwb, s_kwh, s_kwn, s_ksb, s_ksh,
+    s_vwb, s_vwh, s_vwn, s_vsb, s_vsh,
+    H_KV,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, FMT: tl.constexpr, E: tl.constexpr,
+    WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
+    R: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, BULK_L2: tl.constexpr,
+):  # fmt: skip
+    """One (batch, KV head) x ``R`` query rows x KV split (grid: ``B * H_kv``, query tiles,
+    splits). ``Q``, ``Out``: ``[B, H_q, q_len, D]``; ``KW``/``VW``: int32 words ``[B, H_kv, S,
+    WP]`` of ``E`` codes each; ``KS``/``KZ``/``VS``/``VZ``: per-token float16 scales and zeros
+    ``[B, H_kv, S, NG]``, a token's ``NG`` values contiguous. int8, fp8 (E = 4): one scale per
+    token, ``NG`` = 1. int4 (E = 8): a scale and a zero per token and group of
+    ``HEAD_DIM / NG`` channels. ``Part``/``Lse``: each split's partial output and base-2
+    log-sum-exp. ``qk_scale``: the softmax scale times log2(e). ``PDL``: the merge kernel, a
+    programmatic dependent launch, may be scheduled once every program is past its loop."""
+    BLOCK_M: tl.constexpr = NG * R
+    GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = (pid_bh // H_KV).to(tl.int64)
+    hk = (pid_bh % H_KV).to(tl.int64)
+    r = pid_m * R + tl.arange(0, R)  # the rows themselves
+    lim, lo, hi, seen_by_all = key_range(r // G, pid_m, pid_s, q_len, kv_len, chunk, R, G,
+                                         CAUSAL)  # fmt: skip
+    planes = plane_bases(
+        KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
+    )
+    if BULK_L2 and hi > lo:  # the first two blocks head for L2 while the queries load
+        ntok = tl.minimum(hi - lo, 2 * BLOCK_N)
+        _bulk_l2(planes.kw + lo * s_kwn, ntok * s_kwn * 4)
+        _bulk_l2(planes.vw + lo * s_vwn, ntok * s_vwn * 4)
+        _bulk_l2(planes.ks + lo * NG, ntok * NG * 2)
+        _bulk_l2(planes.vs + lo * NG, ntok * NG * 2)
+        if E == 8:
+            _bulk_l2(planes.kz + lo * NG, ntok * NG * 2)
+            _bulk_l2(planes.vz + lo * NG, ntok * NG * 2)
+
+    # stacked row t: copy g_row = t % NG of row m = pid_m * R + t // NG (query token m // G,
+    # query head hk * G + m % G); a row's copies are neighbours, held by one thread
+    t = tl.arange(0, BLOCK_M)
+    g_row = t % NG
+    m = pid_m * R + t // NG
+    qi = m // G
+    hq = hk * G + m % G
+    row_ok = qi < q_len
+    d = tl.arange(0, HEAD_DIM)
+    j = tl.arange(0, WP)  # word of a token; column of a value tile
+    kcol = tl.arange(0, 2 * WP)  # of a key tile
+    q_row = Q + b * s_qb + hq * s_qh + qi * s_qs
+    in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
+    q = tl.load(q_row[:, None] + d[None, :], mask=in_d, other=0.0).to(tl.float32)
+    q_base = q_row[None, :]
+    # per row (all its copies): a power of two >= its largest |q|, so q / alpha is exact and at
+    # most 1; the scale's sign goes into the queries, so that row_scale > 0
+    top_q = tl.max(tl.reshape(tl.max(tl.abs(q), 1), (R, NG)), 1)
+    alpha_r = tl.exp2(tl.ceil(tl.log2(tl.where(top_q == 0.0, 1.0, top_q))))
+    alpha = _row_copies(alpha_r, NG) * tl.where(qk_scale < 0, -1.0, 1.0)
+    # int4 key tiles 1 and 3 hold 16 c: tiles 0 and 2 are met by 16 q (exact, and |q| <= 16)
+    UP: tl.constexpr = 16.0 if E == 8 else 1.0
+    q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha / UP)
+    q1 = _load_q(q_base, kcol, row_ok, g_row, 1, E, GROUP, alpha)
+    if E == 8:
+        q2 = _load_q(q_base, kcol, row_ok, g_row, 2, E, GROUP, alpha / UP)
+        q3 = _load_q(q_base, kcol, row_ok, g_row, 3, E, GROUP, alpha)
+    else:
+        q2, q3 = q0, q1
+    q16 = (q / alpha[:, None]).to(tl.float16).to(tl.float32)
+    queries = Queries(
+        q0, q1, q2, q3,
+        off=(OFF / UNIT_INV) * tl.sum(q16, 1),
+        zero=tl.sum(q, 1) * UP / (alpha * UNIT_INV),
+        row_scale=alpha_r * (UNIT_INV * tl.abs(qk_scale) / UP),
+        g_row=g_row,
+        lim=lim,
+    )  # fmt: skip
+
+    a4 = tl.zeros([WP, BLOCK_M] if E == 8 else [1, 1], tl.float32)  # int8, fp8: unused
+    offs_n = tl.arange(0, BLOCK_N)
+    kw_off = offs_n[:, None] * s_kwn + j[None, :]
+    # int8, fp8: one set of offsets for both planes (the launcher makes their strides equal);
+    # two spill the registers of a 128-key block. int4 is faster with two (notes)
+    vw_off = kw_off if E == 4 else offs_n[:, None] * s_vwn + j[None, :]
+    keys = Keys(planes, offs_n, hi, kw_off, vw_off, s_kwn, s_vwn)
+    # blocks every row sees in full need no masks; the last partial or causal blocks do
+    full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
+    AHEAD: tl.constexpr = NG <= 2  # scales loaded one block ahead, in registers
+    acc = tl.zeros([WP, BLOCK_M], tl.float32)
+    state = State(
+        m_i=tl.full([R], float("-inf"), tl.float32),
+        l_i=tl.zeros([R], tl.float32),
+        beta=tl.full([], 1e-30, tl.float32),
+        ps=tl.zeros([BLOCK_M], tl.float32),
+        zs=tl.zeros([BLOCK_M], tl.float32),
+        a0=acc, a1=acc, a2=acc, a3=acc, a4=a4, a5=a4, a6=a4, a7=a4,
+        scales=_scales_of(planes, lo, offs_n, hi, E, NG) if AHEAD else 0.0,
+    )  # fmt: skip
+    for n0 in range(lo, full, BLOCK_N):
+        state = _block(state, n0, keys, queries, FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)
+    for n0 in range(full, hi, BLOCK_N):
+        state = _block(state, n0, keys, queries, FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)
+    if PDL:  # the merge kernel may start now (it waits for this grid's stores to land)
+        gdc_launch_dependents()
+
+    # numerator = beta * (UNIT_INV * acc - OFF * ps + zs); the output of channel E*j + p is the
+    # copy of its group
+    l_safe = tl.where(state.l_i == 0.0, 1.0, state.l_i)
+    l_row = _row_copies(l_safe, NG)
+    w = (state.beta * UNIT_INV / l_row)[None, :]
+    c = (state.beta * (state.zs - OFF * state.ps) / l_row)[None, :]
+    if SPLIT:
+        row = (b * (H_KV * G) + hq) * q_len + qi
+        o_base = Part + (row * num_splits + pid_s)[None, :] * HEAD_DIM
+        r_row = (b * (H_KV * G) + hk * G + r % G) * q_len + r // G
+        lse = tl.where(state.l_i == 0.0, float("-inf"), state.m_i + tl.log2(l_safe))
+        tl.store(Lse + r_row * num_splits + pid_s, lse, mask=r // G < q_len)
+        ty = Part.dtype.element_ty
+    else:
+        o_base = Out + b * s_ob + hq[None, :] * s_oh + qi[None, :] * s_os
+        ty = Out.dtype.element_ty
+    _store(o_base, j, row_ok, g_row, (state.a0 * w + c).to(ty), 0, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (state.a1 * (w / UP) + c).to(ty), 1, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (state.a2 * w + c).to(ty), 2, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (state.a3 * (w / UP) + c).to(ty), 3, E, GROUP)
+    if E == 8:
+        _store(o_base, j, row_ok, g_row, (state.a4 * w + c).to(ty), 4, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (state.a5 * (w / UP) + c).to(ty), 5, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (state.a6 * w + c).to(ty), 6, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (state.a7 * (w / UP) + c).to(ty), 7, E, GROUP)
