@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fault_backends(monkeypatch):
+    """The test-only fault backends, registered here and in every subprocess, for one test."""
+    import faults
+
+    for key, value in faults.plugin_env().items():
+        monkeypatch.setenv(key, value)
+    faults.register_backends()
+    yield faults
+    faults.unregister_backends()

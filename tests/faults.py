@@ -1,7 +1,8 @@
 """Test-only backends that fail on purpose, one way each, so the engine's fault handling can be
-tested end to end. They register through the public registry call when this module is imported:
-in a test process by importing it, in the CLI and worker processes through
-``SDPALAB_PLUGINS=faults`` (see :func:`plugin_env`).
+tested end to end. They register through the public registry call: in a test process with the
+``fault_backends`` fixture (``conftest.py``), in the CLI and worker processes through
+``SDPALAB_PLUGINS=faults`` (see :func:`plugin_env`). Never left registered: ``sdpalab doctor``
+probes every registered backend.
 
 ==================  ===================================================  ==================
 backend             what it does when called                             expected status
@@ -22,7 +23,7 @@ import signal
 import time
 from pathlib import Path
 
-from sdpalab.attention.backends import Backend, register
+from sdpalab.attention.backends import Backend, register, unregister
 
 FAULT_BACKENDS = (
     "fault_oom",
@@ -90,5 +91,12 @@ def plugin_env() -> dict[str, str]:
     return {"SDPALAB_PLUGINS": "faults", "PYTHONPATH": path}
 
 
-for _name, _attend in _ATTENDS.items():
-    register(Backend(name=_name, make=lambda mod, args, _a=_attend: _a, in_available=False))
+def register_backends() -> None:
+    """Add the fault backends (what ``SDPALAB_PLUGINS`` calls in a subprocess)."""
+    for name, attend in _ATTENDS.items():
+        register(Backend(name=name, make=lambda mod, args, _a=attend: _a, in_available=False))
+
+
+def unregister_backends() -> None:
+    for name in _ATTENDS:
+        unregister(name)

@@ -212,11 +212,9 @@ def test_unsupported_trials_are_stored_without_a_worker(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_memory_is_released_between_trials(tmp_path, monkeypatch):
+def test_gpu_memory_is_released_between_trials(tmp_path, fault_backends):
     """A big masked trial, then a CUDA OOM, must not inflate a later small trial's peak: the
     same small trial measures the same total peak before and after them."""
-    for key, value in plugin_env().items():
-        monkeypatch.setenv(key, value)
     small = {"seq_kv": 64, "heads_q": 1, "head_dim": 16}
     big = {"seq_kv": 4096, "heads_q": 8, "head_dim": 64}
     spec = spec_from_dict(

@@ -13,7 +13,6 @@ import warnings
 import numpy as np
 import pytest
 
-from faults import plugin_env
 from sdpalab.explore.grid import sweep
 from sdpalab.explore.pareto import hypervolume, pareto
 from sdpalab.explore.recommend import recommend
@@ -55,10 +54,8 @@ def ids_in_store(out):
 
 
 @pytest.mark.slow
-def test_search_against_the_grid(tmp_path, monkeypatch):
+def test_search_against_the_grid(tmp_path, fault_backends):  # fault_wrong: zeros, error 1.0
     """Real engine: search 6, resume for 4 more, then the grid fills the rest of the same store."""
-    for key, value in plugin_env().items():  # fault_wrong: zeros at once, error 1.0
-        monkeypatch.setenv(key, value)
     spec = tiny_spec(["math", "eager", "flash", "fault_wrong"], constraints={"max_error": 1e-3})
     grid_size = len(spec.trials())
     assert grid_size == 16

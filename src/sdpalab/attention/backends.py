@@ -2,9 +2,9 @@
 
 Everything else (the spec's validation, caches, the trial, the worker, the doctor, the
 transformers bridge) asks a record and never branches on a backend's name. A new backend, or
-a test-only one, joins with :func:`register`; modules named in ``SDPALAB_PLUGINS`` (comma
-separated, importable) are imported once the built-in backends are in, so that every process
-of a run (the CLI, each worker) registers them alike.
+a test-only one, joins with :func:`register`. ``SDPALAB_PLUGINS`` names importable modules
+(comma separated) whose ``register_backends()`` runs once the built-in backends are in, so that
+every process of a run (the CLI, each worker) registers them alike.
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ _REGISTRY: dict[str, Backend] = {}
 def register(backend: Backend) -> None:
     """Add (or replace) a backend."""
     _REGISTRY[backend.name] = backend
+
+
+def unregister(name: str) -> None:
+    """Remove a backend (a test's, when it is done)."""
+    _REGISTRY.pop(name, None)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -135,4 +140,4 @@ for _backend in (
     register(_backend)
 
 for _plugin in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
-    importlib.import_module(_plugin.strip())
+    importlib.import_module(_plugin.strip()).register_backends()
