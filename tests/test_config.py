@@ -62,12 +62,11 @@ def test_mods_inline_args_and_mod_args_axis():
         workload={"seq_kv": 16},
     )
     labels = [t.label for t in spec.trials()]
-    # mod_args applies to plain mods; where it does not fit (none + prefix) the trial is
-    # unsupported with the reason, not dropped
+    # mod_args goes to the plain mods that take its keys; none takes no prefix and runs plain
     assert "auto/sliding_window(window=4)" in labels and "auto/sliding_window(window=8)" in labels
     assert "auto/prefix_lm(prefix=2)" in labels and "auto/prefix_lm(prefix=6)" in labels
-    bad = [t for t in spec.trials() if t.unsupported]
-    assert bad and all("not a parameter of 'none'" in t.unsupported for t in bad)
+    assert labels.count("auto") == 1 and len(labels) == 5
+    assert not [t for t in spec.trials() if t.unsupported] and not spec.left_out()
 
 
 def test_grids_inherit_and_override_and_zip():
@@ -99,21 +98,29 @@ def test_grids_inherit_and_override_and_zip():
     assert not [t for t in trials if t.grid == "gpu"]  # only_on: cuda, and this is the CPU
 
 
-def test_unsupported_combinations_are_kept_with_the_reason(monkeypatch):
+def test_not_here_is_unsupported_and_never_valid_is_not_a_trial(monkeypatch):
+    """What this machine lacks is an ``unsupported`` trial; a point no machine could run is
+    left out of the grid (listed with the reason), and a value that makes no valid point at
+    all is a config error naming its key."""
     import sdpalab.spec.workload
 
     monkeypatch.setattr(sdpalab.spec.workload, "supported_dtypes", lambda device: ("float32",))
     spec = _spec(
-        workload={"seq_kv": 16, "seq_q": [8, 32], "dtype": ["float32", "float16"]},
+        workload={"seq_kv": 16, "seq_q": [8, 16], "dtype": ["float32", "float16"]},
         variants={"kv_cache": ["none", "static"], "kv_quant": ["none", "int8"]},
     )
     trials = spec.trials()
-    assert len(trials) == 16
+    assert len(trials) == 12  # of 16: int8 without a cache, at 2 seq_q x 2 dtypes, left out
+    left = spec.left_out()
+    assert len(left) == 4 and all("needs a kv_cache" in t.invalid for t in left)
     reasons = [t.unsupported for t in trials if t.unsupported]
-    assert len(trials) - len(reasons) == 3  # seq_q 8, float32, and not int8 without a cache
-    assert any("needs a kv_cache" in r for r in reasons)
-    assert any("seq_q=32 must be at most seq_kv=16" in r for r in reasons)
-    assert any("not supported on cpu" in r for r in reasons)
+    assert len(reasons) == 6 and all("not supported on cpu" in r for r in reasons)  # float16
+    with pytest.raises(ValueError, match=r"workload\.seq_q: 32 makes no valid trial: seq_q=32"):
+        _spec(workload={"seq_kv": 16, "seq_q": [8, 32]})
+    with pytest.raises(ValueError, match=r"variants\.kv_quant: 'int8' makes no valid trial"):
+        _spec(variants={"kv_quant": ["none", "int8"]})
+    with pytest.raises(ValueError, match=r"grids\[1\]\.variants\.mod: 'sliding_window'"):
+        _spec(grids=[{}, {"variants": {"mod": "sliding_window"}}])
     t = next(t for t in trials if t.unsupported)
     res = t.result("unsupported", t.unsupported)
     assert res.trial_id == t.trial_id and res.label == t.label and res.workload["seq_kv"] == 16

@@ -352,11 +352,13 @@ def test_quantized_cache_shrinks_at_head_dim_128(layout, fmt, limit):
 
 
 @pytest.mark.slow  # a Dynamo trace
-def test_static_cache_traces_under_torch_compile():
+@pytest.mark.parametrize("kv_args", [{}, {"smooth_keys": 1}], ids=["plain", "smooth_keys"])
+def test_static_cache_traces_under_torch_compile(kv_args):
     seq, fill = 40, 30
     q, k, v = _qkv(seq, batch=2, heads_q=8, heads_kv=2, head_dim=64)
     wl = spec.Workload(phase="decode", batch=2, heads_q=8, heads_kv=2, seq_kv=seq, head_dim=64)
-    cache = make_cached_attention(spec.Variant(backend="eager", kv_cache="static"), wl)
+    variant = spec.Variant(backend="eager", kv_cache="static", kv_args=kv_args)
+    cache = make_cached_attention(variant, wl)
     cache(q[:, :, :fill], k[:, :, :fill], v[:, :, :fill])
     buffer = cache.k_store.planes["x"].data_ptr()
     # fullgraph: the write, the length bump and the attention are one graph, no break
@@ -392,3 +394,127 @@ def test_paged_flex_reads_pages_in_place(fmt, window):
     cache.rollback(seq - 1)
     again = cache(*(t[:, :, -1:] for t in (q, k, v)))
     torch.testing.assert_close(again, last[:, :, -1:], atol=F32_ATOL, rtol=F32_RTOL)
+
+
+# -- key smoothing ------------------------------------------------------------------------------
+# Keys are stored as k - mean (the first call's channel means): every score of one query moves by
+# the same q . mean, so the oracle of the original keys still applies, and a quantized cache is
+# checked tightly against what it stores and loosely against the true keys, as above.
+
+OUTLIERS = (3, 17, 41, 79)  # channels of head_dim 80 with a large offset, as real keys have
+
+
+def _outlier_keys(k, offset=12.0, spread=3.0):
+    k = k.clone()
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    k[..., OUTLIERS] = sign * offset + spread * k[..., OUTLIERS]
+    return k
+
+
+def _check_smoothed(cache, mod, fmt, q, k, v, chunks=CHUNKS):
+    """Like ``_check_against_oracle``, with the cache's keys shifted by the first call's means."""
+    mean = k[:, :, : chunks[0]].float().mean(2, keepdim=True)
+    shifted = k - mean
+    group = q.shape[1] // k.shape[1]
+    for start, end, out in _run(cache, q, k, v, chunks):
+        k_eff, eps_k = _effective(shifted, fmt, "key", end, cache)
+        v_eff, eps_v = _effective(v, fmt, "value", end, cache)
+        q_call = q[:, :, start:end]
+        tight = attention_ref(q_call, k_eff, v_eff, *mod)  # what the cache stores
+        torch.testing.assert_close(out.double(), tight, atol=F32_ATOL, rtol=F32_RTOL)
+        true = attention_ref(q_call, k[:, :, :end], v[:, :, :end], *mod)  # the original keys
+        bound = _bound(q_call, k[:, :, :end], v[:, :, :end], eps_k, eps_v, group)
+        assert torch.all((out.double() - true).abs() <= bound + F32_ATOL), (start, end)
+    torch.testing.assert_close(cache.key_mean, mean, atol=0, rtol=0)
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_smoothed_keys_match_the_oracle_of_the_original_keys(layout, fmt):
+    if not _supported(layout, fmt):
+        return
+    seq = sum(CHUNKS)
+    cache = make_cached_attention(_variant(layout, fmt, smooth_keys=1), _workload(seq), page_seed=7)
+    q, k, v = _qkv(seq, seed=12)
+    _check_smoothed(cache, _mod(layout), fmt, q, _outlier_keys(k), v)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_smoothing_an_unquantized_cache_changes_nothing(layout):
+    seq = sum(CHUNKS)
+    q, k, v = _qkv(seq, seed=13)
+    k = _outlier_keys(k)
+    plain, smoothed = (
+        make_cached_attention(_variant(layout, "none", **args), _workload(seq), page_seed=1)
+        for args in ({}, {"smooth_keys": 1})
+    )
+    for (_, _, a), (_, _, b) in zip(_run(plain, q, k, v), _run(smoothed, q, k, v), strict=True):
+        torch.testing.assert_close(b, a, atol=F32_ATOL, rtol=F32_RTOL)
+
+
+def _rel_err(layout, fmt, q, k, v, **kv_args):
+    cache = make_cached_attention(_variant(layout, fmt, **kv_args), _workload(q.shape[2]))
+    outs = torch.cat([out for _, _, out in _run(cache, q, k, v)], 2).double()
+    ref = attention_ref(q, k, v, *_mod(layout))
+    return float((outs - ref).norm() / ref.norm())
+
+
+def test_smoothing_helps_per_token_int4_on_outlier_keys():
+    # What the option is for: outlier channels stretch int4's per-token range; KIVI keys are
+    # quantized per channel, which a per-channel shift leaves as it was.
+    seq = sum(CHUNKS)
+    q, k, v = _qkv(seq, seed=14)
+    k = _outlier_keys(k)
+    plain, smoothed = (_rel_err("static", "int4", q, k, v, **a) for a in ({}, {"smooth_keys": 1}))
+    assert smoothed < 0.5 * plain
+    kivi = [_rel_err("static", "kivi4", q, k, v, **a) for a in ({}, {"smooth_keys": 1})]
+    assert kivi[1] == pytest.approx(kivi[0], rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("layout", "fmt"), [("static", "int4"), ("sliding", "int8"), ("dynamic", "kivi4")]
+)
+def test_smoothed_rollback_and_reset(layout, fmt):
+    # rolling back keeps the prefill's means; a reset starts a new sequence, whose first call
+    # sets new ones
+    fill, seq = 47, 49
+    q, k, v = _qkv(seq, seed=15)
+    k = _outlier_keys(k)
+    variant = _variant(layout, fmt, max_len=seq, smooth_keys=1)
+    cache = make_cached_attention(variant, _workload(seq))
+    cache(q[:, :, :fill], k[:, :, :fill], v[:, :, :fill])
+    step = [t[:, :, fill : fill + 1] for t in (q, k, v)]
+    first = cache(*step)
+    cache.rollback(fill)
+    torch.testing.assert_close(cache(*step), first, atol=0, rtol=0)
+    cache.reset()
+    fresh = make_cached_attention(variant, _workload(seq))
+    other = [t.flip(2) for t in (q, k, v)]  # another sequence
+    for c in (cache, fresh):
+        c(*(t[:, :, :fill] for t in other))
+    torch.testing.assert_close(cache.key_mean, fresh.key_mean, atol=0, rtol=0)
+    torch.testing.assert_close(
+        cache(*(t[:, :, fill : fill + 1] for t in other)),
+        fresh(*(t[:, :, fill : fill + 1] for t in other)),
+        atol=0,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize(("layout", "fmt"), ROLLBACK_CASES)
+def test_smoothed_cache_bytes_count_the_means(layout, fmt):
+    seq = sum(CHUNKS)
+    sizes = {}
+    for args in ({}, {"smooth_keys": 1}):
+        cache = make_cached_attention(_variant(layout, fmt, **args), _workload(seq), page_seed=4)
+        list(_run(cache, *_qkv(seq)))
+        assert cache.cache_bytes() == _storage_bytes(cache)
+        sizes[bool(args)] = cache.cache_bytes()
+    assert sizes[True] - sizes[False] == B * HKV * D * 4  # float32 means per (row, head, channel)
+
+
+def test_per_layer_maps_are_refused_on_one_attention_call():
+    variant = spec.Variant(kv_cache="static", kv_quant="int8@0-1,kivi2")
+    with pytest.raises(ValueError, match="per-layer map; one attention call is one layer"):
+        make_cached_attention(variant, _workload(16))

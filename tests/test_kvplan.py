@@ -8,12 +8,14 @@ from sdpalab.attention import kvplan
 from sdpalab.attention.kvplan import cache_bytes_model, plan_table, step_bytes_model
 from sdpalab.build import make_cached_attention
 
+SMOOTH = {"smooth_keys": 1}  # the key means count too
 GEOMETRIES = [
     # (batch, heads_q, heads_kv, head_dim, dtype, tokens, kv_args)
-    (3, 12, 4, 80, "float32", 53, {"page_size": 4, "window": 16, "group_size": 8, "residual": 8}),
+    (3, 12, 4, 80, "float32", 53,
+     {"page_size": 4, "window": 16, "group_size": 8, "residual": 8, **SMOOTH}),
     (2, 8, 2, 128, "bfloat16", 200, {"page_size": 16, "window": 64}),
-    (1, 4, 4, 64, "float16", 131, {"page_size": 128, "window": 7, "max_len": 150}),
-]
+    (1, 4, 4, 64, "float16", 131, {"page_size": 128, "window": 7, "max_len": 150, **SMOOTH}),
+]  # fmt: skip
 
 
 def _cases():
@@ -115,3 +117,43 @@ def test_step_bytes():
     assert sliding == 8 * 8 * (4096 + 1) * 2 * 128 * 2 + q_and_out
     kivi = step_bytes_model(kv_cache="static", kv_quant="kivi4", tokens=32768, **common)
     assert kivi < 0.35 * none
+
+
+def test_per_layer_maps_sum_their_layers():
+    geometry = dict(kv_cache="static", batch=2, heads_kv=3, head_dim=64, tokens=1280, dtype_bytes=4)
+    one = {fmt: cache_bytes_model(kv_quant=fmt, **geometry) for fmt in ("int8", "kivi2", "none")}
+    per_layer = kvplan.layer_cache_bytes(kv_quant="int8@0-1,none@29,kivi2", layers=30, **geometry)
+    assert per_layer == [one["int8"]] * 2 + [one["kivi2"]] * 27 + [one["none"]]
+    total = cache_bytes_model(kv_quant="int8@0-1,none@29,kivi2", layers=30, **geometry)
+    assert total == sum(per_layer)
+    assert cache_bytes_model(kv_quant="kivi2", layers=30, **geometry) < total
+    with pytest.raises(ValueError, match="names layer 29; the model has 20 layers"):
+        cache_bytes_model(kv_quant="int8@0-1,none@29,kivi2", layers=20, **geometry)
+    steps = step_bytes_model(
+        kv_quant="int8@0-1,kivi2", layers=30, heads_q=9, **{**geometry, "kv_cache": "dynamic"}
+    )
+    plain = {
+        fmt: step_bytes_model(kv_quant=fmt, heads_q=9, **{**geometry, "kv_cache": "dynamic"})
+        for fmt in ("int8", "kivi2")
+    }
+    assert steps == 2 * plain["int8"] + 28 * plain["kivi2"]
+
+
+def test_plan_table_takes_per_layer_maps():
+    rows = plan_table(
+        heads_kv=3,
+        head_dim=64,
+        layers=30,
+        context=2048,
+        kv_quants=("int8", "kivi2", "kivi2, int8@1, int8@0"),
+    )
+    by_quant = {row["kv_quant"]: row["total_bytes"] for row in rows}
+    mixed = by_quant["int8@0-1,kivi2"]  # written the one way
+    assert mixed == (2 * by_quant["int8"] + 28 * by_quant["kivi2"]) / 30
+    paged = plan_table(
+        heads_kv=3, head_dim=64, layers=30, context=2048, kv_cache="paged",
+        kv_quants=("int8", "int8@0-1,kivi2"),
+    )  # fmt: skip
+    assert [row["kv_quant"] for row in paged] == ["int8"]  # a map with KIVI: as KIVI
+    with pytest.raises(ValueError, match="kv_quant='int8@0-1': a per-layer map needs"):
+        plan_table(heads_kv=3, head_dim=64, layers=30, context=10, kv_quants=("int8@0-1",))

@@ -223,12 +223,13 @@ def test_gpu_recent_tokens_and_static_views():
 # ---------------------------------------------------------------- through a cache
 
 
-def _decode_stream(backend, fmt, layout, device, steps=3, prompt=70):
+def _decode_stream(backend, fmt, layout, device, steps=3, prompt=70, kv_args=None):
     import sdpalab as sl
 
     wl = sl.Workload(phase="decode", batch=1, heads_q=8, heads_kv=2, seq_kv=prompt + steps,
                      head_dim=64, dtype="bfloat16", device=device)  # fmt: skip
-    attn = sl.build(sl.Variant(backend=backend, kv_cache=layout, kv_quant=fmt), wl)
+    variant = sl.Variant(backend=backend, kv_cache=layout, kv_quant=fmt, kv_args=kv_args or {})
+    attn = sl.build(variant, wl)
     gen = torch.Generator(device).manual_seed(5)
     outs = []
     for n in [prompt] + [1] * steps:
@@ -239,10 +240,10 @@ def _decode_stream(backend, fmt, layout, device, steps=3, prompt=70):
     return outs
 
 
-def _check_stream(fmt, layout, device):
+def _check_stream(fmt, layout, device, kv_args=None):
     _skip_fp8(fmt, device)
-    ours = _decode_stream("triton_qdecode", fmt, layout, device)
-    theirs = _decode_stream("math", fmt, layout, device)
+    ours = _decode_stream("triton_qdecode", fmt, layout, device, kv_args=kv_args)
+    theirs = _decode_stream("math", fmt, layout, device, kv_args=kv_args)
     for a, b in zip(ours, theirs, strict=True):
         # both attend to the cache's tokens; the fused kernel may read them without the bf16
         # rounding of the dequantized copy, so allow each side its bf16 tolerance
@@ -259,10 +260,19 @@ def test_cached_decode_matches_math_backend(fmt, layout):
     _check_stream(fmt, layout, "cpu")
 
 
+@cpu_only
+@pytest.mark.parametrize("fmt,layout", [("int4", "dynamic"), ("kivi4", "static")])
+def test_smoothed_keys_through_the_fused_kernel(fmt, layout):
+    """The kernel reads the stored keys (less their prefill means) as they are: the same outputs
+    as SDPA math on the same smoothed cache."""
+    _check_stream(fmt, layout, "cpu", {"smooth_keys": 1})
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth_keys"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_cached_decode_matches_math_backend_on_gpu(fmt):
-    _check_stream(fmt, "static", "cuda")
+def test_cached_decode_matches_math_backend_on_gpu(fmt, smooth):
+    _check_stream(fmt, "static", "cuda", {"smooth_keys": 1} if smooth else None)
 
 
 @cpu_only

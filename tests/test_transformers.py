@@ -245,6 +245,54 @@ def test_cache_crops_and_refuses_batch_edits(tiny):
         model(input_ids=ids[:, :4], past_key_values=static)
 
 
+def test_per_layer_map_and_smoothed_keys_through_the_model(tiny):
+    """Each layer's cache has the format the map gives it and the bytes kvplan says; smoothing an
+    unquantized cache leaves the model's logits as they were (the shift is a per-query constant)."""
+    from sdpalab.attention.kvlayers import layer_formats
+    from sdpalab.attention.kvplan import layer_cache_bytes
+
+    model, ids, _ = tiny
+    config, steps = model.config, ids.shape[1] + 1
+    layers = config.num_hidden_layers
+    head_dim = config.hidden_size // config.num_attention_heads
+    variant = sl.Variant(
+        backend="math",
+        kv_cache="dynamic",
+        kv_quant="int8@0,none@3,kivi4",
+        kv_args={"smooth_keys": 1},
+    )
+    apply_variant(model, variant)
+    cache = SdpalabCache(variant, layers=layers)
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache)
+        model(input_ids=ids[:, -1:], past_key_values=cache)
+    formats = [layer.variant.kv_quant for layer in cache.layers]
+    assert formats == list(layer_formats(variant.kv_quant, layers))
+    assert formats == ["int8", "kivi4", "kivi4", "none"]
+    want = layer_cache_bytes(
+        kv_cache="dynamic",
+        kv_quant=variant.kv_quant,
+        batch=2,
+        heads_kv=config.num_key_value_heads,
+        head_dim=head_dim,
+        tokens=steps,
+        dtype_bytes=4,
+        layers=layers,
+        smooth_keys=1,
+    )
+    assert cache.layer_bytes() == want and cache.cache_bytes() == sum(want)
+    with pytest.raises(ValueError, match="names layer 7; the model has 4 layers"):
+        SdpalabCache(sl.Variant(kv_cache="dynamic", kv_quant="int8@7,kivi4"), layers=layers)
+
+    smoothed = sl.Variant(backend="math", kv_cache="dynamic", kv_args={"smooth_keys": 1})
+    with torch.inference_mode():
+        model.set_attn_implementation("sdpa")
+        stock = model(input_ids=ids).logits
+        apply_variant(model, smoothed)
+        ours = model(input_ids=ids, past_key_values=SdpalabCache(smoothed)).logits
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
+
+
 def _cli(monkeypatch, *args) -> int:
     from sdpalab.cli import main
 
@@ -272,6 +320,9 @@ def test_cli_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message)
 
 
 def test_cli_model_prints_the_table(monkeypatch, capsys):
+    from sdpalab.cli_common import console
+
+    monkeypatch.setattr(console, "width", 200)  # on a narrow terminal the table wraps its cells
     code = _cli(
         monkeypatch,
         "model",

@@ -16,9 +16,11 @@ from sdpalab.attention.backends import Attend, get_backend, make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kivi import KIVI_RESIDUAL, KiviCache
 from sdpalab.attention.kvcache import CachedAttention, TokenCache
+from sdpalab.attention.kvlayers import is_layer_map
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
 from sdpalab.attention.paged import PAGE_SIZE, PagedFlexCache, PagedStore, PageTable
 from sdpalab.spec import Variant, Workload
+from sdpalab.spec.variant import check_kv_arg
 
 
 def oracle_mod(variant: Variant) -> tuple[str, dict[str, Any]]:
@@ -97,12 +99,19 @@ def make_cached_attention(
     a backend that ``reads_pages``: none, it reads the page pool itself). ``rollback_tokens``:
     how far a step can be undone on the rings (default ``workload.seq_q`` for decode, else 0).
     ``page_seed``: assign pages from a shuffled free list (None: in order).
+    ``kv_args.smooth_keys`` stores keys less their prefill channel means (``kvcache``'s doc).
     """
     layout, fmt, kv = variant.kv_cache, variant.kv_quant, variant.kv_args
     if layout == "none":
         raise ValueError("make_cached_attention needs a variant with a kv_cache")
+    if is_layer_map(fmt):
+        raise ValueError(
+            f"kv_quant={fmt!r} is a per-layer map; one attention call is one layer: give one "
+            "format, or run the map on a model (a ModelWorkload, or SdpalabCache)"
+        )
     for key, value in kv.items():
-        _check_positive(f"kv_args.{key}", value)
+        check_kv_arg(key, value)
+    smooth_keys = bool(kv.get("smooth_keys"))
     mod_name, mod_args = cache_mod(variant)
     window = mod_args.get("window")
     if rollback_tokens is None:
@@ -125,6 +134,7 @@ def make_cached_attention(
             residual=kv.get("residual", KIVI_RESIDUAL),
             rollback_tokens=rollback_tokens,
             max_len=max_len if layout == "static" else None,
+            smooth_keys=smooth_keys,
         )
     k_codec, v_codec = (
         Codec(fmt, role, workload.head_dim, workload.torch_dtype, workload.device, group_size)
@@ -150,4 +160,5 @@ def make_cached_attention(
         v_store=stores[1],
         attend=attend,
         window=window,
+        smooth_keys=smooth_keys,
     )

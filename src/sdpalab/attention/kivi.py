@@ -41,8 +41,9 @@ class KiviCache(CachedAttention):
         max_len: int | None = None,
         rollback_tokens: int = 0,
         window: int | None = None,
+        smooth_keys: bool = False,
     ) -> None:
-        super().__init__(workload)
+        super().__init__(workload, smooth_keys=smooth_keys)
         dims = (self.head_dim, self.dtype, str(self.device))
         self.k_codec = Codec(fmt, "key", *dims, group_size)
         self.v_codec = Codec(fmt, "value", *dims, group_size)
@@ -129,7 +130,8 @@ class KiviCache(CachedAttention):
 
     def tensors(self):
         return (
-            self.k_store.tensors()
+            super().tensors()
+            + self.k_store.tensors()
             + self.v_store.tensors()
             + self.k_recent.tensors()
             + self.v_recent.tensors()

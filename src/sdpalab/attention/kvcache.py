@@ -22,6 +22,16 @@ KV quantization (``kvquant``) works with every layout for ``int8``, ``int4`` and
 ``static`` (``kivi.py``: recent tokens in full precision, older ones quantized in groups). Every
 call attends over the cache as it is after its own tokens were appended.
 
+Key smoothing (``smooth_keys``, every layout and format): on the first call into an empty cache
+the mean of each key channel over that call's tokens is taken per (batch row, KV head) and kept;
+every key, then and later, is stored as ``k - mean``. A query's scores all shift by the same
+``q · mean``, so softmax, the output and the float64 oracle of the original keys are unchanged,
+while a channel with a large offset (real keys have a few) no longer stretches the per-token
+quantization range of its neighbours (KIVI quantizes keys per channel already: there it changes
+little). A fused kernel reads the stored keys as they are. The
+shift assumes the scores reach softmax unchanged, as they do for every mod a cache serves (a
+soft-capped model's would not be).
+
 Mods: the cache is always causal. ``none`` and ``causal`` mean causal; ``sliding_window`` is a
 causal window over absolute positions and is allowed everywhere (on the sliding layout its width
 must not exceed the ring's). Other mods (``prefix_lm``, ``document``, biases) are ``unsupported``:
@@ -52,10 +62,10 @@ class CachedAttention:
 
     ``length`` is the number of tokens cached; ``reset()`` empties the cache;
     ``rollback(length)`` forgets tokens after ``length``; ``cache_bytes()`` is the bytes of
-    every tensor the cache holds (values, scales, zeros, residual window, page table).
+    every tensor the cache holds (values, scales, zeros, residual window, page table, key means).
     """
 
-    def __init__(self, workload: Workload) -> None:
+    def __init__(self, workload: Workload, *, smooth_keys: bool = False) -> None:
         self.batch, self.heads_q, self.heads_kv = (
             workload.batch,
             workload.heads_q,
@@ -64,6 +74,12 @@ class CachedAttention:
         self.head_dim, self.dtype = workload.head_dim, workload.torch_dtype
         self.device = torch.device(workload.device)
         self.length = 0
+        self.key_mean: torch.Tensor | None = None
+        """``[B, H_kv, 1, D]`` in the cache dtype when smoothing keys: each channel's mean over
+        the first call into the empty cache (module doc)."""
+        if smooth_keys:
+            shape = (self.batch, self.heads_kv, 1, self.head_dim)
+            self.key_mean = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     # -- what a layout provides ------------------------------------------------------------
     def _step(self, q, k, v) -> torch.Tensor:
@@ -81,20 +97,30 @@ class CachedAttention:
         raise NotImplementedError
 
     def tensors(self) -> list[torch.Tensor]:
-        """Every tensor the cache holds."""
-        raise NotImplementedError
+        """Every tensor the cache holds (a layout adds its stores to these)."""
+        return [] if self.key_mean is None else [self.key_mean]
 
     # -- the contract ------------------------------------------------------------------------
     def __call__(self, q_BHSD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor):
         self._validate(q_BHSD, k_BHSD, v_BHSD)
         start = self.length
         try:
-            out = self._step(q_BHSD, k_BHSD, v_BHSD)
+            out = self._step(q_BHSD, self._smooth(k_BHSD), v_BHSD)
         except BaseException:
             self._truncate(start)  # a failed kernel leaves the cache as it was
             raise
         self.length = start + k_BHSD.shape[2]
         return out
+
+    def _smooth(self, k_BHSD: torch.Tensor) -> torch.Tensor:
+        """The keys as stored: ``k - key_mean`` (computed in float32, rounded once), the mean
+        taken from ``k`` itself when the cache is empty; ``k`` as is without smoothing."""
+        if self.key_mean is None:
+            return k_BHSD
+        k32 = k_BHSD.float()
+        if self.length == 0:  # a new sequence: its first call (the prefill) sets the mean
+            self.key_mean.copy_(k32.mean(2, keepdim=True))
+        return (k32 - self.key_mean.float()).to(self.dtype)
 
     def _validate(self, q, k, v) -> None:
         want = (self.batch, self.heads_kv, self.head_dim)
@@ -172,8 +198,9 @@ class TokenCache(CachedAttention):
         v_store,
         attend: Attend | None,
         window: int | None = None,
+        smooth_keys: bool = False,
     ) -> None:
-        super().__init__(workload)
+        super().__init__(workload, smooth_keys=smooth_keys)
         self.k_codec, self.v_codec = k_codec, v_codec
         self.k_store, self.v_store = k_store, v_store
         self.attend, self.window = attend, window
@@ -236,4 +263,4 @@ class TokenCache(CachedAttention):
         self.v_store.truncate(length)
 
     def tensors(self):
-        return self.k_store.tensors() + self.v_store.tensors()
+        return super().tensors() + self.k_store.tensors() + self.v_store.tensors()

@@ -11,7 +11,10 @@ measured ``cache_bytes()`` matches it (tests hold them within 2 %); its defaults
   ``window - 1 + max(1, rollback_tokens)`` positions; ``paged`` the whole pool
   ``batch · ceil(max_len / page_size)`` pages plus its int32 page table and page map;
 - KIVI quantizes ``g · floor((n - residual) / g)`` of n positions (n: tokens, or ``max_len`` when
-  static) and keeps a full-precision ring of ``residual + g - 1 + rollback_tokens`` positions.
+  static) and keeps a full-precision ring of ``residual + g - 1 + rollback_tokens`` positions;
+- ``smooth_keys`` adds the key channel means: D × dtype bytes per KV head and batch row;
+- a per-layer ``kv_quant`` (``kvlayers``) is the sum of its layers, each in its own format
+  (:func:`layer_cache_bytes` gives them one by one, so a search can compare maps by bytes).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from __future__ import annotations
 import math
 
 from sdpalab.attention.kivi import KIVI_RESIDUAL
-from sdpalab.attention.kvquant import DEFAULT_GROUP, FORMATS
+from sdpalab.attention.kvlayers import KV_QUANTS, canonical_kv_quant, kv_formats, layer_formats
+from sdpalab.attention.kvquant import DEFAULT_GROUP
 from sdpalab.attention.paged import PAGE_SIZE
 
-KV_QUANTS = ("none", *FORMATS)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _SCALE_BYTES = 2  # float16 scales and zeros
 _INDEX_BYTES = 4  # int32 page table entries
@@ -76,6 +79,93 @@ def _kivi_bytes(kv_quant, head_dim, dtype_bytes, group, quantized, full) -> int:
     )
 
 
+def _one_layer_bytes(
+    fmt: str,
+    *,
+    kv_cache: str,
+    batch: int,
+    heads_kv: int,
+    head_dim: int,
+    tokens: int,
+    dtype_bytes: int,
+    max_len: int | None,
+    window: int | None,
+    page_size: int,
+    group_size: int | None,
+    residual: int,
+    rollback_tokens: int,
+    smooth_keys: int,
+) -> int:
+    """Bytes of one layer's cache stored in ``fmt`` (a plain format)."""
+    capacity = tokens if max_len is None else max_len
+    rows = batch * heads_kv
+    means = rows * head_dim * dtype_bytes if smooth_keys else 0
+    if fmt.startswith("kivi"):
+        if kv_cache not in ("dynamic", "static"):
+            raise ValueError(f"{fmt} is modelled for dynamic and static caches, not {kv_cache}")
+        group = DEFAULT_GROUP[fmt] if group_size is None else group_size
+        held = tokens if kv_cache == "dynamic" else capacity
+        quantized = kivi_quantized(held, group, residual)
+        ring = residual + group - 1 + rollback_tokens
+        return means + rows * _kivi_bytes(fmt, head_dim, dtype_bytes, group, quantized, ring)
+    per_token = 2 * token_bytes(fmt, head_dim, dtype_bytes, group_size)
+    if kv_cache == "dynamic":
+        return means + rows * tokens * per_token
+    if kv_cache == "static":
+        return means + rows * capacity * per_token
+    if kv_cache == "sliding":
+        if not window:
+            raise ValueError("a sliding cache needs window (a positive integer)")
+        return means + rows * (window - 1 + max(1, rollback_tokens)) * per_token
+    if kv_cache == "paged":
+        pages = batch * math.ceil(capacity / page_size)
+        pool = pages * page_size * heads_kv * per_token
+        return means + pool + 2 * pages * _INDEX_BYTES  # page table + page map
+    raise ValueError(
+        f"kv_cache={kv_cache!r} is not valid; choose dynamic, static, sliding or paged"
+    )
+
+
+def layer_cache_bytes(
+    *,
+    kv_cache: str,
+    kv_quant: str,
+    batch: int,
+    heads_kv: int,
+    head_dim: int,
+    tokens: int,
+    dtype_bytes: int,
+    layers: int = 1,
+    max_len: int | None = None,
+    window: int | None = None,
+    page_size: int = PAGE_SIZE,
+    group_size: int | None = None,
+    residual: int = KIVI_RESIDUAL,
+    rollback_tokens: int = 0,
+    smooth_keys: int = 0,
+) -> list[int]:
+    """Bytes each of ``layers`` layers' caches allocates holding ``tokens`` tokens per row,
+    layer 0 first; ``kv_quant`` a plain format or a per-layer map (``kvlayers``). Arguments as
+    in :func:`cache_bytes_model`."""
+    args = dict(
+        kv_cache=kv_cache,
+        batch=batch,
+        heads_kv=heads_kv,
+        head_dim=head_dim,
+        tokens=tokens,
+        dtype_bytes=dtype_bytes,
+        max_len=max_len,
+        window=window,
+        page_size=page_size,
+        group_size=group_size,
+        residual=residual,
+        rollback_tokens=rollback_tokens,
+        smooth_keys=smooth_keys,
+    )
+    per_format = {fmt: _one_layer_bytes(fmt, **args) for fmt in kv_formats(kv_quant)}
+    return [per_format[fmt] for fmt in layer_formats(kv_quant, layers)]
+
+
 def cache_bytes_model(
     *,
     kv_cache: str,
@@ -92,41 +182,68 @@ def cache_bytes_model(
     group_size: int | None = None,
     residual: int = KIVI_RESIDUAL,
     rollback_tokens: int = 0,
+    smooth_keys: int = 0,
 ) -> int:
     """Bytes a cache holding ``tokens`` tokens per row allocates (all layers).
 
     ``max_len`` (static/paged capacity) defaults to ``tokens``; the other keywords are the
     Variant's ``kv_args``; ``rollback_tokens`` as in ``make_cached_attention`` (the workload's
-    ``seq_q`` for decode).
+    ``seq_q`` for decode). ``kv_quant`` may be a per-layer map over ``layers`` layers.
     """
-    capacity = tokens if max_len is None else max_len
-    rows = batch * heads_kv
-    if kv_quant.startswith("kivi"):
-        if kv_cache not in ("dynamic", "static"):
-            raise ValueError(
-                f"{kv_quant} is modelled for dynamic and static caches, not {kv_cache}"
-            )
-        group = DEFAULT_GROUP[kv_quant] if group_size is None else group_size
-        held = tokens if kv_cache == "dynamic" else capacity
-        quantized = kivi_quantized(held, group, residual)
-        ring = residual + group - 1 + rollback_tokens
-        return layers * rows * _kivi_bytes(kv_quant, head_dim, dtype_bytes, group, quantized, ring)
-    per_token = 2 * token_bytes(kv_quant, head_dim, dtype_bytes, group_size)
-    if kv_cache == "dynamic":
-        return layers * rows * tokens * per_token
-    if kv_cache == "static":
-        return layers * rows * capacity * per_token
-    if kv_cache == "sliding":
-        if not window:
-            raise ValueError("a sliding cache needs window (a positive integer)")
-        return layers * rows * (window - 1 + max(1, rollback_tokens)) * per_token
-    if kv_cache == "paged":
-        pages = batch * math.ceil(capacity / page_size)
-        pool = pages * page_size * heads_kv * per_token
-        return layers * (pool + 2 * pages * _INDEX_BYTES)  # page table + page map
-    raise ValueError(
-        f"kv_cache={kv_cache!r} is not valid; choose dynamic, static, sliding or paged"
+    return sum(
+        layer_cache_bytes(
+            kv_cache=kv_cache,
+            kv_quant=kv_quant,
+            batch=batch,
+            heads_kv=heads_kv,
+            head_dim=head_dim,
+            tokens=tokens,
+            dtype_bytes=dtype_bytes,
+            layers=layers,
+            max_len=max_len,
+            window=window,
+            page_size=page_size,
+            group_size=group_size,
+            residual=residual,
+            rollback_tokens=rollback_tokens,
+            smooth_keys=smooth_keys,
+        )
     )
+
+
+def _one_layer_step(
+    fmt: str,
+    *,
+    kv_cache: str,
+    batch: int,
+    heads_q: int,
+    heads_kv: int,
+    head_dim: int,
+    tokens: int,
+    dtype_bytes: int,
+    seq_q: int,
+    window: int | None,
+    group_size: int | None,
+    residual: int,
+    smooth_keys: int,
+) -> int:
+    """Bytes one decode step moves through one layer stored in ``fmt`` (a plain format)."""
+    visible = tokens if kv_cache != "sliding" else min(tokens, window + seq_q - 1)
+    rows = batch * heads_kv
+    if fmt.startswith("kivi"):
+        group = DEFAULT_GROUP[fmt] if group_size is None else group_size
+        quantized = kivi_quantized(tokens, group, residual)
+        cache = rows * _kivi_bytes(
+            fmt, head_dim, dtype_bytes, group, quantized, visible - quantized
+        )
+        new_kv = rows * seq_q * 2 * head_dim * dtype_bytes  # new tokens enter the residual
+    else:
+        per_token = 2 * token_bytes(fmt, head_dim, dtype_bytes, group_size)
+        cache = rows * visible * per_token
+        new_kv = rows * seq_q * per_token
+    means = rows * head_dim * dtype_bytes if smooth_keys else 0  # read to shift the new keys
+    q_and_out = 2 * batch * heads_q * seq_q * head_dim * dtype_bytes
+    return cache + new_kv + means + q_and_out
 
 
 def step_bytes_model(
@@ -144,27 +261,30 @@ def step_bytes_model(
     window: int | None = None,
     group_size: int | None = None,
     residual: int = KIVI_RESIDUAL,
+    smooth_keys: int = 0,
     **_unused,
 ) -> int:
     """Least bytes one decode step of ``seq_q`` tokens must move, ending at ``tokens`` cached:
     read every key and value its queries can see once, in storage format (a sliding cache:
     the last ``window + seq_q - 1``), read q, write the output, write the new k and v. A
-    dequantize-then-attend path moves more; this is what a fused kernel would move."""
-    visible = tokens if kv_cache != "sliding" else min(tokens, window + seq_q - 1)
-    rows = batch * heads_kv
-    if kv_quant.startswith("kivi"):
-        group = DEFAULT_GROUP[kv_quant] if group_size is None else group_size
-        quantized = kivi_quantized(tokens, group, residual)
-        cache = rows * _kivi_bytes(
-            kv_quant, head_dim, dtype_bytes, group, quantized, visible - quantized
-        )
-        new_kv = rows * seq_q * 2 * head_dim * dtype_bytes  # new tokens enter the residual
-    else:
-        per_token = 2 * token_bytes(kv_quant, head_dim, dtype_bytes, group_size)
-        cache = rows * visible * per_token
-        new_kv = rows * seq_q * per_token
-    q_and_out = 2 * batch * heads_q * seq_q * head_dim * dtype_bytes
-    return layers * (cache + new_kv + q_and_out)
+    dequantize-then-attend path moves more; this is what a fused kernel would move.
+    ``kv_quant`` may be a per-layer map over ``layers`` layers."""
+    args = dict(
+        kv_cache=kv_cache,
+        batch=batch,
+        heads_q=heads_q,
+        heads_kv=heads_kv,
+        head_dim=head_dim,
+        tokens=tokens,
+        dtype_bytes=dtype_bytes,
+        seq_q=seq_q,
+        window=window,
+        group_size=group_size,
+        residual=residual,
+        smooth_keys=smooth_keys,
+    )
+    per_format = {fmt: _one_layer_step(fmt, **args) for fmt in kv_formats(kv_quant)}
+    return sum(per_format[fmt] for fmt in layer_formats(kv_quant, layers))
 
 
 def plan_table(
@@ -181,17 +301,17 @@ def plan_table(
 ) -> list[dict]:
     """Cache size of each KV quantization at one context length, for planning.
 
-    One row per ``kv_quant`` (KIVI is skipped on sliding and paged caches): ``bytes_per_token``
-    (all layers, one sequence), ``total_bytes`` (``batch`` sequences of ``context`` tokens) and
+    One row per ``kv_quant``, a plain format or a per-layer map over ``layers`` written the one
+    way (one that uses KIVI is skipped on sliding and paged caches): ``bytes_per_token`` (all
+    layers, one sequence), ``total_bytes`` (``batch`` sequences of ``context`` tokens) and
     ``ratio_to_bf16`` (against the unquantized bfloat16 cache of the same layout).
     """
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r} is not valid; choose one of: {', '.join(DTYPE_BYTES)}")
-    for quant in kv_quants:
-        if quant not in KV_QUANTS:
-            raise ValueError(
-                f"kv_quant={quant!r} is not valid; choose one of: {', '.join(KV_QUANTS)}"
-            )
+    try:
+        kv_quants = [canonical_kv_quant(quant) for quant in kv_quants]
+    except ValueError as err:
+        raise ValueError(f"kv_quant={err}") from None
     geometry = dict(
         kv_cache=kv_cache,
         batch=batch,
@@ -204,7 +324,8 @@ def plan_table(
     bf16 = cache_bytes_model(kv_quant="none", dtype_bytes=2, **geometry)
     rows = []
     for quant in kv_quants:
-        if quant.startswith("kivi") and kv_cache not in ("dynamic", "static"):
+        kivi = any(fmt.startswith("kivi") for fmt in kv_formats(quant))
+        if kivi and kv_cache not in ("dynamic", "static"):
             continue
         total = cache_bytes_model(kv_quant=quant, dtype_bytes=DTYPE_BYTES[dtype], **geometry)
         rows.append(

@@ -38,8 +38,9 @@ from sdpalab.spec import Variant
 INSTALL = "pip install 'sdpalab[transformers]'"
 _DECODER_MODS = "causal, sliding_window, or document with causal=true"
 _ENCODER_MODS = "none, alibi, softcap, relative_bias, or document with causal=false"
-_UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")
-"""Attention-function arguments some models pass that an sdpalab attend cannot apply."""
+UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")
+"""Attention-function arguments some models pass that an sdpalab attend cannot apply: with any
+of them, a layer's attention is more than softmax(q k^T) v."""
 
 
 def require_transformers():
@@ -132,7 +133,7 @@ class VariantAttention:
             )
         if dropout:
             raise ValueError(f"attention {self.name!r} has no dropout: call model.eval()")
-        for arg in _UNSUPPORTED_KWARGS:
+        for arg in UNSUPPORTED_KWARGS:
             if kwargs.get(arg) is not None:
                 raise ValueError(
                     f"this model passes {arg}=, which attention {self.name!r} cannot apply; "

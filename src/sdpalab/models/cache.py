@@ -11,16 +11,23 @@ quantized groups plus full-precision residual) is defined once, in ``attention/k
 ``update`` returns those keys and values (dequantized for quantized storage: the baseline path)
 and the model's attention function attends them; register the same Variant with
 :func:`sdpalab.models.attention.apply_variant` to run its kernel and mask there.
+
+A per-layer ``kv_quant`` (``"int8@0-1,kivi2"``, :mod:`sdpalab.attention.kvlayers`) gives layer
+``i`` the Variant with that layer's format (:meth:`SdpalabCache.layer_variant`); pass
+``layers=`` (the model's decoder layers) to have the map checked against the model up front.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from sdpalab.attention.errors import Unsupported
+from sdpalab.attention.kvlayers import format_of_layer, layer_formats
 from sdpalab.build import cache_mod, make_cached_attention
 from sdpalab.models.attention import require_transformers
 from sdpalab.spec import DTYPES, Variant, Workload
@@ -155,31 +162,59 @@ class SdpalabCache(Cache):
     """A transformers ``Cache`` whose layers are sdpalab KV caches of ``variant``.
 
     ``variant`` must have a ``kv_cache`` (``dynamic``, ``static``, ``sliding``, ``paged``) and
-    may quantize it (``kv_quant``); ``max_cache_len`` sizes the preallocating layouts (static,
-    paged) unless ``kv_args.max_len`` does. Layers are created on first use, one per model layer.
+    may quantize it (``kv_quant``, one format or a per-layer map); ``max_cache_len`` sizes the
+    preallocating layouts (static, paged) unless ``kv_args.max_len`` does; ``layers``, the
+    model's decoder layers, checks a per-layer map against the model now (a map naming a layer
+    the model lacks raises ``ValueError``). Layers are created on first use, one per model layer.
     """
 
-    def __init__(self, variant: Variant, *, max_cache_len: int | None = None) -> None:
+    def __init__(
+        self, variant: Variant, *, max_cache_len: int | None = None, layers: int | None = None
+    ) -> None:
         cache_window(variant)  # fail now, not inside the first forward
+        if layers is not None:
+            layer_formats(variant.kv_quant, layers)
         self.variant = variant
-        super().__init__(layer_class_to_replicate=lambda: SdpalabLayer(variant, max_cache_len))
+        # transformers appends a layer when `update` first sees its index: the next one is
+        # len(self.layers), so each layer gets its own format from the map
+        super().__init__(
+            layer_class_to_replicate=lambda: SdpalabLayer(
+                self.layer_variant(len(self.layers)), max_cache_len
+            )
+        )
+
+    def layer_variant(self, layer: int) -> Variant:
+        """The Variant of layer ``layer``'s cache (counting from 0): ``variant`` with that
+        layer's ``kv_quant``."""
+        fmt = format_of_layer(self.variant.kv_quant, layer)
+        if fmt == self.variant.kv_quant:
+            return self.variant
+        return dataclasses.replace(self.variant, kv_quant=fmt)
+
+    def layer_bytes(self) -> list[int]:
+        """Bytes each layer's storage holds, layer 0 first."""
+        return [layer.cache_bytes() for layer in self.layers]
 
     def cache_bytes(self) -> int:
         """Bytes every layer's storage holds (values, scales, zeros, residual windows)."""
-        return sum(layer.cache_bytes() for layer in self.layers)
+        return sum(self.layer_bytes())
 
 
-def variant_cache(variant: Variant, max_cache_len: int) -> tuple[Callable[[], Cache], str]:
+def variant_cache(
+    variant: Variant, max_cache_len: int, layers: int | None = None
+) -> tuple[Callable[[], Cache], str]:
     """A factory of fresh caches for ``variant`` inside a model, and the cache's name.
 
     transformers' ``DynamicCache`` for a variant without a ``kv_cache``, else an
-    :class:`SdpalabCache` holding up to ``max_cache_len`` tokens. Raises ``ValueError`` now
-    for a variant no cache can serve, before any run.
+    :class:`SdpalabCache` holding up to ``max_cache_len`` tokens (``layers``: the model's
+    decoder layers, for a per-layer ``kv_quant``). Raises ``ValueError`` now for a variant no
+    cache can serve, before any run.
     """
     from transformers import DynamicCache
 
     if variant.kv_cache == "none":
         return DynamicCache, "DynamicCache"
-    cache_window(variant)
+    SdpalabCache(variant, max_cache_len=max_cache_len, layers=layers)  # checks, builds nothing
     name = variant.kv_cache + ("" if variant.kv_quant == "none" else f"+{variant.kv_quant}")
-    return lambda: SdpalabCache(variant, max_cache_len=max_cache_len), f"SdpalabCache({name})"
+    make = functools.partial(SdpalabCache, variant, max_cache_len=max_cache_len, layers=layers)
+    return make, f"SdpalabCache({name})"

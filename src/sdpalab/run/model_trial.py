@@ -116,7 +116,8 @@ def _prepare(loaded: LoadedModel, variant: Variant, max_len: int) -> Callable[..
     from sdpalab.models.cache import variant_cache
 
     name = apply_variant(loaded.model, variant)
-    make_cache, cache_name = variant_cache(variant, max_len)
+    layers = getattr(loaded.model.config, "num_hidden_layers", None)  # checks a per-layer map
+    make_cache, cache_name = variant_cache(variant, max_len, layers)
     return functools.partial(
         generation_run,
         loaded,

@@ -4,10 +4,16 @@ Build the variant, make seeded inputs, run once (compile included) and check tha
 against the float64 oracle, then time it, take its peak memory, see which kernel ran, and
 derive throughput. Every failure becomes a status on the Result; nothing here raises for a
 trial that cannot run.
+
+On a :class:`~sdpalab.spec.TraceWorkload` the inputs are a model's captured q, k, v (cast to the
+workload's dtype), the oracle applies that layer's own mask, a variant whose mod is ``none``
+runs that mask too (as inside the model), and the Result's workload carries the trace fields
+and the shapes measured (:meth:`~sdpalab.spec.TraceWorkload.to_dict`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -25,7 +31,8 @@ from sdpalab.measure.provenance import provenance
 from sdpalab.measure.result import Result
 from sdpalab.measure.roofline import attention_bytes, attention_flops, load_ceilings, throughput
 from sdpalab.measure.timing import capture_graph, capture_stream, time_fn
-from sdpalab.spec import MeasureSettings, Variant, Workload, trial_id
+from sdpalab.spec import MeasureSettings, TraceWorkload, Variant, Workload, trial_id
+from sdpalab.spec.trace import load_layer
 
 ORACLE_MAX_ELEMENTS = 1 << 25
 """Largest float64 score matrix the oracle builds; longer problems are checked on a slice of
@@ -48,11 +55,29 @@ def make_inputs(workload: Workload, seed: int):
     return rand(wl.heads_q, wl.seq_q), rand(wl.heads_kv, wl.seq_kv), rand(wl.heads_kv, wl.seq_kv)
 
 
-def _oracle(attn, variant: Variant, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 expected output for the checked query rows, and those rows' indices."""
+def trace_inputs(workload: TraceWorkload) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A trace layer's ``q [B, H_q, S, D]``, ``k, v [B, H_kv, S, D]`` in the workload's dtype on
+    its device; ``decode`` keeps the last query only (``[B, H_q, 1, D]``, bottom-right)."""
+    parts = load_layer(workload.trace, workload.layer)
+    q, k, v = (parts[p].to(workload.device, workload.torch_dtype) for p in ("q", "k", "v"))
+    return (q[:, :, -1:] if workload.phase == "decode" else q), k, v
+
+
+def on_trace(variant: Variant, workload: TraceWorkload) -> Variant:
+    """The variant as it runs on a trace: mod ``none`` applies the layer's own mask, as a
+    model's attention does (another mod is an approximation, measured against that mask)."""
+    if variant.mod != "none":
+        return variant
+    mod, args = workload.mask
+    return dataclasses.replace(variant, mod=mod, mod_args=args)
+
+
+def _oracle(attn, variant: Variant, q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 expected output for the checked query rows, and those rows' indices. ``mask``
+    is the workload's ``(mod, args)``; by default the variant's own (:func:`oracle_mod`)."""
     from sdpalab.build import oracle_mod
 
-    mod, args = oracle_mod(variant)
+    mod, args = mask or oracle_mod(variant)
     batch, heads_q, q_len, _ = q.shape
     kv_len = k.shape[2]
     budget = max(2, ORACLE_MAX_ELEMENTS // (batch * heads_q * kv_len))
@@ -123,10 +148,11 @@ def _classify(err: BaseException) -> tuple[str, str]:
 
 
 def measure(
-    variant: Variant, workload: Workload, settings: MeasureSettings | None = None
+    variant: Variant, workload: Workload | TraceWorkload, settings: MeasureSettings | None = None
 ) -> Result:
-    """Measure one variant on one workload. Never raises for a trial that fails: the Result's
-    ``status`` says what happened (``ok``, ``unsupported``, ``oom``, ``numerical_fail``, ``error``).
+    """Measure one variant on one workload (Gaussian inputs, or a trace's real ones). Never
+    raises for a trial that fails: the Result's ``status`` says what happened (``ok``,
+    ``unsupported``, ``oom``, ``numerical_fail``, ``error``).
     """
     settings = settings or MeasureSettings()
     result = Result(
@@ -149,15 +175,21 @@ def measure(
     return result
 
 
-def _measure_into(result: Result, variant: Variant, workload: Workload, settings) -> None:
+def _measure_into(
+    result: Result, variant: Variant, workload: Workload | TraceWorkload, settings
+) -> None:
     from sdpalab.build import build, oracle_mod
 
+    trace = workload if isinstance(workload, TraceWorkload) else None
+    mask = None
+    if trace is not None:
+        variant, workload, mask = on_trace(variant, trace), trace.as_workload(), trace.mask
     if settings.cuda_graph and torch.device(workload.device).type == "cuda":
         capture_stream(workload.device)  # its workspaces count in every trial's memory alike
     t0 = time.perf_counter()
     attn = build(variant, workload)
     result.build_s = time.perf_counter() - t0
-    q, k, v = make_inputs(workload, settings.seed)
+    q, k, v = make_inputs(workload, settings.seed) if trace is None else trace_inputs(trace)
     cached = variant.kv_cache != "none"
     prefix = workload.seq_kv - workload.seq_q
     with torch.inference_mode():
@@ -166,7 +198,12 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
             fill_cache(attn, q, k, v, prefix, fill_chunk(variant, q, prefix))
 
             def setup() -> None:
-                inner.rollback(prefix)
+                # a prefill starts from an empty cache; a rollback to 0 would ask KIVI for
+                # positions it has already quantized, and refuse
+                if prefix:
+                    inner.rollback(prefix)
+                else:
+                    inner.reset()
 
             step: Callable = lambda: attn(q, k[:, :, prefix:], v[:, :, prefix:])  # noqa: E731
         else:
@@ -185,7 +222,7 @@ def _measure_into(result: Result, variant: Variant, workload: Workload, settings
             result.status, result.reason = "numerical_fail", "output contains NaN or Inf"
             return
         if settings.check_accuracy:
-            expected, rows = _oracle(attn, variant, q, k, v)
+            expected, rows = _oracle(attn, variant, q, k, v, mask)
             acc = compare(out[:, :, rows], expected)
             result.max_abs_err, result.rel_fro_err, result.cosine = (
                 acc.max_abs_err,

@@ -1,8 +1,9 @@
 """The specs every other module reads: what the work is (:class:`Workload`,
-:class:`ModelWorkload`), which configuration runs it (:class:`Variant`), how it is measured
-(:class:`MeasureSettings`), what an answer must meet (:class:`Constraints`), and a sweep's
-grid of :class:`Trial` s (:class:`SweepSpec`). YAML configs load through
-:mod:`sdpalab.spec.config`, whose models derive from these dataclasses.
+:class:`ModelWorkload`, :class:`TraceWorkload` on a file of :mod:`~sdpalab.spec.trace`), which
+configuration runs it (:class:`Variant`), how it is measured (:class:`MeasureSettings`), what
+an answer must meet (:class:`Constraints`), and a sweep's grid of :class:`Trial` s
+(:class:`SweepSpec`). YAML configs load through :mod:`sdpalab.spec.config`, whose models derive
+from these dataclasses.
 """
 
 from sdpalab.spec.settings import Constraints, MeasureSettings
@@ -15,11 +16,13 @@ from sdpalab.spec.workload import (
     PHASES,
     SIZE_FIELDS,
     ModelWorkload,
+    TraceWorkload,
     Workload,
     is_model_workload,
     resolve_device,
     supported_dtypes,
     workload_from_dict,
+    workload_kind,
 )
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "MeasureSettings",
     "ModelWorkload",
     "SweepSpec",
+    "TraceWorkload",
     "Trial",
     "Variant",
     "Workload",
@@ -46,4 +50,5 @@ __all__ = [
     "supported_dtypes",
     "trial_id",
     "workload_from_dict",
+    "workload_kind",
 ]

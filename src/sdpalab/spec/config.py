@@ -21,11 +21,20 @@ tiny-llama, prompt_len: [64, 128], new_tokens: 16, batch: 1, dtype: auto}`` (key
 :data:`MODEL_AXES`; ``model`` a built-in name or a local path). Each trial then runs the model's
 prefill and greedy generation with the variant (:mod:`sdpalab.run.model_trial`).
 
+Real tensors can be the workload too: ``workload: {trace: FILE, layers: [0, 5], phase: prefill,
+dtype: auto}`` (keys :data:`TRACE_AXES`) measures each variant on the queries, keys and values
+that ``sdpalab capture`` recorded from a model, one trial a layer (``layers`` is the axis;
+omitted, every layer the traces hold). A trace that does not exist or a layer it lacks is a
+config error.
+
 Every value is checked on its own when the file is loaded: a bad one is a ``ValueError`` whose
-one-line message reads ``<file>: <key.path>: <what is wrong>; valid: ...``. Values that are
-each valid but cannot go together (``kv_quant: int8`` without a cache, ``seq_q > seq_kv``, a
-dtype the device lacks) become trials marked ``unsupported`` with the reason; nothing is
-silently dropped.
+one-line message reads ``<file>: <key.path>: <what is wrong>; valid: ...``. So is a value that
+no point of its grid could ever run with (``mod: sliding_window`` without a window, ``heads_q:
+8`` with ``heads_kv: 3``, ``kv_quant: int8`` without a cache). A combination the cross product
+makes of values valid elsewhere (``kv_quant: [none, int8]`` by ``kv_cache: [none, static]``) is
+left out and listed (``SweepSpec.left_out``); what this machine lacks (a dtype the device has
+no kernels for) becomes a trial marked ``unsupported``. A ``mod_args`` axis applies to the plain
+mods that take its keys.
 """
 
 from __future__ import annotations
@@ -49,21 +58,27 @@ from pydantic import (
 )
 
 from sdpalab.attention.backends import available, backend_names
+from sdpalab.attention.kvlayers import canonical_kv_quant, is_layer_map
 from sdpalab.attention.mods import MODS, validate_mod
 from sdpalab.spec.errors import first_error
 from sdpalab.spec.settings import Constraints, MeasureSettings
-from sdpalab.spec.sweep import Grid, SweepSpec
-from sdpalab.spec.variant import KV_ARGS, KV_CACHES, KV_QUANTS, WEIGHT_QUANTS, Variant
+from sdpalab.spec.sweep import Grid, SweepSpec, never_valid
+from sdpalab.spec.trace import read_trace
+from sdpalab.spec.variant import KV_ARGS, KV_CACHES, WEIGHT_QUANTS, Variant, check_kv_arg
 from sdpalab.spec.workload import (
     BUILTIN_MODELS,
     DTYPES,
+    MARKERS,
     PHASES,
     PLACE,
+    WORKLOAD_KINDS,
     ModelWorkload,
-    Workload,
+    TraceWorkload,
+    config_keys,
     fields_with,
     resolve_device,
     supported_dtypes,
+    workload_kind,
 )
 
 __all__ = ["PRESETS_DIR", "list_presets", "load_spec", "parse_bytes", "spec_from_dict"]
@@ -71,6 +86,8 @@ __all__ = ["PRESETS_DIR", "list_presets", "load_spec", "parse_bytes", "spec_from
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 MODEL_AXES = fields_with(ModelWorkload, exclude=PLACE)
 """The keys of a model workload (``workload: {model: tiny-llama, ...}``)."""
+TRACE_AXES = config_keys(TraceWorkload, exclude=PLACE)
+"""The keys of a trace workload (``workload: {trace: FILE, layers: [0, 5], ...}``)."""
 
 # --- value checks (each raises ValueError with "<what is wrong>; valid: ...") ------------------
 
@@ -183,11 +200,15 @@ def _model_name(value: str) -> str:
     )
 
 
+def _trace_file(value: str) -> str:
+    read_trace(value)  # exists and is a trace, or a ValueError saying which
+    return value
+
+
 def _kv_args(value: dict) -> dict:
     for key, arg in value.items():
         _valid(key, tuple(KV_ARGS))
-        if isinstance(arg, bool) or not isinstance(arg, int) or arg <= 0:
-            raise ValueError(f"{key}={arg!r} must be a positive integer")
+        check_kv_arg(key, arg, prefix="")
     return value
 
 
@@ -228,6 +249,8 @@ _AXIS_ITEMS = {
     "phase": _choice(*PHASES),
     "dtype": _choice("auto", *DTYPES),
     "model": Annotated[StrictStr, AfterValidator(_model_name)],
+    "trace": Annotated[StrictStr, AfterValidator(_trace_file)],
+    "layers": Annotated[StrictInt, AfterValidator(_nonnegative)],
     # variant fields
     "backend": Annotated[
         StrictStr, AfterValidator(lambda v: _valid(v, ("available", *backend_names())))
@@ -235,12 +258,13 @@ _AXIS_ITEMS = {
     "mod": Annotated[Any, AfterValidator(_mod_entry)],
     "mod_args": dict[str, Any],
     "kv_cache": _choice(*KV_CACHES),
-    "kv_quant": _choice(*KV_QUANTS),
+    "kv_quant": Annotated[StrictStr, AfterValidator(canonical_kv_quant)],
     "kv_args": Annotated[dict[str, Any], AfterValidator(_kv_args)],
     "weight_quant": _choice(*WEIGHT_QUANTS),
     "projections": StrictBool,
 }
-"""The item type of each axis that is not a positive integer (every workload size is)."""
+"""The item type of each axis that is not a positive integer (every workload size is); keys as a
+config writes them (:func:`~sdpalab.spec.workload.config_keys`)."""
 
 
 class _Model(BaseModel):
@@ -260,7 +284,9 @@ def _settings_model() -> type[BaseModel]:
     return create_model("MeasureModel", __base__=_Model, **fields)
 
 
-WORKLOAD_KEYS = tuple(dict.fromkeys((*fields_with(Workload, exclude=PLACE), *MODEL_AXES)))
+WORKLOAD_KEYS = tuple(
+    dict.fromkeys(k for kind in WORKLOAD_KINDS for k in config_keys(kind, exclude=PLACE))
+)
 VARIANT_KEYS = tuple(f.name for f in dataclasses.fields(Variant))
 WorkloadAxes = _axes_model("WorkloadAxes", WORKLOAD_KEYS)
 VariantAxes = _axes_model("VariantAxes", VARIANT_KEYS)
@@ -316,6 +342,19 @@ def _check_mod_args(where: str, variants: dict[str, list]) -> None:
                 errors.append(str(err))
         else:
             raise ValueError(f"{where}.mod_args[{i}]: {errors[0]}")
+
+
+def _check_layer_maps(where: str, workload: dict[str, list], variants: dict[str, list]) -> None:
+    """A per-layer ``kv_quant`` needs a model: any other workload is one attention call, one
+    layer, so such a trial could never run."""
+    if "model" in workload:
+        return
+    for i, kv_quant in enumerate(variants.get("kv_quant", [])):
+        if is_layer_map(kv_quant):
+            raise ValueError(
+                f"{where}.kv_quant[{i}]: {kv_quant!r} is a per-layer map, which needs a model "
+                "workload (workload.model); this workload is one attention call: give one format"
+            )
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -399,10 +438,15 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
     for i, grid in enumerate(model.grids or [GridModel()]):
         path = f"grids[{i}]" if model.grids else ""
         workload = _merge(model.workload, grid.workload)
-        _check_workload_kind(f"{source}: {path + '.' if path else ''}workload", workload)
+        where = f"{source}: {path + '.' if path else ''}workload"
+        _check_workload_kind(where, workload)
+        if "trace" in workload and "layers" not in workload:
+            workload["layers"] = _common_layers(where, workload["trace"])
         variants = _merge(model.variants, grid.variants)
         own = grid.variants is not None and grid.variants.mod_args is not None
         _check_mod_args(f"{source}: {path}.variants" if own else f"{source}: variants", variants)
+        own = grid.variants is not None and grid.variants.kv_quant is not None
+        _check_layer_maps(f"{source}: {path + '.' if own else ''}variants", workload, variants)
         axes_w = {k: tuple(_resolve_value(k, v, device) for v in vs) for k, vs in workload.items()}
         axes_v = _variant_axes(variants, device)
         zipped = tuple(grid.zip or ())
@@ -412,16 +456,17 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
                 f"{source}: {path + '.' if path else ''}zip: axes zipped together need "
                 f"lists of one length, given; got lengths {lengths}"
             )
-        grids.append(
-            Grid(
-                grid.name or (f"grid{i}" if model.grids else model.name),
-                axes_w,
-                axes_v,
-                _settings(base_settings, grid.measure),
-                zipped,
-                grid.only_on,
-            )
+        made = Grid(
+            grid.name or (f"grid{i}" if model.grids else model.name),
+            axes_w,
+            axes_v,
+            _settings(base_settings, grid.measure),
+            zipped,
+            grid.only_on,
         )
+        if grid.only_on in (None, device.split(":")[0]):
+            _refuse_never_valid(source, path, grid, made, device)
+        grids.append(made)
     constraints = Constraints(**(model.constraints.model_dump() if model.constraints else {}))
     return SweepSpec(
         model.name, device, tuple(grids), base_settings, constraints, source, model.description
@@ -429,17 +474,38 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
 
 
 def _check_workload_kind(where: str, workload: dict[str, list]) -> None:
-    """A model workload takes only a :class:`ModelWorkload`'s keys; an attention one none of
-    the model's own."""
-    if "model" in workload:
-        bad = [k for k in workload if k not in MODEL_AXES]
-        valid = ", ".join(MODEL_AXES)
-        if bad:
-            raise ValueError(f"{where}.{bad[0]}: not a key of a model workload; valid: {valid}")
-    else:
-        bad = [k for k in workload if k in ("prompt_len", "new_tokens")]
-        if bad:
-            raise ValueError(f"{where}.{bad[0]}: needs workload.model (a model workload)")
+    """A model or trace workload takes only its own kind's keys; an attention one none that
+    only another kind has. A trace's layers must each be in every trace of the axis."""
+    kind = workload_kind(workload)
+    own = config_keys(kind, exclude=PLACE)
+    bad = [k for k in workload if k not in own]
+    if bad and kind in MARKERS:
+        raise ValueError(
+            f"{where}.{bad[0]}: not a key of a {MARKERS[kind]} workload; valid: {', '.join(own)}"
+        )
+    if bad:
+        needs = next(k for k in MARKERS if bad[0] in config_keys(k))
+        raise ValueError(
+            f"{where}.{bad[0]}: needs workload.{MARKERS[needs]} (a {MARKERS[needs]} workload)"
+        )
+    for trace in workload.get("trace", []):
+        held = read_trace(trace).layers
+        for layer in workload.get("layers", []):
+            if layer not in held:
+                raise ValueError(
+                    f"{where}.layers: layer {layer} is not in trace {trace!r}; valid: "
+                    + ", ".join(map(str, held))
+                )
+
+
+def _common_layers(where: str, traces: list[str]) -> list[int]:
+    """The layers every trace of the axis holds (what an omitted ``layers`` means)."""
+    layers = list(read_trace(traces[0]).layers)
+    for trace in traces[1:]:
+        layers = [layer for layer in layers if layer in read_trace(trace).layers]
+    if not layers:
+        raise ValueError(f"{where}.trace: the traces share no layer; give workload.layers")
+    return layers
 
 
 def _merge(base: BaseModel | None, over: BaseModel | None) -> dict[str, list]:
@@ -460,6 +526,20 @@ def _resolve_value(key: str, value: Any, device: str) -> Any:
     return value
 
 
+def _refuse_never_valid(source: str, path: str, grid: GridModel, made: Grid, device: str) -> None:
+    """A value with which no point of the grid could run anywhere is a config error, named by
+    the key that gave it (the grid's own, else the top level's)."""
+    found = never_valid(made, device)
+    if found is None:
+        return
+    key, value, reason = found
+    section, field = key.split(".", 1)
+    given = getattr(grid, section)
+    own = given is not None and getattr(given, field, None) is not None
+    where = f"{path}.{key}" if path and own else key
+    raise ValueError(f"{source}: {where}: {value!r} makes no valid trial: {reason}")
+
+
 def _variant_axes(variants: dict[str, list], device: str) -> dict[str, tuple]:
     axes: dict[str, tuple] = {}
     for key, values in variants.items():
@@ -474,7 +554,11 @@ def _variant_axes(variants: dict[str, list], device: str) -> dict[str, tuple]:
             pairs = []
             for entry in values:
                 if isinstance(entry, str):
-                    pairs += [(entry, args) for args in variants.get("mod_args", [{}])]
+                    # mod_args go to the mods that take their keys; a mod taking none of them
+                    # runs with its defaults (or is refused if it has none)
+                    params = set(MODS[entry].params)
+                    fits = [a for a in variants.get("mod_args", [{}]) if set(a) <= params]
+                    pairs += [(entry, args) for args in fits or [{}]]
                 else:
                     ((name, args),) = entry.items()
                     pairs += [(name, one) for one in _as_list(args)]

@@ -1,9 +1,12 @@
 """A resolved sweep: :class:`SweepSpec` (frozen, made by :mod:`sdpalab.spec.config` from YAML), its
 sub-grids, and their expansion into :class:`Trial` s, the unit the engine runs.
 
-A trial whose values are each valid but cannot go together (``kv_quant`` without a cache,
-``seq_q > seq_kv``, a dtype the device lacks) is kept, with the reason in ``unsupported``: the
-engine stores it as an ``unsupported`` Result without running it.
+A point no machine could run (``kv_quant`` without a cache, ``seq_q > seq_kv``) is not a
+trial: a value of the config that gives no valid point at all is a config error
+(:func:`never_valid`, refused when the config loads), and a combination the cross product makes
+of values valid elsewhere is left out, with its reason (:meth:`SweepSpec.left_out`). What only
+this machine lacks (a dtype the device has no kernels for) is kept as a trial with the reason in
+``unsupported``: the engine stores it as an ``unsupported`` Result without running it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from typing import Any
 from sdpalab.measure.result import Result
 from sdpalab.spec.settings import Constraints, MeasureSettings
 from sdpalab.spec.variant import Variant
-from sdpalab.spec.workload import ModelWorkload, Workload, is_model_workload
+from sdpalab.spec.workload import (
+    FIELD_OF_KEY,
+    ModelWorkload,
+    TraceWorkload,
+    Workload,
+    workload_kind,
+)
 
 
 def trial_id(variant: Any, workload: Any, extra: dict[str, Any] | None = None) -> str:
@@ -63,17 +72,19 @@ class Grid:
 
 @dataclass(frozen=True)
 class Trial:
-    """One point of a sweep. ``unsupported`` holds the reason when its values cannot go together
-    (then ``variant``/``workload`` are ``None`` and the trial becomes a Result without running)."""
+    """One point of a sweep. ``unsupported`` holds the reason when this machine cannot run it
+    (then ``variant``/``workload`` are ``None`` and the trial becomes a Result without running);
+    ``invalid`` when no machine could (such points are left out of :meth:`SweepSpec.trials`)."""
 
     trial_id: str
     variant_spec: dict[str, Any]
     workload_spec: dict[str, Any]
     settings: MeasureSettings
     variant: Variant | None = None
-    workload: Workload | ModelWorkload | None = None
+    workload: Workload | ModelWorkload | TraceWorkload | None = None
     unsupported: str | None = None
     grid: str = ""
+    invalid: str | None = None
 
     @property
     def label(self) -> str:
@@ -107,7 +118,16 @@ class SweepSpec:
     description: str = ""
 
     def trials(self) -> list[Trial]:
-        """Every trial of every grid that applies to this device, duplicates removed."""
+        """Every trial of every grid that applies to this device, duplicates removed; points no
+        machine could run are left out (:meth:`left_out`)."""
+        return [t for t in self._points() if t.invalid is None]
+
+    def left_out(self) -> list[Trial]:
+        """The cross product's points that no machine could run (their values go together
+        nowhere, e.g. ``kv_quant: int8`` with ``kv_cache: none``); ``invalid`` says why."""
+        return [t for t in self._points() if t.invalid is not None]
+
+    def _points(self) -> list[Trial]:
         seen: dict[str, Trial] = {}
         kind = self.device.split(":")[0]
         for grid in self.grids:
@@ -134,7 +154,48 @@ def dump_spec(spec: SweepSpec) -> dict[str, Any]:
     return {"config": spec.to_dict(), "source": spec.source}
 
 
+def never_valid(grid: Grid, device: str) -> tuple[str, Any, str] | None:
+    """The first value of ``grid`` that gives no point any machine could run: ``(key path as a
+    config writes it, e.g. "variants.kv_quant", the value, the reason)``, or ``None``.
+
+    Such a value is a config error (``mod: sliding_window`` without a window, ``heads_q: 8``
+    with ``heads_kv: 3``, ``kv_quant: int8`` without a cache); a combination that fails while
+    each of its values works elsewhere in the grid is only left out. Of several such values,
+    the one the reason names first is reported.
+    """
+    valid, reasons, values = set(), {}, {}
+    for picked, trial in _points(grid, device):
+        for key, value in picked.items():
+            ident = (key, json.dumps(value, sort_keys=True, default=str))
+            values.setdefault(ident, value)
+            if trial.invalid is None:
+                valid.add(ident)
+            else:
+                reasons.setdefault(ident, trial.invalid)
+    reasons = {ident: why for ident, why in reasons.items() if ident not in valid}
+    if not reasons:
+        return None
+
+    def named_at(ident: tuple[str, str]) -> int:
+        field = ident[0].split(".", 1)[1]
+        at = reasons[ident].find(field)
+        return at if at >= 0 else len(reasons[ident])
+
+    ident = min(reasons, key=named_at)  # stable: the first axis among equals
+    key, value = ident[0], values[ident]
+    section, field = key.split(".", 1)
+    if field == "mod":  # the grid holds (name, args) pairs; a config writes the name
+        name, args = value
+        value = {name: args} if args else name
+    return f"{'workload' if section == 'wl' else 'variants'}.{field}", value, reasons[ident]
+
+
 def _expand(grid: Grid, device: str) -> list[Trial]:
+    return [trial for _, trial in _points(grid, device)]
+
+
+def _points(grid: Grid, device: str) -> list[tuple[dict[str, Any], Trial]]:
+    """Each point of the grid: the axis values picked (``wl.<key>``, ``v.<key>``), its Trial."""
     axes = {
         **{f"wl.{k}": v for k, v in grid.workload.items()},
         **{f"v.{k}": v for k, v in grid.variants.items()},
@@ -147,19 +208,20 @@ def _expand(grid: Grid, device: str) -> list[Trial]:
                 groups.append((zipped, list(zip(*(axes[z] for z in zipped), strict=True))))
         else:
             groups.append(([key], [(v,) for v in values]))
-    trials = []
+    points = []
     for combo in itertools.product(*(values for _, values in groups)):
         picked = {
             k: v
             for (keys, _), vals in zip(groups, combo, strict=True)
             for k, v in zip(keys, vals, strict=True)
         }
-        wl = {k[3:]: v for k, v in picked.items() if k.startswith("wl.")}
+        # the grid keeps the config's keys (``layers``), so its dump reads back as the config
+        wl = {FIELD_OF_KEY.get(k[3:], k[3:]): v for k, v in picked.items() if k.startswith("wl.")}
         var = {k[2:]: v for k, v in picked.items() if k.startswith("v.")}
         if "mod" in var:
             var["mod"], var["mod_args"] = var["mod"][0], dict(var["mod"][1])
-        trials.append(_trial(var, {**wl, "device": device}, grid.measure, grid.name))
-    return trials
+        points.append((picked, _trial(var, {**wl, "device": device}, grid.measure, grid.name)))
+    return points
 
 
 def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
@@ -167,23 +229,27 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
         f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         for f in dataclasses.fields(Variant)
     } | var
-    kind = ModelWorkload if is_model_workload(wl) else Workload
+    kind = workload_kind(wl)
     w_spec = {f.name: f.default for f in dataclasses.fields(kind)} | wl
     identity = settings.identity(w_spec.get("device", ""))
     try:
         variant, workload = Variant(**var), kind(**wl)
     except ValueError as err:
+        if kind is TraceWorkload:
+            w_spec = _trace_spec(wl, w_spec)
         v_obj, w_obj = (
             SimpleNamespace(to_dict=lambda: v_spec),
             SimpleNamespace(to_dict=lambda: w_spec),
         )
+        here = _only_not_here(var, wl, kind)
         return Trial(
             trial_id(v_obj, w_obj, identity),
             v_spec,
             w_spec,
             settings,
-            unsupported=str(err),
+            unsupported=str(err) if here else None,
             grid=grid,
+            invalid=None if here else str(err),
         )
     return Trial(
         trial_id(variant, workload, identity),
@@ -194,3 +260,24 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
         workload,
         grid=grid,
     )
+
+
+def _only_not_here(var: dict, wl: dict, kind: type) -> bool:
+    """Whether a point that failed would be valid on another machine: the variant is valid and
+    the workload too in float32, so only its dtype is missing here (e.g. bfloat16 on a GPU
+    without it)."""
+    try:
+        Variant(**var)
+        kind(**{**wl, "dtype": "float32"})
+    except ValueError:
+        return False
+    return True
+
+
+def _trace_spec(wl: dict, fallback: dict) -> dict:
+    """A trace trial's workload dict with the sizes read from the file, when the workload
+    itself is valid (so an unsupported variant's row shows the shape it would have run at)."""
+    try:
+        return TraceWorkload(**wl).to_dict()
+    except ValueError:
+        return fallback

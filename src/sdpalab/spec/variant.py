@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdpalab.attention.backends import backend_names
-from sdpalab.attention.kvquant import FORMATS
+from sdpalab.attention.kvlayers import KV_QUANTS as KV_QUANTS  # the spec's axis values
+from sdpalab.attention.kvlayers import canonical_kv_quant
 from sdpalab.attention.mods import validate_mod
 from sdpalab.spec.workload import check_choice, check_positive_int
 
 KV_CACHES = ("none", "dynamic", "static", "sliding", "paged")
-KV_QUANTS = ("none", *FORMATS)
 WEIGHT_QUANTS = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only")
 
 KV_ARGS = {
@@ -24,7 +24,23 @@ KV_ARGS = {
     "page_size": "paged: tokens per page (default 128)",
     "group_size": "int4: values per group along D (default 64); kivi: tokens per key group (32)",
     "residual": "kivi: most recent tokens kept in full precision (default 32)",
+    "smooth_keys": "1: store keys minus each channel's mean over the prefill (softmax unchanged)",
 }
+KV_FLAGS = ("smooth_keys",)
+"""``kv_args`` that are switches: 1 turns one on, leaving it out turns it off (one spelling of
+off, so one variant has one key)."""
+
+
+def check_kv_arg(key: str, value: Any, prefix: str = "kv_args.") -> None:
+    """Raise ``ValueError`` naming ``prefix + key`` when ``value`` is not valid for that key
+    (a positive integer; a flag: 1)."""
+    if key in KV_FLAGS:
+        if isinstance(value, bool) or not isinstance(value, int) or value != 1:
+            raise ValueError(
+                f"{prefix}{key}={value!r} is not valid; choose 1 (leave it out to turn it off)"
+            )
+    else:
+        check_positive_int(f"{prefix}{key}", value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +56,10 @@ class Variant:
     kv_cache: str = "none"
     """KV cache layout; ``none`` attends the given k, v directly (no state)."""
     kv_quant: str = "none"
-    """Storage format of the cached keys and values (needs a ``kv_cache``)."""
+    """Storage format of the cached keys and values (needs a ``kv_cache``): one of
+    ``KV_QUANTS`` for every layer or, on model workloads, a per-layer map such as
+    ``"int8@0-1,kivi2"`` (layers 0-1 int8, the rest kivi2; :mod:`sdpalab.attention.kvlayers`),
+    kept in its canonical spelling."""
     kv_args: dict[str, Any] = field(default_factory=dict)
     """Cache and quantization parameters; see ``KV_ARGS``."""
     weight_quant: str = "none"
@@ -51,7 +70,10 @@ class Variant:
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
         check_choice("kv_cache", self.kv_cache, KV_CACHES)
-        check_choice("kv_quant", self.kv_quant, KV_QUANTS)
+        try:
+            object.__setattr__(self, "kv_quant", canonical_kv_quant(self.kv_quant))
+        except ValueError as err:
+            raise ValueError(f"kv_quant={err}") from None
         check_choice("weight_quant", self.weight_quant, WEIGHT_QUANTS)
         if not isinstance(self.mod_args, dict):
             raise ValueError(f"mod_args={self.mod_args!r} must be a mapping of parameter to value")
@@ -60,11 +82,16 @@ class Variant:
         validate_mod(self.mod, self.mod_args)
         for key, value in self.kv_args.items():
             check_choice("kv_args key", key, tuple(KV_ARGS))
-            check_positive_int(f"kv_args.{key}", value)
+            check_kv_arg(key, value)
         if self.kv_quant != "none" and self.kv_cache == "none":
             raise ValueError(
                 f"kv_quant={self.kv_quant!r} needs a kv_cache; choose one of: "
                 f"{', '.join(c for c in KV_CACHES if c != 'none')}"
+            )
+        if "smooth_keys" in self.kv_args and self.kv_cache == "none":
+            raise ValueError(
+                "kv_args.smooth_keys needs a kv_cache (it shifts the keys a cache stores); "
+                f"choose one of: {', '.join(c for c in KV_CACHES if c != 'none')}"
             )
         if self.kv_cache == "sliding" and "window" not in self.kv_args:
             raise ValueError("kv_cache='sliding' needs kv_args.window (the ring-buffer length)")
@@ -89,7 +116,8 @@ class Variant:
             parts.append(f"{self.mod}({args})" if args else self.mod)
         if self.kv_cache != "none":
             cache = self.kv_cache + ("" if self.kv_quant == "none" else f"+{self.kv_quant}")
-            parts.append(cache)
+            # smoothing changes what is stored, so a table must tell the two rows apart
+            parts.append(cache + ("+smooth_keys" if "smooth_keys" in self.kv_args else ""))
         if self.projections:
             parts.append(f"proj:{self.weight_quant}")
         return "/".join(parts)

@@ -1,9 +1,11 @@
-"""What the user means: an attention :class:`Workload` (one call's shape) or a
-:class:`ModelWorkload` (a whole model on a text). Frozen and validated on construction: a bad
+"""What the user means: an attention :class:`Workload` (one call's shape), a
+:class:`ModelWorkload` (a whole model on a text) or a :class:`TraceWorkload` (one layer's real
+queries, keys and values, captured from a model). Frozen and validated on construction: a bad
 value raises ``ValueError`` naming the field, the value and the valid choices.
 
 Each field says its role in its metadata, and everything downstream derives from it: the YAML
-axes, the context that tells two workloads apart, the sizes along which cost only grows.
+axes, the context that tells two workloads apart, the sizes along which cost only grows. A
+field may also name the key a config gives it by (``layers``: the axis of ``layer``).
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from typing import Any
 
 import torch
 
+from sdpalab.spec.trace import TraceInfo, read_trace
+
 PHASES = ("prefill", "decode")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUILTIN_MODELS = ("minilm", "tiny-llama")
+BUILTIN_MODELS = ("smollm2", "minilm", "tiny-llama")
 """Models that need no download (see :mod:`sdpalab.models`)."""
 
 KIND, SIZE, CHOICE, PLACE = "kind", "size", "choice", "place"
 """Field roles: what the work is, how big it is, a free choice (dtype), where it runs."""
 
 
-def _role(role: str, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
-    return field(default=default, metadata={"role": role, "doc": doc})
+def _role(role: str, default: Any = dataclasses.MISSING, doc: str = "", key: str = "") -> Any:
+    metadata = {"role": role, "doc": doc, **({"key": key} if key else {})}
+    return field(default=default, metadata=metadata)
 
 
 def check_choice(name: str, value: Any, valid) -> None:
@@ -151,6 +156,76 @@ class ModelWorkload:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TraceWorkload:
+    """Real attention inputs as the workload: layer ``layer`` of a trace file that ``sdpalab
+    capture`` wrote (:mod:`sdpalab.spec.trace`), its tensors cast to ``dtype`` on ``device``.
+
+    ``prefill`` attends every captured query to the keys; ``decode`` the last query to all of
+    them (one step after a cached context). The mask is the model's own for that layer (causal,
+    or its sliding window), as the trace records it: the float64 oracle applies it, and a
+    variant whose mod is ``none`` runs it. The sizes come from the file (:meth:`as_workload`);
+    :meth:`to_dict` carries them beside the fields, so results show the shapes measured.
+    """
+
+    trace: str = _role(KIND, doc="a trace file written by sdpalab capture")
+    layer: int = _role(
+        KIND, doc="a layer the trace holds (the config's axis: layers)", key="layers"
+    )
+    phase: str = _role(KIND, "prefill", "prefill (every captured query) or decode (the last)")
+    dtype: str = _role(CHOICE, "float32")
+    device: str = _role(PLACE, "cpu")
+
+    def __post_init__(self) -> None:
+        check_choice("phase", self.phase, PHASES)
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer={self.layer!r} must be a non-negative integer")
+        if self.layer not in self.info.layers:
+            raise ValueError(
+                f"layer={self.layer} is not in trace {self.trace!r}; valid: "
+                + ", ".join(map(str, self.info.layers))
+            )
+        _check_dtype_device(self)
+
+    @property
+    def info(self) -> TraceInfo:
+        """The trace file's header (read once per file version)."""
+        return read_trace(self.trace)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def mask(self) -> tuple[str, dict[str, Any]]:
+        """The layer's own mask as a mod: ``("causal", {})`` or ``("sliding_window", {...})``."""
+        return self.info.mask(self.layer)
+
+    def sizes(self) -> dict[str, int]:
+        """The sizes of the attention call, as :class:`Workload` names them."""
+        call = self.as_workload()
+        return {name: getattr(call, name) for name in fields_with(Workload, SIZE)}
+
+    def as_workload(self) -> Workload:
+        """The attention call this layer makes, as a :class:`Workload` of the same shapes, phase,
+        dtype and device: what the Gaussian measurement of the same layer runs on."""
+        shape = self.info.shape(self.layer)
+        return Workload(
+            phase=self.phase,
+            batch=shape["batch"],
+            heads_q=shape["heads_q"],
+            heads_kv=shape["heads_kv"],
+            seq_kv=shape["seq"],
+            head_dim=shape["head_dim"],
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, then the sizes read from the trace (:meth:`sizes`)."""
+        return {**dataclasses.asdict(self), **self.sizes()}
+
+
 def fields_with(kind: type, *roles: str, exclude: str | None = None) -> tuple[str, ...]:
     """Names of ``kind``'s fields whose role is one of ``roles`` (any role when none given),
     less those of role ``exclude``."""
@@ -161,11 +236,31 @@ def fields_with(kind: type, *roles: str, exclude: str | None = None) -> tuple[st
     )
 
 
+def config_keys(kind: type, exclude: str | None = None) -> tuple[str, ...]:
+    """The keys a config names ``kind``'s fields by (a field's own name unless its metadata
+    gives another, as ``layer``'s axis ``layers``), less fields of role ``exclude``."""
+    return tuple(
+        f.metadata.get("key", f.name)
+        for f in dataclasses.fields(kind)
+        if f.metadata["role"] != exclude
+    )
+
+
 def _union(*names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for group in names for n in group))
 
 
-WORKLOAD_KINDS = (Workload, ModelWorkload)
+WORKLOAD_KINDS = (Workload, ModelWorkload, TraceWorkload)
+MARKERS = {TraceWorkload: "trace", ModelWorkload: "model"}
+"""The key that makes a workload dict (a trial's, a config's) of this kind, the first that
+matches winning; without any, it is an attention :class:`Workload`."""
+FIELD_OF_KEY = {
+    f.metadata["key"]: f.name
+    for kind in WORKLOAD_KINDS
+    for f in dataclasses.fields(kind)
+    if "key" in f.metadata
+}
+"""Config keys that differ from their field's name: ``{"layers": "layer"}``."""
 CONTEXT_FIELDS = _union(
     *(fields_with(k, role) for role in (KIND, SIZE, PLACE) for k in WORKLOAD_KINDS)
 )
@@ -177,9 +272,22 @@ SIZE_FIELDS = _union(*(fields_with(k, SIZE) for k in WORKLOAD_KINDS))
 
 def is_model_workload(workload: dict[str, Any]) -> bool:
     """Whether a workload dict (a trial's, a Result's) names a model rather than one call."""
-    return workload.get("model") is not None
+    return workload_kind(workload) is ModelWorkload
 
 
-def workload_from_dict(data: dict[str, Any]) -> Workload | ModelWorkload:
-    """The workload a dict describes, of the kind its keys say."""
-    return (ModelWorkload if is_model_workload(data) else Workload)(**data)
+def workload_kind(workload: dict[str, Any]) -> type:
+    """The kind of workload a dict (or a config's workload mapping) describes: the first kind
+    whose marker key it holds (:data:`MARKERS`), else :class:`Workload`."""
+    for kind, marker in MARKERS.items():
+        if workload.get(marker) is not None:
+            return kind
+    return Workload
+
+
+def workload_from_dict(data: dict[str, Any]) -> Workload | ModelWorkload | TraceWorkload:
+    """The workload a dict describes, of the kind its keys say (a trace's sizes, which its
+    dict carries, are read from the file again)."""
+    kind = workload_kind(data)
+    if kind is TraceWorkload:
+        data = {k: v for k, v in data.items() if k in fields_with(TraceWorkload)}
+    return kind(**data)
