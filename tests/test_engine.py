@@ -191,19 +191,23 @@ def test_sigkill_then_resume_keeps_exactly_one_row_per_trial(tmp_path):
         assert f"{24 - len(before)} trials in" in done.stdout
 
 
-def test_unsupported_trials_are_stored_without_a_worker(tmp_path):
+def test_unsupported_trials_are_stored_without_a_worker(tmp_path, monkeypatch):
+    import sdpalab.spec.workload
+
+    # a dtype this machine has no kernels for: valid elsewhere, unsupported here
+    monkeypatch.setattr(sdpalab.spec.workload, "supported_dtypes", lambda device: ("float32",))
     spec = spec_from_dict(
         {
             "name": "u",
             "device": "cpu",
-            "workload": {"seq_kv": 8, "seq_q": 16},
+            "workload": {"seq_kv": 8, "dtype": "float16"},
             "variants": {"backend": ["math", "eager"]},
         }
     )
     seen = []
     results = run_trials(spec.trials(), tmp_path, on_result=lambda r, d, t: seen.append((d, t)))
     assert [r.status for r in results] == ["unsupported", "unsupported"]
-    assert "seq_q=16 must be at most seq_kv=8" in results[0].reason
+    assert "dtype='float16' is not supported on cpu" in results[0].reason
     assert seen == [(1, 2), (2, 2)]
     assert not (tmp_path / "logs").exists()  # no worker was started
     # resuming finds everything done and runs nothing

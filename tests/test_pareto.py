@@ -12,7 +12,7 @@ import yaml
 import sdpalab as sl
 from sdpalab.explore.objectives import check_constraints
 from sdpalab.explore.pareto import hypervolume, pareto
-from sdpalab.explore.recommend import recommend
+from sdpalab.explore.recommend import recommend, summarize_front
 from sdpalab.explore.shapes import goldilocks_across_shapes
 from sdpalab.measure.result import Result
 from sdpalab.spec import Constraints
@@ -140,14 +140,16 @@ def test_fast_but_wrong_is_never_recommended(priority):
 
 
 def test_recommendation_by_priority_with_trade():
-    fast = make("flash", lat=0.5, mem=40 * MiB, err=2e-7)
-    lean = make("eager", lat=2.0, mem=5 * MiB, err=3e-7)
+    # errors apart by more than the float32 tolerance (approximations an error budget admits)
+    fast = make("flash", lat=0.5, mem=40 * MiB, err=4e-3)
+    lean = make("eager", lat=2.0, mem=5 * MiB, err=6e-3)
     exact = make("math", lat=1.0, mem=30 * MiB, err=1e-8)
     results = [fast, lean, exact]
-    assert recommend(results, priority="latency").best is fast
-    assert recommend(results, priority="memory").best is lean
-    assert recommend(results, priority="error").best is exact
-    rec = recommend(results, priority="latency")
+    budget = Constraints(max_error=1e-2)
+    assert recommend(results, priority="latency", constraints=budget).best is fast
+    assert recommend(results, priority="memory", constraints=budget).best is lean
+    assert recommend(results, priority="error", constraints=budget).best is exact
+    rec = recommend(results, priority="latency", constraints=budget)
     assert rec.runner_up is exact
     assert "100% slower (1 ms vs 0.5 ms)" in rec.trade and "25% less memory" in rec.trade
     # the variant pastes back into Python and YAML
@@ -269,6 +271,7 @@ def test_front_matches_brute_force_on_random_points():
                 mem=int(rng.uniform(1, 10) * MiB),
                 err=float(rng.uniform(1e-8, 1e-6)),
                 tid=str(i),
+                tol=None,  # no tolerance: errors compare exactly, as in the brute force
             )
         )
     front = {r.trial_id for r in pareto(results)}
@@ -285,3 +288,178 @@ def test_front_matches_brute_force_on_random_points():
             for o in results
         )
         assert (r.trial_id in front) == (not dominated)
+
+
+# --------------------------------------------------------------------------- ties (issue 19)
+
+
+def test_errors_within_tolerance_tie_and_the_slower_fatter_point_leaves_the_front():
+    # `sdpalab pareto` on the quick preset: 2.36e-7 vs 2.40e-7 is rounding, 50x under tolerance
+    flash = make("flash", mod="causal", lat=0.683, iqr=0.01, mem=int(1.42 * MiB), err=2.40e-7)
+    eager = make("eager", mod="causal", lat=1.48, iqr=0.02, mem=int(5.75 * MiB), err=2.36e-7)
+    assert pareto([flash, eager]) == [flash]
+    summary = summarize_front([flash, eager])
+    assert summary.front == [flash]
+    assert summary.excluded_rows()[0]["reason"] == "dominated by flash/causal [float32]"
+    rec = recommend([flash, eager])
+    assert "same error within tolerance" in rec.trade and "1x lower" not in rec.trade
+    # exact comparisons (noise_aware=False) keep the 1.7 % smaller error as a trade-off
+    assert labels(pareto([flash, eager], noise_aware=False)) == ["eager/causal", "flash/causal"]
+    # beyond the tolerance the error is a trade-off again
+    approx = make("eager", mod="causal", lat=1.48, mem=int(5.75 * MiB), err=2.36e-7, tol=1e-9)
+    assert len(pareto([flash, approx])) == 2
+
+
+def test_a_tie_passes_the_ranking_to_the_next_objective():
+    # both errors far under the float32 tolerance: "error" priority falls to latency, then memory
+    exact = make("math", lat=2.0, iqr=0.01, mem=30 * MiB, err=1e-8)
+    fast = make("flash", lat=0.5, iqr=0.01, mem=30 * MiB, err=3e-7)
+    assert recommend([exact, fast], priority="error").best is fast
+    lean = make("eager", lat=0.52, iqr=0.02, mem=10 * MiB, err=2e-7)  # same latency within noise
+    assert recommend([exact, fast, lean], priority="error").best is lean
+
+
+def test_ties_do_not_drop_a_point_that_only_a_dominated_point_beats():
+    # latencies 1.0 ~ 1.5 ~ 2.0 ms within noise, yet 1.0 beats 2.0: b beats a (same latency,
+    # less memory) and c beats b, but nothing on the front beats a, the fastest
+    a = make("math", lat=1.0, iqr=0.4, mem=30 * MiB, tid="a")
+    b = make("flash", lat=1.5, iqr=0.4, mem=20 * MiB, tid="b")
+    c = make("eager", lat=2.0, iqr=0.4, mem=10 * MiB, tid="c")
+    assert [r.trial_id for r in pareto([a, b, c])] == ["a", "c"]
+    by = {row["trial_id"]: row["reason"] for row in summarize_front([a, b, c]).excluded_rows()}
+    assert by == {"b": "dominated by eager [float32]"}
+
+
+def test_front_with_ties_is_stable_and_complete_on_random_points():
+    from sdpalab.explore.objectives import (
+        OBJECTIVES,
+        error_tolerances,
+        objective_matrix,
+        tie_matrix,
+    )
+    from sdpalab.explore.pareto import dominance, front_of
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        results = [
+            make(
+                ["math", "flash", "eager"][i % 3],
+                lat=float(rng.uniform(1, 3)),
+                iqr=float(rng.uniform(0, 0.3)),
+                mem=int(rng.integers(1, 6)) * MiB,
+                err=float(10 ** rng.uniform(-8, -4)),
+                tid=f"{trial}-{i}",
+            )
+            for i in range(25)
+        ]
+        found = front_of(results)
+        on = {id(r) for r in found.members}
+        tols = error_tolerances(results)
+        values = objective_matrix(results, OBJECTIVES)
+        dom = dominance(values, tie_matrix(results, values, OBJECTIVES, tols))
+        index = {id(r): i for i, r in enumerate(results)}
+        for r in found.members:  # no front point beats another
+            assert not any(dom[index[id(o)], index[id(r)]] for o in found.members)
+        assert len(found.members) + len(found.dominated) == len(results)
+        for r, by in found.dominated:  # every other point is beaten by a front point
+            assert id(by) in on and dom[index[id(by)], index[id(r)]]
+
+
+def model_result(kv_quant, *, lat, iqr, err, kv, tid):
+    """A tiny-llama trial as ``model_trial`` stores it: no float64 oracle, tolerance NaN."""
+    variant = sl.Variant(backend="math", kv_cache="static", kv_quant=kv_quant)
+    workload = sl.ModelWorkload(model="tiny-llama", prompt_len=64, new_tokens=16).to_dict()
+    return Result(
+        variant=variant.to_dict(),
+        workload=workload,
+        label=variant.label(),
+        trial_id=tid,
+        latency_ms=lat,
+        latency_iqr_ms=iqr,
+        peak_mem_bytes=kv + MiB,
+        peak_mem_total_bytes=kv + 20 * MiB,
+        kv_cache_bytes=kv,
+        rel_fro_err=err,
+        tolerance=float("nan"),
+    )
+
+
+def test_model_workloads_are_gated_by_what_their_lossless_variants_show():
+    # `search model-tiny --trials 3` recommended math/dynamic+int8 3.91 ms ± 1.6 over
+    # math/static 2.86 ms ± 0.074: "same latency within noise", and no error gate at all
+    static = model_result("none", lat=2.86, iqr=0.074, err=3e-6, kv=4 * MiB, tid="static")
+    int8 = model_result("int8", lat=3.91, iqr=1.6, err=2e-3, kv=1 * MiB, tid="int8")
+    rec = recommend([static, int8], priority="latency")
+    assert rec.best is static and rec.excluded == {"over the error tolerance": 1}
+    from sdpalab.explore.objectives import error_tolerances
+
+    assert error_tolerances([static, int8]) == [3e-6, 3e-6]
+    # the front shows the quantized cache (least memory) marked, with the gate that applied
+    summary = summarize_front([static, int8])
+    picks = {row["trial_id"]: (row["pick"], row["tolerance"]) for row in summary.rows()}
+    assert picks == {"static": ("best", 3e-6), "int8": ("over tol.", 3e-6)}
+    from rich.console import Console
+
+    from sdpalab.report.search_report import render_front
+
+    console = Console(record=True, width=100)
+    render_front(console, summary)
+    assert "over tol.: error above the tolerance (3e-06)" in console.export_text()
+    # an explicit error budget admits the quantized cache again
+    assert recommend([static, int8], constraints=Constraints(max_error=1e-2)).best is int8
+    # without a lossless variant to compare with, the dtype's attention tolerance applies
+    assert error_tolerances([int8]) == [pytest.approx(1.1e-5, rel=0.05)]
+
+
+# --------------------------------------------------------------------------- memory measures
+
+
+def decode_8k(kv_quant, *, kv, peak, lat, err):
+    """A decode step at an 8k context with 1 GiB of full-precision inputs held beside it."""
+    variant = sl.Variant(backend="math", kv_cache="static", kv_quant=kv_quant)
+    wl = sl.Workload(
+        phase="decode", batch=4, heads_q=32, heads_kv=8, seq_kv=8192, head_dim=128
+    ).to_dict()
+    return Result(
+        variant=variant.to_dict(),
+        workload=wl,
+        label=variant.label(),
+        trial_id=variant.label(),
+        latency_ms=lat,
+        latency_iqr_ms=0.05,
+        input_bytes=1024 * MiB,
+        kv_cache_bytes=kv,
+        peak_mem_bytes=peak,
+        peak_mem_total_bytes=1024 * MiB + kv + peak,
+        rel_fro_err=err,
+        tolerance=1.1e-5,
+    )
+
+
+def test_memory_measures_and_the_limit_follow_the_users_choice():
+    # `--priority memory --max-memory 600MiB` at 8k: the unquantized cache does not fit, int8's
+    # does; the total peak (the only measure before) counts the inputs, so nothing fit
+    full = decode_8k("none", kv=1024 * MiB, peak=8 * MiB, lat=3.0, err=1e-7)
+    int8 = decode_8k("int8", kv=260 * MiB, peak=16 * MiB, lat=3.2, err=4e-3)
+    int4 = decode_8k("int4", kv=140 * MiB, peak=2048 * MiB, lat=5.0, err=6e-3)  # dequantizes
+    results = [full, int8, int4]
+    limits = Constraints(max_memory=600 * MiB, max_error=1e-2)
+    rec = recommend(results, priority="memory", constraints=limits)
+    assert rec.best is int8 and rec.excluded == {"over max_memory": 2}
+    from sdpalab.explore.objectives import memory_of
+
+    assert memory_of(int8) == 276 * MiB  # decode: persistent = cache + the step's transient
+    assert "276 MiB persistent" in rec.summary()
+    # the cache alone: int4's transient copy does not count
+    rec = recommend(results, priority="memory", constraints=limits, memory="cache")
+    assert rec.best is int4 and memory_of(int4, "cache") == 140 * MiB
+    assert pareto(results, memory="cache", constraints=limits) == [int8, int4]
+    with pytest.raises(ValueError, match="3 over max_memory"):
+        recommend(results, priority="memory", constraints=limits, memory="total")
+    with pytest.raises(ValueError, match="memory='ram' is not valid; choose one of: auto"):
+        pareto(results, memory="ram")
+    # the table shows the measure and the cache bytes
+    (row,) = [r for r in summarize_front(results, memory="peak").rows() if r["pick"] == "best"]
+    assert row["memory_measure"] == "peak" and row["kv_cache_bytes"] is not None
+    # prefill keeps the total peak
+    assert memory_of(make("math", mem=10 * MiB)) == 10 * MiB

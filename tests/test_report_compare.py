@@ -163,3 +163,16 @@ def test_cli_fail_if_slower(tmp_path, monkeypatch, capsys):
     )
     assert _cli(monkeypatch, "report", tmp_path / "missing") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_busy_side_is_not_comparable():
+    """Two runs of one config, one measured while other work held the machine: its 69x is not
+    a slowdown (the issue's "68.94x slower" between two identical quick runs)."""
+    base = [make_result(backend="math", latency_ms=0.076, iqr_ms=0.002)]
+    new = [make_result(backend="math", latency_ms=5.24, iqr_ms=0.001)]
+    new[0].provenance = {**new[0].provenance, "busy": True, "load": {"load_1m": 7.9}}
+    (c,) = compare_runs(base, new)
+    assert c.verdict == "busy" and c.latency_ratio == pytest.approx(5.24 / 0.076)
+    assert slower_than([c], 0.10) == []
+    (again,) = compare_runs(new, base)  # either side
+    assert again.verdict == "busy"

@@ -239,3 +239,75 @@ def test_eager_timings_are_marked_only_among_graph_replays():
     assert "0.760 e" in front and EAGER_NOTE[:40] in " ".join(front.split())
     _, html = front_section(summary)
     assert "0.760 e" in html and "eager call" in html
+
+
+def _narrow(render, *args) -> str:
+    """What a 100-column terminal shows."""
+    console = Console(record=True, width=100, color_system=None)
+    render(console, *args)
+    return console.export_text()
+
+
+def _fits(text: str) -> None:
+    from rich.cells import cell_len
+
+    assert max(cell_len(line.rstrip()) for line in text.splitlines()) <= 100
+    assert "…" not in text  # wrapped or left out, never cut
+    tops = [line.rstrip() for line in text.splitlines() if line.startswith("┏")]
+    assert all(line.endswith("┓") for line in tops), tops  # never cropped at the edge
+
+
+def test_a_wide_sweep_table_wraps_to_fit_100_columns():
+    # 12 shapes: the cells used to be cut to "49…" to squeeze into the terminal
+    results = [
+        make_result(
+            backend=backend,
+            phase="decode",
+            kv_cache="static",
+            kv_quant=quant,
+            seq=seq,
+            batch=batch,
+            latency_ms=12.345 * seq / 1024,
+            peak_mem_bytes=seq * batch * 4096,
+        )
+        for backend in ("math", "flash")
+        for quant in ("none", "int8", "kivi4")
+        for seq in (1024, 4096, 16384, 65536)
+        for batch in (1, 8, 32)
+    ]
+    text = _narrow(render_results, results)
+    _fits(text)
+    assert "(continued, 2)" in text
+    for header in ("B=1 S=1024", "B=32 S=65536"):
+        assert header in text
+    assert text.count("790") == 3 * 6  # every cell of every variant, once
+
+
+def test_model_bench_fits_100_columns():
+    from sdpalab.models.generation import ModelRun
+    from sdpalab.report.console import render_model_bench
+    from sdpalab.run.model_trial import ModelBench
+
+    runs = tuple(
+        ModelRun(
+            label,
+            "sdpa" if label == "stock" else "sdpalab",
+            cache,
+            "ok",
+            prefill_ms=81.0,
+            decode_ms_per_token=7.06,
+            tokens_per_s=141.6,
+            peak_mem_bytes=2**31,
+            kv_cache_bytes=2**28,
+        )
+        for label, cache in (
+            ("stock", "DynamicCache"),
+            ("sl:auto:dynamic+kivi4", "SdpalabCache(dynamic+kivi4)"),
+            ("sl:flex:sliding_window(window=4096)+paged+int8", "SdpalabCache(paged+int8)"),
+        )
+    )
+    bench = ModelBench("tiny-llama", "decoder", "cpu", "float32", 1, 128, 32, runs)
+    text = _narrow(render_model_bench, bench)  # it used to print as wide as its longest name
+    _fits(text)
+    first = "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line)
+    assert "sl:flex:sliding_window(window=4096)+paged+int8" in first  # folded, not cut

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from report_fixtures import sweep_results, write_run
+from report_fixtures import make_result, sweep_results, write_run
 from sdpalab.attention.mods import allowed_fraction
 from sdpalab.report.plots import fitted_slope, mask_density, plot_mask, render_plots
 from sdpalab.run.rundir import load
@@ -103,3 +103,25 @@ def test_mask_density_exact_and_averaged(tmp_path):
     assert kind == "bias" and bias[7, 0] < bias[7, 7] == 0
     assert_png(plot_mask("alibi", {}, 64, 64, tmp_path / "alibi.png"))
     assert_png(plot_mask("prefix_lm", {"prefix": 8}, 24, 24, tmp_path / "prefix.png"), 3)
+
+
+def test_the_report_marks_the_front_that_sdpalab_pareto_prints(tmp_path, monkeypatch):
+    # the HTML report marked `flash` where `sdpalab pareto` printed flash/causal and
+    # eager/causal: the plots computed a front of their own (two objectives, no noise)
+    import sdpalab.report.plots as plots
+    from sdpalab.explore.recommend import summarize_front
+
+    results = [
+        make_result(backend="math", latency_ms=1.00, iqr_ms=0.2, peak_mem_bytes=3 << 20),
+        make_result(backend="flash", latency_ms=1.05, iqr_ms=0.2, peak_mem_bytes=3 << 20),
+        make_result(backend="eager", latency_ms=2.00, peak_mem_bytes=1 << 20, rel_fro_err=1e-9),
+        make_result(backend="efficient", latency_ms=3.00, peak_mem_bytes=2 << 20),
+    ]
+    marked = []
+    monkeypatch.setattr(
+        plots, "plot_pareto", lambda rows, path, front=None, **kw: marked.append(set(front or ()))
+    )
+    render_plots(results, tmp_path)
+    assert marked == [{r.trial_id for r in summarize_front(results).front}]
+    # math and flash tie on latency within noise (same memory, same error): both stay
+    assert len(marked[0]) == 3

@@ -258,7 +258,10 @@ def test_constraints_reach_the_sampler_and_failures_are_told(tmp_path):
     limits = Constraints(max_error=1e-2, max_memory=300 * 2**10)
     search(small, tmp_path, trials=len(small.trials()), runner=run, constraints=limits)
     assert len(run.calls) == len(small.trials())
-    found = search(spec, tmp_path, trials=len(run.table), runner=run, constraints=limits)
+    # the config grew (a longer shape): resuming it reuses the short shape's trials
+    found = search(
+        spec, tmp_path, trials=len(run.table), runner=run, constraints=limits, resume=True
+    )
     assert found.constraints == limits
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / JOURNAL))
@@ -310,7 +313,7 @@ def test_resume_extends_without_repeating(tmp_path):
     assert first.measured == again.measured == 10
     assert len(run.calls) == len(set(run.calls)) == 20  # no point measured twice
     assert len(again.results) >= 20
-    everything = search(spec, tmp_path, trials=1000, runner=run)
+    everything = search(spec, tmp_path, trials=1000, runner=run, resume=True)
     assert everything.exhausted and len(run.calls) == len(run.table) == len(set(run.calls))
     with pytest.raises(ValueError, match="nothing to resume"):
         search(spec, tmp_path / "new", trials=1, runner=run, resume=True)
@@ -328,8 +331,11 @@ def test_bad_input(tmp_path):
         )
     search(spec, tmp_path, trials=2, runner=replayer(spec))
     changed = replay_spec(dtypes=("float32",))
-    with pytest.raises(ValueError, match="different space"):
+    with pytest.raises(ValueError, match="already holds a run"):
         search(changed, tmp_path, trials=2, runner=replayer(changed))
+    # a config that no longer holds the stored trials, or searches another space
+    with pytest.raises(ValueError, match=r"another config|different space"):
+        search(changed, tmp_path, trials=2, runner=replayer(changed), resume=True)
 
 
 def test_space_axes():

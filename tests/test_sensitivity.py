@@ -171,3 +171,22 @@ def test_bad_input_and_too_few_results():
     assert len(table) == 1 and math.isnan(table["importance"][0])
     assert "need 4" in table["note"][0]
     assert np.isnan(table["ci_low"][0])
+
+
+def test_every_interval_holds_its_estimate():
+    # `sensitivity` printed `mod │ ped_anova │ 0.011 │ 0.020 - 0.342`: bootstrap resamples
+    # repeat trials, which reads as structure, so their importances sit above an estimate of 0
+    for name in ("sensitivity-decode-cpu", "sensitivity-prefill-masks-cpu"):
+        table = sensitivity(load(name), n_boot=10).dropna(subset=["importance"])
+        assert len(table) > 10
+        for row in table.itertuples():
+            assert row.ci_low <= row.importance <= row.ci_high, (name, row)
+
+
+def test_an_unknown_objective_is_refused_naming_the_valid_ones():
+    with pytest.raises(ValueError, match=r"objective 'speed' is not valid; choose from: memory, "):
+        sensitivity([make("math", 256, 1, 1.0)], objectives=("speed",))
+    # memory is the measure the user picks, named for its field
+    results = [make(b, s, 1, float(s)) for b in ("math", "flash") for s in (256, 512, 1024)]
+    table = sensitivity(results, objectives=("memory",), method="salib")
+    assert set(table["objective"]) == {"peak_mem_total_bytes"}

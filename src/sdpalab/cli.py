@@ -1,7 +1,8 @@
 """The ``sdpalab`` command line. Thin: parse, call one library function, render.
 
 Exit codes: 0 ok, 2 bad input (one line naming what is wrong and what is valid), 1 internal
-error (one line; ``SDPALAB_DEBUG=1`` shows the traceback).
+error (one line; ``SDPALAB_DEBUG=1`` shows the traceback), 130 interrupted (one line: the
+trials stored and the command that resumes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sdpalab.cli_common import BadInput, console, err_console
+from sdpalab.cli_common import (
+    BadInput,
+    BusyNotice,
+    console,
+    err_console,
+    note_left_out,
+    stop_cleanly,
+)
 from sdpalab.cli_explore import pareto, search, sensitivity
 
 app = typer.Typer(
@@ -25,6 +33,26 @@ app = typer.Typer(
     "your workload, measured against a float64 oracle.",
 )
 
+_Force = Annotated[bool, typer.Option(help="Replace the run OUT already holds.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sdpalab import __version__
+
+        console.print(f"sdpalab {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Options of ``sdpalab`` itself (the app's help is set above)."""
+
 
 @app.command()
 def demo(
@@ -32,16 +60,24 @@ def demo(
         Path | None, typer.Option(help="Run directory (default runs/demo-<time>).")
     ] = None,
     quick: Annotated[bool, typer.Option(help="Smaller sizes (seconds, for tests).")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the demo run in OUT (the trials it has no row for).")
+    ] = False,
+    force: _Force = False,
 ) -> None:
     """Run a small preset on this machine: prefill and decode, every kernel it has."""
     from sdpalab.demo import run_demo
     from sdpalab.report.progress import progress_callback
 
-    with progress_callback(console) as on_result:
-        run = run_demo(out, quick=quick, on_result=on_result)
+    busy = BusyNotice()
+    with stop_cleanly(), progress_callback(console) as on_result:
+        run = run_demo(
+            out, quick=quick, resume=resume, force=force, on_result=on_result, on_start=busy.start
+        )
     from sdpalab.report.console import render_run
 
     render_run(console, run)
+    busy.end(run.results)
 
 
 @app.command()
@@ -53,7 +89,10 @@ def doctor(
     from sdpalab.doctor import doctor_report
     from sdpalab.report.console import render_doctor
 
-    render_doctor(console, doctor_report(device, remeasure=remeasure))
+    report = doctor_report(device, remeasure=remeasure)
+    render_doctor(console, report)
+    if report.get("ceilings_note"):
+        console.print(f"  {report['ceilings_note']}", markup=False, highlight=False, style="dim")
 
 
 @app.command()
@@ -79,6 +118,14 @@ def report(
     render_results(console, results, title=str(run_dir))
     if comparisons is not None:
         render_comparison(console, comparisons)
+        busy = sum(c.verdict == "busy" for c in comparisons)
+        if busy:
+            console.print(
+                f"not comparable: {busy} trial(s) measured on a busy machine in one run or the "
+                "other; rerun them on an idle machine before reading their ratios",
+                markup=False,
+                highlight=False,
+            )
     console.print("written:")
     render_paths(console, run_dir)
     slow = [] if threshold is None else slower_than(comparisons, threshold)
@@ -99,10 +146,18 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<name>-<time>).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Run only the trials OUT has no row for.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue the run in OUT: only the trials it has no row for. Refused for a "
+            "config that does not hold every stored trial."
+        ),
+    ] = False,
+    force: _Force = False,
     workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
 ) -> None:
-    """Run every trial of a config's grid; failures are recorded, never fatal."""
+    """Run every trial of a config's grid; failures are recorded, never fatal. OUT must not
+    hold a run unless --resume or --force; Ctrl-C keeps what is stored and says how to resume."""
     from sdpalab.explore.grid import sweep as run_sweep
     from sdpalab.report.console import render_run
     from sdpalab.report.progress import progress_callback
@@ -111,12 +166,27 @@ def sweep(
     if workers < 1:
         raise BadInput(f"--workers {workers} is not valid; give 1 or more")
     spec = load_spec(config)
-    with progress_callback(console) as on_result:
-        run = run_sweep(spec, out, resume=resume, workers=workers, on_result=on_result)
+    busy = BusyNotice()
+
+    def started(load: dict) -> None:  # the directory is ready; nothing has run
+        busy.start(load)
+        note_left_out(spec)
+
+    with stop_cleanly(), progress_callback(console) as on_result:
+        run = run_sweep(
+            spec,
+            out,
+            resume=resume,
+            force=force,
+            workers=workers,
+            on_result=on_result,
+            on_start=started,
+        )
     from sdpalab.report.html import write_report
 
     write_report(run.out, results=run.results)
     render_run(console, run)
+    busy.end(run.results)
 
 
 for _command in (search, pareto, sensitivity):
@@ -150,7 +220,8 @@ def plan(
     ] = "bfloat16",
     kv_cache: Annotated[str, typer.Option(help="static, dynamic, sliding or paged.")] = "static",
     kv_quant: Annotated[
-        list[str] | None, typer.Option(help="Only these quantizations (repeatable).")
+        list[str] | None,
+        typer.Option(help="Only these quantizations or per-layer maps, e.g. int8@0-1,kivi2."),
     ] = None,
     window: Annotated[int | None, typer.Option(help="sliding: ring length.")] = None,
     page_size: Annotated[int | None, typer.Option(help="paged: tokens per page.")] = None,
@@ -215,6 +286,7 @@ def reproduce_case_study(
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
     quick: Annotated[bool, typer.Option(help="First sizes only (for CI).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    force: _Force = False,
 ) -> None:
     """The SDPA optimization case study's three experiments as [B, H, S, D], its published
     figures beside ours, and what it measured wrongly, each shown by a measurement."""
@@ -226,7 +298,10 @@ def reproduce_case_study(
     def progress(row) -> None:
         console.print(row.result.summary(), markup=False, soft_wrap=True)
 
-    run = run_case_study(out, quick=quick, device=device, on_result=progress)
+    busy = BusyNotice()
+    run = run_case_study(
+        out, quick=quick, device=device, force=force, on_result=progress, on_start=busy.start
+    )
     wide = Console(width=max(console.width, 200))  # eleven columns; print(width=) can't widen
     for table in run.tables:
         shown = Table(*table.columns, title=table.title, show_lines=True)
@@ -236,12 +311,16 @@ def reproduce_case_study(
     console.print("written:")
     for path in run.paths.values():
         console.print(f"  {path}", markup=False, soft_wrap=True)  # a path is never broken
+    busy.end(r.result for r in run.rows)
 
 
 @app.command("model")
 def model_(
     model: Annotated[
-        str, typer.Argument(help="minilm, tiny-llama, or a local model dir / config.json")
+        str,
+        typer.Argument(
+            help="smollm2, minilm, tiny-llama, or a local model dir / config.json / .gguf"
+        ),
     ],
     backend: Annotated[
         str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")
@@ -251,7 +330,9 @@ def model_(
     ] = "none",
     mod_args: Annotated[str, typer.Option(help='JSON, e.g. {"window": 256}')] = "{}",
     kv_cache: Annotated[str, typer.Option(help="none, dynamic, static, sliding or paged")] = "none",
-    kv_quant: Annotated[str, typer.Option(help="none, int8, int4, fp8, kivi2 or kivi4")] = "none",
+    kv_quant: Annotated[
+        str, typer.Option(help="none, int8, int4, fp8, kivi2, kivi4 or a map: int8@0-1,kivi2")
+    ] = "none",
     kv_args: Annotated[str, typer.Option(help='JSON, e.g. {"window": 1024}')] = "{}",
     prompt_len: Annotated[
         int, typer.Option(help="Prompt tokens (decoders) or tokens per forward (encoders).")
@@ -289,23 +370,207 @@ def model_(
     render_model_bench(console, bench)
 
 
+def _layer_list(text: str) -> list[int]:
+    """``0,5,29`` → ``[0, 5, 29]``."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise BadInput(
+            f"--layers {text!r} is not a list of layer numbers; use e.g. 0,5,29"
+        ) from None
+
+
+@app.command("capture")
+def capture_(
+    model: Annotated[
+        str, typer.Argument(help="smollm2, tiny-llama, or a local model dir / config.json / .gguf")
+    ],
+    out: Annotated[Path, typer.Option(help="Trace file to write (safetensors).")],
+    layers: Annotated[
+        str | None, typer.Option(help="Layers to record, e.g. 0,5,29 (default: first, mid, last).")
+    ] = None,
+    tokens: Annotated[int, typer.Option(help="Tokens of the text the model runs on.")] = 1024,
+    text: Annotated[
+        Path | None, typer.Option(help="UTF-8 text file (default: Python's pydoc_data.topics).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    force: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            help="Then measure every KV format on the captured tensors and on Gaussian ones "
+            "of the same shapes, and print the two errors side by side."
+        ),
+    ] = False,
+) -> None:
+    """Record a model's post-RoPE queries, keys and values (and each layer's own attention
+    output) on a text into one file; a sweep measures on it with workload: {trace: FILE}."""
+    from rich.table import Table
+
+    from sdpalab.models.capture import capture
+
+    try:
+        done = capture(
+            model,
+            out,
+            layers=None if layers is None else _layer_list(layers),
+            tokens=tokens,
+            text=text,
+            device=device,
+            dtype=dtype,
+            force=force,
+        )
+    except ImportError as err:
+        raise BadInput(str(err)) from None
+    meta = done.meta
+    source = meta["text"]
+    console.print(
+        f"wrote {done.path}: {meta['model']}, {meta['tokens']} tokens of {source['source']} "
+        f"(sha256 {source['sha256']}, {source['tokenizer']}), {meta['dtype']}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for layer in done.layers:
+        mask = meta["masks"][str(layer)]
+        args = ",".join(f"{k}={v}" for k, v in mask["args"].items())
+        console.print(
+            f"  layer {layer}: {mask['mod']}{f'({args})' if args else ''}; float64 oracle of its "
+            f"q, k, v vs its own output: rel err {meta['check'][str(layer)]:.1e}",
+            markup=False,
+            soft_wrap=True,
+        )
+    listed = ", ".join(map(str, done.layers))
+    console.print(
+        f"sweep on it: workload: {{trace: {done.path}, layers: [{listed}]}}", markup=False
+    )
+    if not compare:
+        return
+    from sdpalab.run.trace_compare import compare_to_gaussian
+
+    table = Table(
+        "layer",
+        "variant",
+        "Gaussian",
+        "real",
+        "real/Gaussian",
+        title=f"relative error against the float64 oracle (prefill, {dtype}, {meta['device']})",
+    )
+    table.columns[1].no_wrap = True
+    for row in compare_to_gaussian(done.path, dtype=dtype, device=meta["device"]):
+        cells = [
+            f"{r.rel_fro_err:.2e}" if r.ok and r.rel_fro_err is not None else r.status
+            for r in (row.gaussian, row.real)
+        ]
+        ratio = "-"
+        if row.real.ok and row.gaussian.ok and row.gaussian.rel_fro_err:
+            ratio = f"{row.real.rel_fro_err / row.gaussian.rel_fro_err:.2f}"
+        table.add_row(str(row.layer), row.label, *cells, ratio)
+    console.print(table)
+
+
+QUALITY_FORMATS = "none,int8,int4,kivi4"
+
+
+@app.command()
+def quality(
+    model: Annotated[
+        str,
+        typer.Argument(help="smollm2, a .gguf file, or a local checkpoint dir with a tokenizer"),
+    ] = "smollm2",
+    kv_quant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Formats, comma-separated (none, int8, int4, fp8, kivi2, kivi4; default "
+            f"{QUALITY_FORMATS}), or one per-layer map such as int8@0-1,kivi2 (repeatable)."
+        ),
+    ] = None,
+    kv_cache: Annotated[str, typer.Option(help="dynamic, static, sliding or paged")] = "static",
+    kv_args: Annotated[str, typer.Option(help='JSON, e.g. {"residual": 64}')] = "{}",
+    backend: Annotated[
+        str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")
+    ] = "auto",
+    context: Annotated[int, typer.Option(help="Tokens prefilled into the cache per window.")] = 512,
+    eval_tokens: Annotated[
+        int, typer.Option(help="Tokens scored per window, teacher-forced through the cache.")
+    ] = 128,
+    windows: Annotated[int, typer.Option(help="Windows of the text, spread over it.")] = 4,
+    chunk: Annotated[
+        int, typer.Option(help="Tokens fed per forward after the prefill (1: decode steps).")
+    ] = 1,
+    text: Annotated[
+        Path | None, typer.Option(help="UTF-8 text file (default: Python's pydoc_data.topics).")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document instead of the table.")
+    ] = False,
+) -> None:
+    """Perplexity change, KL and top-1 agreement of each KV cache format against the model's
+    unquantized cache, teacher-forced on real text (float32, CPU)."""
+    import json
+
+    from sdpalab.report.console import render_quality
+    from sdpalab.report.progress import step_progress
+    from sdpalab.run.quality import measure_quality
+    from sdpalab.spec import Variant
+
+    try:
+        args = json.loads(kv_args)
+    except json.JSONDecodeError as err:
+        raise BadInput(f"--kv-args must be a JSON object: {err}") from None
+    formats = [
+        fmt
+        for value in kv_quant or [QUALITY_FORMATS]
+        # a per-layer map is itself comma-separated: a value with an @ is one map
+        for fmt in ([value] if "@" in value else value.split(","))
+        if fmt.strip()
+    ]
+    if not formats:
+        raise BadInput("--kv-quant is empty; give e.g. none,int8,int4,kivi4")
+    variants = [
+        Variant(backend=backend, kv_cache=kv_cache, kv_quant=f.strip(), kv_args=args)
+        for f in formats
+    ]
+    try:
+        with step_progress(err_console, "quality") as on_progress:
+            report = measure_quality(
+                model,
+                variants,
+                text=text,
+                context=context,
+                eval_tokens=eval_tokens,
+                windows=windows,
+                chunk=chunk,
+                on_progress=on_progress,
+            )
+    except ImportError as err:
+        raise BadInput(str(err)) from None
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render_quality(console, report)
+
+
 def main() -> None:
     """Entry point: run the app with the project's exit-code contract."""
     try:
-        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        # Without standalone mode click returns typer.Exit's code instead of exiting; a
+        # KeyboardInterrupt inside a command comes back as 130.
         code = app(standalone_mode=False)
+        if code == 130:
+            err_console.print("interrupted", markup=False, highlight=False)
         sys.exit(code if isinstance(code, int) else 0)
     except (BadInput, ValueError, FileNotFoundError) as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)) or 0)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except typer.Abort:
+    except (KeyboardInterrupt, typer.Abort):  # outside a command (runs: stop_cleanly)
+        err_console.print("interrupted", markup=False, highlight=False)
         sys.exit(130)
     except Exception as err:  # usage errors (bad flags) are bad input; anything else internal
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `sdpalab`: typer printed the help
+            sys.exit(0)  # (typer vendors click: the class is matched by name)
         if isinstance(err, typer.TyperException) and hasattr(err, "format_message"):
             err_console.print(f"error: {err.format_message()}", markup=False, highlight=False)
             sys.exit(2)

@@ -11,15 +11,50 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sdpalab.cli_common import BadInput, console
+from sdpalab.cli_common import (
+    BadInput,
+    BusyNotice,
+    console,
+    err_console,
+    note_left_out,
+    stop_cleanly,
+)
 
 if TYPE_CHECKING:
     from sdpalab.spec import Constraints
 
 _Priority = Annotated[str, typer.Option(help="latency, memory, error or balanced.")]
-_MaxMemory = Annotated[str | None, typer.Option(help="Limit on the total peak, e.g. 2GiB.")]
+_MaxMemory = Annotated[
+    str | None, typer.Option(help="Limit on the --memory measure, e.g. 600MiB or 2GiB.")
+]
 _MaxError = Annotated[float | None, typer.Option(help="Limit on the relative error, e.g. 1e-2.")]
 _MaxLatency = Annotated[float | None, typer.Option(help="Limit on the median latency, ms.")]
+_MEASURES = (
+    "cache (KV cache bytes), peak (above inputs), total (peak with inputs and cache), "
+    "persistent (cache + the step's transient); auto: persistent for decode, total otherwise."
+)
+_MEMORY_HELP = "Memory measure of the objective and of --max-memory: " + _MEASURES
+_Json = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Write the fronts and recommendations as one JSON document to stdout (nothing "
+        "else goes there).",
+    ),
+]
+
+
+def _print_json(doc: dict) -> None:
+    from sdpalab.report.search_report import json_document
+
+    typer.echo(json_document(doc))
+
+
+def _written(path: Path, json_out: bool) -> None:
+    # with --json, stdout holds the document only
+    (err_console if json_out else console).print(
+        f"written: {path}", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def _constraints(
@@ -52,21 +87,37 @@ def search(
     max_memory: _MaxMemory = None,
     max_error: _MaxError = None,
     max_latency_ms: _MaxLatency = None,
-    resume: Annotated[bool, typer.Option(help="Extend the search already in OUT.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Extend the search (or sweep) in OUT, reusing its trials. Refused for a config "
+            "that does not hold every stored trial."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace the run OUT already holds.")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     priority: _Priority = "latency",
+    memory: Annotated[str, typer.Option(help=_MEMORY_HELP)] = "auto",
+    json_out: _Json = False,
 ) -> None:
     """Search a config's space with Optuna for the front of latency, memory and error."""
     from sdpalab.explore.recommend import summarize_front
     from sdpalab.explore.search import search as run_search
     from sdpalab.report.progress import progress_callback
-    from sdpalab.report.search_report import render_search
+    from sdpalab.report.search_report import render_search, search_stats, write_search_report
     from sdpalab.spec.config import load_spec
 
     spec = load_spec(config)
     constraints = _constraints(spec.constraints, max_memory, max_error, max_latency_ms)
-    with progress_callback(console) as on_result:
+    busy = BusyNotice()
+
+    def started(load: dict) -> None:  # the directory is ready; nothing has run
+        busy.start(load)
+        if not json_out:
+            note_left_out(spec)
+
+    with stop_cleanly(), progress_callback(err_console if json_out else console) as on_result:
         found = run_search(
             spec,
             out,
@@ -74,22 +125,26 @@ def search(
             sampler=sampler,
             constraints=constraints,
             resume=resume,
+            force=force,
             workers=workers,
             seed=seed,
             on_result=on_result,
+            on_start=started,
+            memory=memory,
         )
     summary = summarize_front(
-        found.results, priority=priority, objectives=found.objectives, constraints=constraints
+        found.results,
+        priority=priority,
+        objectives=found.objectives,
+        constraints=constraints,
+        memory=memory,
     )
-    render_search(console, found, summary)
-    from sdpalab.report.search_report import write_search_report
-
-    console.print(
-        f"written: {write_search_report(found.out, found.results, summary=summary)}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    if json_out:
+        _print_json({"search": search_stats(found), **summary.to_dict()})
+    else:
+        render_search(console, found, summary)
+    _written(write_search_report(found.out, found.results, summary=summary), json_out)
+    busy.end(found.results)
 
 
 def pareto(
@@ -107,29 +162,46 @@ def pareto(
             help="Several shapes: show configurations within this fraction of every shape's front."
         ),
     ] = 0.10,
+    memory: Annotated[
+        str | None, typer.Option(help=_MEMORY_HELP + " Default: the search's, else auto.")
+    ] = None,
+    json_out: _Json = False,
 ) -> None:
-    """Each shape's Pareto front and the recommended configuration, as a Variant to paste;
-    with several shapes, the configurations that stay near every shape's front."""
+    """Each shape's Pareto front and the recommended configuration, as a Variant to paste, and
+    every other result with why it is off the front; with several shapes, the configurations
+    that stay near every shape's front."""
     from sdpalab.explore.recommend import summarize_front
+    from sdpalab.explore.search import search_settings
     from sdpalab.explore.shapes import goldilocks_across_shapes
-    from sdpalab.report.search_report import render_front, render_goldilocks, write_search_report
+    from sdpalab.report.search_report import (
+        goldilocks_rows,
+        render_front,
+        render_goldilocks,
+        write_search_report,
+    )
     from sdpalab.run.rundir import load_results, run_constraints
 
     results = load_results(run_dir)
     constraints = _constraints(run_constraints(run_dir), max_memory, max_error, max_latency_ms)
-    summary = summarize_front(results, priority=priority, constraints=constraints)
-    render_front(console, summary)
+    if memory is None:  # what the search optimized, so its front and this one agree
+        memory = search_settings(run_dir).get("memory", "auto")
+    summary = summarize_front(results, priority=priority, constraints=constraints, memory=memory)
+    goldilocks = None
     if len(summary.shapes) > 1:
         goldilocks = goldilocks_across_shapes(
-            results, within, include_all=True, constraints=constraints
+            results, within, include_all=True, constraints=constraints, memory=memory
         )
-        render_goldilocks(console, goldilocks, within)
+    if json_out:
+        doc = {"run": str(run_dir), **summary.to_dict()}
+        if goldilocks is not None:
+            doc["across_shapes"] = {"within": within, "rows": goldilocks_rows(goldilocks)}
+        _print_json(doc)
+    else:
+        render_front(console, summary)
+        if goldilocks is not None:
+            render_goldilocks(console, goldilocks, within)
     if report:
-        console.print(
-            f"written: {write_search_report(run_dir, results, summary=summary)}",
-            markup=False,
-            highlight=False,
-        )
+        _written(write_search_report(run_dir, results, summary=summary), json_out)
 
 
 def sensitivity(
@@ -138,13 +210,16 @@ def sensitivity(
     objective: Annotated[
         list[str] | None,
         typer.Option(
-            help="Result field to explain (repeatable); default "
-            "latency_ms, peak_mem_total_bytes, rel_fro_err."
+            help="Result field to explain (repeatable), e.g. kv_cache_bytes; default "
+            "latency_ms, memory (the --memory measure), rel_fro_err."
         ),
     ] = None,
     report: Annotated[
         bool, typer.Option(help="Also write DIR/report.html with the table.")
     ] = False,
+    memory: Annotated[
+        str, typer.Option(help="Memory measure the memory objective explains: " + _MEASURES)
+    ] = "auto",
 ) -> None:
     """Which axes drive each objective: Optuna importances and SALib Sobol indices."""
     from sdpalab.explore.objectives import OBJECTIVES
@@ -153,7 +228,9 @@ def sensitivity(
     from sdpalab.run.rundir import load_results
 
     results = load_results(run_dir)
-    table = analyse(results, objectives=tuple(objective or OBJECTIVES), method=method)
+    table = analyse(
+        results, objectives=tuple(objective or OBJECTIVES), method=method, memory=memory
+    )
     render_sensitivity(console, table)
     if report:
         console.print(

@@ -14,8 +14,25 @@ from sdpalab.report.html import write_report
 from sdpalab.run.rundir import default_out
 
 
-def run_demo(out: str | Path | None = None, *, quick: bool = False, on_result=None) -> Results:
-    """Sweep the demo preset into ``out`` (default ``runs/demo-<time>``) and write its report."""
-    run = sweep("demo-quick" if quick else "demo", out or default_out("demo"), on_result=on_result)
+def run_demo(
+    out: str | Path | None = None,
+    *,
+    quick: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    on_result=None,
+    on_start=None,
+) -> Results:
+    """Sweep the demo preset into ``out`` (default ``runs/demo-<time>``) and write its report.
+    ``resume``, ``force``, ``on_result`` and ``on_start`` as for
+    :func:`~sdpalab.explore.grid.sweep`."""
+    run = sweep(
+        "demo-quick" if quick else "demo",
+        out or default_out("demo"),
+        resume=resume,
+        force=force,
+        on_result=on_result,
+        on_start=on_start,
+    )
     write_report(run.out)
     return run

@@ -3,7 +3,8 @@
 The run directory gets ``case-study.md`` (both tables, the command, the date, the device),
 ``results.csv`` (one row per trial, :meth:`Result.to_row` plus the case study's sizes),
 ``results.sqlite`` (the engine's store), ``corrections.json`` (the measured
-values behind the corrections table), ``run.json`` (provenance) and ``report.html``.
+values behind the corrections table), ``run.json`` (provenance, the machine's load) and
+``report.html``. A directory that holds a run is replaced only with ``force``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ from sdpalab.casestudy import corrections as fix
 from sdpalab.casestudy.aspublished import cpu_time_total_ms, their_profile
 from sdpalab.casestudy.experiments import Row, one_call, settings_for, trials
 from sdpalab.casestudy.tables import Table, comparison_table, corrections_table, markdown
-from sdpalab.measure.provenance import provenance
-from sdpalab.run.rundir import CSV, ResultStore, write_csv, write_run_info
+from sdpalab.measure.provenance import BUSY_GPU_PCT, OtherCpu, machine_load, provenance
+from sdpalab.run.executor import stamp_load
+from sdpalab.run.rundir import (
+    CSV,
+    LOAD_WINDOW_S,
+    ResultStore,
+    prepare_run_dir,
+    write_csv,
+    write_run_info,
+)
 from sdpalab.run.trial import measure
 from sdpalab.spec import resolve_device
 
@@ -40,6 +49,8 @@ class CaseStudyRun:
     corrections: list[fix.Correction]
     tables: list[Table] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    load: dict = field(default_factory=dict)
+    """The machine's load before the first measurement."""
 
 
 def _profiler_cpu_total_ms(row: Row) -> float | None:
@@ -58,16 +69,22 @@ def run_case_study(
     *,
     quick: bool = False,
     device: str = "auto",
+    force: bool = False,
     on_result: Callable[[Row], None] | None = None,
+    on_start: Callable[[dict], None] | None = None,
 ) -> CaseStudyRun:
     """Reproduce the case study on ``device`` and write the run directory ``out``.
 
-    ``quick`` runs the first sizes of each experiment only (for CI). ``on_result`` is called
-    with each measured row (a progress hook).
+    ``quick`` runs the first sizes of each experiment only (for CI). ``out`` must not hold a
+    run unless ``force`` (then it is replaced). ``on_start(load)`` is called before the first
+    measurement with the machine's load (:func:`~sdpalab.measure.provenance.machine_load`),
+    ``on_result`` with each measured row (a progress hook).
     """
     requested, device = device, resolve_device(device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(out, force=force, resumable=False)
+    load = machine_load(device, window_s=LOAD_WINDOW_S)
+    if on_start is not None:
+        on_start(load)
     run = CaseStudyRun(
         out=out,
         device=device,
@@ -76,9 +93,16 @@ def run_case_study(
         corrections=[],
         command=_command(out, quick, requested),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        load=load,
     )
+    own = torch.get_num_threads()  # the trials run in this process
+    others = OtherCpu()  # cores other processes use while each trial runs (ours counted out)
+    others.cores([])
+    gpu_busy = (load.get("gpu_util_pct") or 0.0) > BUSY_GPU_PCT
     for trial in trials(device, quick):
         row = Row(trial, measure(trial.variant, trial.workload, settings_for(trial, quick)))
+        sample = machine_load(device, own_threads=own, other_cores=others.cores([]), gpu=False)
+        stamp_load(row.result, sample, gpu_busy=gpu_busy)
         row.profiler_cpu_total_ms = _profiler_cpu_total_ms(row)
         run.rows.append(row)
         if on_result:
@@ -140,6 +164,8 @@ def _write(run: CaseStudyRun) -> dict[str, Path]:
         "date": run.date,
         "device": run.device,
         "provenance": provenance(run.device),
+        "load": run.load,
+        "busy_trials": sum(bool(r.result.provenance.get("busy")) for r in run.rows),
     }
     paths["run"] = write_run_info(out, info)
     paths["corrections"] = out / "corrections.json"

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdpalab.measure.result import Result
 from sdpalab.run.executor import OnResult, run_trials
-from sdpalab.run.rundir import SQLITE, ResultStore, default_out, finish_run, frame, start_run
+from sdpalab.run.rundir import (
+    default_out,
+    finish_run,
+    frame,
+    interrupted,
+    prepare_run_dir,
+    start_run,
+)
 from sdpalab.spec import SweepSpec
 from sdpalab.spec.config import load_spec
 
@@ -68,35 +76,49 @@ def sweep(
     out: str | Path | None = None,
     *,
     resume: bool = False,
+    force: bool = False,
     workers: int = 1,
     on_result: OnResult | None = None,
+    on_start: Callable[[dict], None] | None = None,
 ) -> Results:
     """Run every trial of ``spec`` (a SweepSpec, a YAML path or a preset name) into ``out``.
 
     Failed trials are results like any other (their ``status`` says why); this returns normally
-    unless the run itself cannot proceed. ``resume`` runs only trials without a stored row;
-    without it, ``out`` must not already hold results. ``on_result(result, done, total)`` is
-    called as each trial finishes.
+    unless the run itself cannot proceed. ``out`` must not hold a run already, unless
+    ``resume`` (run only the trials without a stored row; the run must be of this config, or
+    of one this config extends) or ``force`` (replace it): see
+    :func:`~sdpalab.run.rundir.prepare_run_dir`. ``on_start(load)`` is called once the
+    directory is ready, before any trial, with the machine's load then (a
+    :func:`~sdpalab.measure.provenance.machine_load` sample, also in ``run.json``);
+    ``on_result(result, done, total)`` as each trial finishes. Ctrl-C raises
+    :class:`~sdpalab.run.rundir.Interrupted` once ``results.csv`` and ``run.json`` agree with
+    the store.
     """
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     if workers < 1:
         raise ValueError(f"--workers {workers} must be at least 1")
-    out = Path(out) if out is not None else default_out(spec.name)
-    if not resume and (out / SQLITE).exists():
-        with ResultStore(out) as store:
-            held = len(store)
-        if held:
-            raise ValueError(
-                f"{out}: already holds a run ({held} trials); pass --resume to "
-                "continue it, or choose another --out"
-            )
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(
+        out if out is not None else default_out(spec.name), spec, resume=resume, force=force
+    )
     trials = spec.trials()
     started = time.time()
     info = start_run(out, spec, len(trials), resume=resume, workers=workers)
-    results = run_trials(trials, out, workers=workers, resume=resume, on_result=on_result)
+    if on_start is not None:
+        on_start(info["invocations"][-1]["load"])
+    try:
+        results = run_trials(
+            trials,
+            out,
+            workers=workers,
+            resume=resume,
+            on_result=on_result,
+            load_at_start=info["invocations"][-1]["load"],
+        )
+    except KeyboardInterrupt:
+        raise interrupted(out, info, started, len(trials)) from None
     run = Results(results, out, spec)
     info["counts"] = run.counts()
-    run.elapsed_s = finish_run(out, info, started, counts=run.counts())
+    busy = sum(bool(r.provenance.get("busy")) for r in results)
+    run.elapsed_s = finish_run(out, info, started, counts=run.counts(), busy_trials=busy)
     return run

@@ -1,16 +1,26 @@
-"""The vocabulary of the analyses: objectives, limits (constraints) and contexts (shapes).
+"""The vocabulary of the analyses: objectives, limits (constraints), contexts (shapes), and
+when two results tie.
 
 Objectives are minimized. A *context* is the shape of the work (phase, batch, heads, sequence
 lengths, head dim, device): a configuration competes only with others measured on the same
 shape. ``dtype`` is a choice, not a context, so float32 and bfloat16 variants of one shape
 compete with each other. A *configuration* is a variant plus its dtype.
 
-The default memory objective is ``peak_mem_total_bytes`` (inputs + KV cache + the call's own
-peak), not ``peak_mem_bytes`` (the call's peak above inputs and cache): for a decode step the
-cache is the memory that a quantized KV cache saves, and the total is what a budget such as
-``--max-memory 2GiB`` limits. For prefill the two differ by the same input bytes for every
-variant of a shape, so they rank variants identically. ``"memory"`` names it in any objective
-list.
+``"memory"`` in an objective list (and the ``max_memory`` limit) means one of
+:data:`MEMORY_MEASURES`, which the user picks: ``cache`` (``kv_cache_bytes``), ``peak`` (the
+call's peak above inputs and cache, ``peak_mem_bytes``), ``total`` (inputs, cache and that
+peak, ``peak_mem_total_bytes``) or ``persistent`` (cache plus the step's transient). ``auto``,
+the default, is ``persistent`` for decode, where the cache is what stays and what a quantized
+cache saves, and ``total`` otherwise: for prefill the inputs are the same bytes for every variant
+of a shape, and a model's own peak already holds its cache.
+
+Two results *tie* on an objective when they are equal within what the measurement can tell:
+latencies within their IQRs combined in quadrature, errors within the tolerance of their dtype
+(the rounding a kernel in that precision may show, ``Result.tolerance``), other values only
+when equal. A model workload has no float64 oracle, so no dtype tolerance: until its quality
+metrics land, its tolerance is the largest error that a lossless variant (no KV or weight
+quantization) of the same shape and dtype shows against the stock model, i.e. the rounding
+noise a change of kernel makes through its layers (:func:`error_tolerances`).
 """
 
 from __future__ import annotations
@@ -23,13 +33,27 @@ from typing import Any
 import numpy as np
 
 from sdpalab.measure.result import Result
-from sdpalab.spec import CONTEXT_FIELDS, Constraints
+from sdpalab.spec import CONTEXT_FIELDS, Constraints, is_model_workload
 
-OBJECTIVES = ("latency_ms", "peak_mem_total_bytes", "rel_fro_err")
-"""Default objectives, all minimized."""
+OBJECTIVES = ("latency_ms", "memory", "rel_fro_err")
+"""Default objectives, all minimized; ``memory`` is the measure the user picks."""
 ERROR_FLOOR = 1e-12
 """Errors are compared in log space; an exact 0 counts as this."""
-_MEMORY = ("peak_mem_total_bytes", "peak_mem_bytes")
+MEMORY_MEASURES = {
+    "auto": "persistent for decode, total otherwise",
+    "cache": "KV cache bytes (values, scales, zeros, residual windows)",
+    "peak": "peak above inputs and cache",
+    "total": "total peak (inputs, cache and the call's peak)",
+    "persistent": "KV cache plus the step's transient peak",
+}
+"""What ``"memory"`` can mean; see the module doc."""
+_MEMORY_FIELD = {
+    "cache": "kv_cache_bytes",
+    "peak": "peak_mem_bytes",
+    "total": "peak_mem_total_bytes",
+    "persistent": "persistent_mem_bytes",
+}
+"""The name each measure takes in tables and JSON (``persistent`` is computed)."""
 _LIMITED = {"max_error": "rel_fro_err", "max_memory": "memory", "max_latency_ms": "latency_ms"}
 """Each limit of :class:`Constraints` and the objective it bounds."""
 
@@ -46,26 +70,60 @@ def check_constraints(constraints: Constraints | None) -> Constraints:
     return constraints
 
 
-def memory_of(result: Result) -> float | None:
-    """The memory a budget limits: the total peak, else the peak above inputs."""
-    for name in _MEMORY:
-        value = getattr(result, name, None)
-        if value is not None:
-            return float(value)
-    return None
+def check_memory(memory: str) -> str:
+    """``memory`` if it names a measure of :data:`MEMORY_MEASURES`, else a ValueError."""
+    if memory not in MEMORY_MEASURES:
+        raise ValueError(
+            f"memory={memory!r} is not valid; choose one of: {', '.join(MEMORY_MEASURES)}"
+        )
+    return memory
 
 
-def constraint_values(result: Result, constraints: Constraints) -> dict[str, float]:
+def memory_measure(result: Result, memory: str = "auto") -> str:
+    """The measure ``memory`` means for ``result``: ``auto`` resolved by its phase."""
+    if memory != "auto":
+        return memory
+    return "persistent" if result.workload.get("phase") == "decode" else "total"
+
+
+def memory_field(result: Result, memory: str = "auto") -> str:
+    """The column that holds ``result``'s memory under ``memory`` (``kv_cache_bytes``, ...)."""
+    return _MEMORY_FIELD[memory_measure(result, memory)]
+
+
+def memory_of(result: Result, memory: str = "auto") -> float | None:
+    """``result``'s memory as the measure ``memory`` takes it (bytes), None if not measured.
+
+    ``persistent`` is ``kv_cache_bytes + peak_mem_bytes`` (an attention trial's peak is above
+    its inputs and cache); without a cache (or on a model workload, whose peak holds its cache)
+    it is the total peak: there the inputs hold the keys and values, and they stay.
+    """
+    measure = memory_measure(result, memory)
+    if measure == "persistent":
+        cache, peak = result.kv_cache_bytes, result.peak_mem_bytes
+        if cache is not None and peak is not None and not is_model_workload(result.workload):
+            return float(cache + peak)
+        measure = "total"
+    value = getattr(result, _MEMORY_FIELD[measure])
+    if value is None and measure == "total" and memory == "auto":
+        value = result.peak_mem_bytes  # an old run without totals: the peak still ranks
+    return None if value is None else float(value)
+
+
+def constraint_values(
+    result: Result, constraints: Constraints, memory: str = "auto"
+) -> dict[str, float]:
     """Optuna-style constraint values (``<= 0`` means met), one per set limit.
 
     ``log10(value / limit)``: scale-free, so a 2x overshoot weighs the same for every limit.
-    A failed trial, or a missing value, violates every limit by ``FAILED_VIOLATION``.
+    ``max_memory`` bounds the ``memory`` measure. A failed trial, or a missing value, violates
+    every limit by ``FAILED_VIOLATION``.
     """
     out = {}
     for name, bound in constraints.to_dict().items():
         if bound is None:
             continue
-        value = objective_value(result, _LIMITED[name])
+        value = objective_value(result, _LIMITED[name], memory)
         if not result.ok or value is None or not math.isfinite(value):
             out[name] = FAILED_VIOLATION
         else:
@@ -77,9 +135,30 @@ FAILED_VIOLATION = 10.0
 """Constraint value of a failed trial: ten decades over every limit."""
 
 
-def meets(result: Result, constraints: Constraints) -> bool:
+def meets(result: Result, constraints: Constraints, memory: str = "auto") -> bool:
     """True for an ``ok`` result within every set limit."""
-    return result.ok and all(v <= 0 for v in constraint_values(result, constraints).values())
+    return result.ok and all(
+        v <= 0 for v in constraint_values(result, constraints, memory).values()
+    )
+
+
+def broken_limit(result: Result, constraints: Constraints, memory: str = "auto") -> str | None:
+    """Why an ``ok`` result is outside ``constraints``: ``max_memory (300 MiB > 256 MiB)``,
+    the first limit it breaks; None when it meets them all."""
+    from sdpalab.units import format_bytes
+
+    for name, bound in constraints.to_dict().items():
+        if bound is None:
+            continue
+        value = objective_value(result, _LIMITED[name], memory)
+        if value is None or not math.isfinite(value):
+            return f"{name}: {_LIMITED[name]} not measured"
+        if value > bound:
+            if name == "max_memory":
+                what = f"{memory_measure(result, memory)} {format_bytes(value)}"
+                return f"over max_memory ({what} > {format_bytes(bound)})"
+            return f"over {name} ({value:.3g} > {bound:.3g})"
+    return None
 
 
 # --------------------------------------------------------------------------- contexts
@@ -128,21 +207,24 @@ def varying_fields(contexts: Sequence[Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------- objectives
 
 
-def objective_value(result: Result, name: str) -> float | None:
-    value = memory_of(result) if name == "memory" else getattr(result, name, None)
+def objective_value(result: Result, name: str, memory: str = "auto") -> float | None:
+    """``result``'s value of objective ``name`` (``"memory"``: the ``memory`` measure)."""
+    value = memory_of(result, memory) if name == "memory" else getattr(result, name, None)
     return None if value is None else float(value)
 
 
-def objective_matrix(results: Sequence[Result], objectives: Sequence[str]) -> np.ndarray:
+def objective_matrix(
+    results: Sequence[Result], objectives: Sequence[str], memory: str = "auto"
+) -> np.ndarray:
     """``[len(results), len(objectives)]`` objective values, NaN where one is not measured."""
     return np.array(
-        [[objective_value(r, o) for o in objectives] for r in results], dtype=float
+        [[objective_value(r, o, memory) for o in objectives] for r in results], dtype=float
     ).reshape(len(results), len(objectives))
 
 
 def latency_noise(a: Result, b: Result) -> float:
     """Latency difference below which ``a`` and ``b`` tie: their IQRs combined in quadrature."""
-    return math.hypot(a.latency_iqr_ms or 0.0, b.latency_iqr_ms or 0.0)
+    return float(tie_band("latency_ms", _iqr(a), _iqr(b), math.nan, math.nan))
 
 
 def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
@@ -157,3 +239,99 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     if not objectives:
         raise ValueError("objectives must name at least one Result field")
     return tuple(objectives)
+
+
+# --------------------------------------------------------------------------- ties
+
+
+def lossless(result: Result) -> bool:
+    """Whether ``result``'s variant stores keys, values and weights as they are (no
+    quantization), so its error is rounding only."""
+    return all(
+        result.variant.get(k, "none") in ("none", None) for k in ("kv_quant", "weight_quant")
+    )
+
+
+def error_tolerances(results: Sequence[Result]) -> list[float | None]:
+    """Each result's error tolerance: its own (its dtype's, against the float64 oracle); on a
+    model workload (no oracle, ``tolerance`` NaN) the largest error of a lossless ``ok``
+    variant of the same shape and dtype among ``results``, or without one the dtype's
+    attention tolerance. None when nothing says."""
+    model = [is_model_workload(r.workload) and not _finite(r.tolerance) for r in results]
+    gates: dict[str, float] = {}
+    for res, gated in zip(results, model, strict=True):
+        if gated and res.ok and lossless(res) and _finite(res.rel_fro_err):
+            key = _gate_key(res)
+            gates[key] = max(gates.get(key, 0.0), float(res.rel_fro_err))
+    out: list[float | None] = []
+    for res, gated in zip(results, model, strict=True):
+        if not gated:
+            out.append(float(res.tolerance) if _finite(res.tolerance) else None)
+        else:
+            out.append(gates.get(_gate_key(res), _dtype_tolerance(res.workload.get("dtype"))))
+    return out
+
+
+def _gate_key(result: Result) -> str:
+    return context_key(result) + "|" + str(result.workload.get("dtype"))
+
+
+def _dtype_tolerance(dtype: str | None) -> float | None:
+    from sdpalab.measure.accuracy import tolerance
+    from sdpalab.spec import DTYPES
+
+    return tolerance(DTYPES[dtype]) if dtype in DTYPES else None
+
+
+def tie_band(name: str, iqr_a, iqr_b, tol_a, tol_b):
+    """The difference on objective ``name`` below which two results tie (module doc): their
+    latency IQRs combined in quadrature; the stricter of their error tolerances (NaN: none
+    known, then only equal errors tie); 0 for anything else. Numbers or broadcast arrays."""
+    if name == "latency_ms":
+        return np.hypot(iqr_a, iqr_b)
+    zero = np.zeros(np.broadcast(iqr_a, iqr_b, tol_a, tol_b).shape)
+    if name == "rel_fro_err":
+        band = np.fmin(tol_a, tol_b)
+        return np.where(np.isnan(band), zero, band)
+    return zero
+
+
+def _iqr(result: Result) -> float:
+    return result.latency_iqr_ms or 0.0
+
+
+def _tol(tolerance: float | None) -> float:
+    return float(tolerance) if _finite(tolerance) else math.nan
+
+
+def tie_matrix(
+    results: Sequence[Result],
+    values: np.ndarray,
+    objectives: Sequence[str],
+    tolerances: Sequence[float | None],
+) -> np.ndarray:
+    """``[n, n, k]``: True where results ``i`` and ``j`` tie on objective ``k`` (:func:`tie_band`).
+
+    ``values`` is their ``[n, k]`` objective matrix; ``tolerances`` their error tolerances.
+    """
+    iqr = np.array([_iqr(r) for r in results], dtype=float)
+    tol = np.array([_tol(t) for t in tolerances], dtype=float)
+    diff = np.abs(values[:, None, :] - values[None, :, :])
+    bands = [
+        tie_band(name, iqr[:, None], iqr[None, :], tol[:, None], tol[None, :])
+        for name in objectives
+    ]
+    return diff <= np.stack(bands, axis=-1).reshape(diff.shape)
+
+
+def tied(a: Result, b: Result, name: str, tol_a=None, tol_b=None, memory: str = "auto") -> bool:
+    """Whether ``a`` and ``b`` tie on objective ``name`` (:func:`tie_band`); ``tol_a``,
+    ``tol_b``: their error tolerances."""
+    x, y = objective_value(a, name, memory), objective_value(b, name, memory)
+    if x is None or y is None:
+        return x is None and y is None
+    return bool(abs(x - y) <= tie_band(name, _iqr(a), _iqr(b), _tol(tol_a), _tol(tol_b)))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

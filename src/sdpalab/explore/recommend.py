@@ -1,9 +1,12 @@
 """A recommendation from measured results: the configuration that best fits a priority.
 
 Only feasible (every limit met) and accurate results are candidates: a result whose relative
-error exceeds ``max_error``, or its dtype's tolerance when no error limit is set, is never
-recommended however fast. The best is taken from the Pareto front; the runner-up comes with
-what it trades, in numbers.
+error exceeds ``max_error``, or its tolerance when no error limit is set (its dtype's; on a
+model workload, what its lossless variants show), is never recommended however fast. The best
+is taken from the Pareto front, ties (latency within noise, error within tolerance) passing to
+the next objective; the runner-up comes with what it trades, in numbers. :func:`summarize_front`
+is what every view shows: per shape the front, the recommendation, and why each other result is
+off the front (``sdpalab pareto``, the HTML report and ``--json`` all render it).
 """
 
 from __future__ import annotations
@@ -17,21 +20,26 @@ import numpy as np
 
 from sdpalab.explore.objectives import (
     ERROR_FLOOR,
+    MEMORY_MEASURES,
     OBJECTIVES,
+    broken_limit,
     check_constraints,
+    check_memory,
     check_objectives,
     config_label,
-    constraint_values,
     context_label,
     context_of,
+    error_tolerances,
     group_by_context,
     latency_noise,
+    memory_measure,
     memory_of,
     objective_matrix,
     objective_value,
+    tied,
     varying_fields,
 )
-from sdpalab.explore.pareto import group_front, pareto
+from sdpalab.explore.pareto import front_of, latest
 from sdpalab.measure.result import Result
 from sdpalab.spec import Constraints, Variant
 from sdpalab.units import format_bytes
@@ -54,6 +62,8 @@ class Recommendation:
     front: list[Result] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)
     """Why other results were not candidates: reason → count."""
+    memory: str = "auto"
+    """The memory measure (:data:`~sdpalab.explore.objectives.MEMORY_MEASURES`)."""
 
     def variant(self) -> Variant:
         return Variant(**self.best.variant)
@@ -80,26 +90,60 @@ class Recommendation:
     def summary(self) -> str:
         """A few lines for humans."""
         lines = [
-            f"recommended ({self.priority}): {describe(self.best)}",
+            f"recommended ({self.priority}): {describe(self.best, self.memory)}",
             f"  {self.variant_python()}",
         ]
         if self.runner_up is not None:
-            lines.append(f"runner-up: {describe(self.runner_up)}")
+            lines.append(f"runner-up: {describe(self.runner_up, self.memory)}")
             lines.append(f"  {self.trade}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the pick and the runner-up (their rows), the trade, pasteable forms."""
+        return {
+            "priority": self.priority,
+            "best": result_row(self.best, self.memory),
+            "runner_up": None
+            if self.runner_up is None
+            else result_row(self.runner_up, self.memory),
+            "trade": self.trade,
+            "variant_python": self.variant_python(),
+            "variant_yaml": self.variant_yaml(),
+            "excluded": dict(self.excluded),
+        }
 
-def describe(result: Result) -> str:
-    """``label [dtype]: 1.23 ms ± 0.05, 12.0 MiB, err 3.1e-07``."""
+
+def describe(result: Result, memory: str = "auto") -> str:
+    """``label [dtype]: 1.23 ms ± 0.05, 12.0 MiB total, err 3.1e-07``."""
     parts = [config_label(result) + ":"]
     if result.latency_ms is not None:
         parts.append(f"{result.latency_ms:.3g} ms ± {result.latency_iqr_ms or 0:.2g},")
-    mem = memory_of(result)
+    mem = memory_of(result, memory)
     if mem is not None:
-        parts.append(f"{format_bytes(mem)},")
+        parts.append(f"{format_bytes(mem)} {memory_measure(result, memory)},")
     if result.rel_fro_err is not None:
         parts.append(f"err {result.rel_fro_err:.2g}")
     return " ".join(parts).rstrip(",")
+
+
+def result_row(result: Result, memory: str = "auto") -> dict[str, Any]:
+    """One result as a flat row: its configuration, objectives and every memory measure."""
+    return {
+        "configuration": config_label(result),
+        "trial_id": result.trial_id,
+        "variant": dict(result.variant),
+        "dtype": result.workload.get("dtype"),
+        "latency_ms": result.latency_ms,
+        "latency_iqr_ms": result.latency_iqr_ms,
+        "memory_measure": memory_measure(result, memory),
+        "memory_bytes": memory_of(result, memory),
+        "kv_cache_bytes": result.kv_cache_bytes,
+        "peak_mem_bytes": result.peak_mem_bytes,
+        "peak_mem_total_bytes": result.peak_mem_total_bytes,
+        "rel_fro_err": result.rel_fro_err,
+        "tolerance": result.tolerance,
+        "timing_method": result.timing_method,
+    }
 
 
 def recommend(
@@ -109,18 +153,23 @@ def recommend(
     constraints: Constraints | None = None,
     objectives: Sequence[str] = OBJECTIVES,
     context: Mapping[str, Any] | None = None,
+    memory: str = "auto",
 ) -> Recommendation:
     """Pick the configuration that best fits ``priority`` among feasible, accurate results.
 
     Candidates are ``ok`` results within every limit of ``constraints`` whose relative error is
-    at most its ``max_error`` or, when no error limit is set, at most their dtype's tolerance
-    (``Result.tolerance``): a variant that is wrong is never recommended however fast. A result
-    whose error was not measured is not a candidate.
+    at most its ``max_error`` or, when no error limit is set, at most their tolerance
+    (:func:`~sdpalab.explore.objectives.error_tolerances`: the dtype's; on a model workload,
+    what its lossless variants show): a variant that is wrong is never recommended however
+    fast. A result whose error was not measured is not a candidate.
 
     ``priority``: ``latency`` (fastest; ties within noise go to less memory, then less error),
     ``memory``, ``error``, or ``balanced`` (closest to the ideal point of the front, each
-    objective scaled to [0, 1] in log space). Results of several shapes need ``context``
-    (e.g. ``{"seq_kv": 8192}``); see ``goldilocks_across_shapes`` for one choice for all.
+    objective scaled to [0, 1] in log space). Ties (latency within noise, error within
+    tolerance) go to the next objective. ``memory``: which memory measure the objective and
+    ``max_memory`` use (``auto``, ``cache``, ``peak``, ``total``, ``persistent``). Results of
+    several shapes need ``context`` (e.g. ``{"seq_kv": 8192}``); see
+    ``goldilocks_across_shapes`` for one choice for all.
 
     Raises ``ValueError`` when nothing qualifies, saying why.
     """
@@ -130,11 +179,13 @@ def recommend(
         )
     objectives = check_objectives(objectives)
     constraints = check_constraints(constraints)
-    pool = _select_context(list(results), context)
+    memory = check_memory(memory)
+    pool = latest(_select_context(list(results), context))
     ctx = context_of(pool[0]) if pool else dict(context or {})
+    tolerances = dict(zip(map(id, pool), error_tolerances(pool), strict=True))
     candidates, excluded = [], {}
-    for res in {r.trial_id or id(r): r for r in pool}.values():
-        why = _excluded_because(res, constraints)
+    for res in pool:
+        why = _excluded_because(res, constraints, tolerances[id(res)], memory)
         if why:
             excluded[why] = excluded.get(why, 0) + 1
         else:
@@ -142,13 +193,23 @@ def recommend(
     if not candidates:
         detail = "; ".join(f"{n} {why}" for why, n in sorted(excluded.items())) or "no results"
         raise ValueError(f"no configuration qualifies for a recommendation ({detail})")
-    front = group_front(candidates, objectives) or candidates
-    ranked = _rank(front, priority, objectives)
+    tols = [tolerances[id(r)] for r in candidates]
+    front = front_of(candidates, objectives, memory=memory, tolerances=tols).members
+    front = front or candidates
+    ranked = _rank(front, priority, objectives, tolerances, memory)
     on_front = {id(r) for r in ranked}
-    ranked += [r for r in _rank(candidates, priority, objectives) if id(r) not in on_front]
+    ranked += [
+        r
+        for r in _rank(candidates, priority, objectives, tolerances, memory)
+        if id(r) not in on_front
+    ]
     best = ranked[0]
     runner = ranked[1] if len(ranked) > 1 else None
-    trade = trade_text(best, runner, objectives) if runner else "no other candidate qualifies"
+    trade = (
+        trade_text(best, runner, objectives, memory, tolerances)
+        if runner
+        else "no other candidate qualifies"
+    )
     return Recommendation(
         best=best,
         runner_up=runner,
@@ -158,6 +219,7 @@ def recommend(
         context=ctx,
         front=front,
         excluded=excluded,
+        memory=memory,
     )
 
 
@@ -181,78 +243,101 @@ def _select_context(results: list[Result], context: Mapping[str, Any] | None) ->
     return results
 
 
-def _excluded_because(res: Result, constraints: Constraints) -> str | None:
+def _excluded_because(
+    res: Result, constraints: Constraints, tolerance: float | None, memory: str
+) -> str | None:
     if not res.ok:
         return f"status {res.status}"
     err = res.rel_fro_err
     if err is None or not math.isfinite(err):
         return "error not measured"
-    bound = constraints.max_error
-    if bound is None:
-        bound = res.tolerance
+    bound = constraints.max_error if constraints.max_error is not None else tolerance
     if bound is not None and err > bound:
         return "over max_error" if constraints.max_error is not None else "over the error tolerance"
-    cons = constraint_values(res, constraints)
-    if cons.get("max_memory", 0) > 0:
-        return "over max_memory"
-    if cons.get("max_latency_ms", 0) > 0:
-        return "over max_latency_ms"
+    broken = broken_limit(res, constraints, memory)
+    if broken:
+        return broken.split(" (")[0]  # counted by limit, not by value
     return None
 
 
-def _rank(group: list[Result], priority: str, objectives: Sequence[str]) -> list[Result]:
+def _rank(
+    group: list[Result],
+    priority: str,
+    objectives: Sequence[str],
+    tolerances: Mapping[int, float | None],
+    memory: str,
+) -> list[Result]:
     """Order ``group`` by fit to ``priority`` (best first)."""
     if priority == "balanced":
-        names = [o for o in objectives if all(objective_value(r, o) is not None for r in group)]
-        logs = np.log10(np.maximum(objective_matrix(group, names), ERROR_FLOOR))
+        names = [
+            o for o in objectives if all(objective_value(r, o, memory) is not None for r in group)
+        ]
+        logs = np.log10(np.maximum(objective_matrix(group, names, memory), ERROR_FLOOR))
         span = logs.max(axis=0) - logs.min(axis=0)
         scaled = (logs - logs.min(axis=0)) / np.where(span > 0, span, 1.0)
         score = np.sqrt((scaled**2).sum(axis=1))
         return [group[i] for i in np.argsort(score, kind="stable")]
     primary = _PRIORITY_OBJECTIVE[priority]
-    others = [o for o in ("latency_ms", "memory", "rel_fro_err") if o != primary]
+    order = [primary, *(o for o in ("latency_ms", "memory", "rel_fro_err") if o != primary)]
     remaining, ranked = list(group), []
     while remaining:
-        # the best on the primary objective, and everything tied with it (latency: within
-        # noise; memory and error: within 1 %), broken by the other objectives in turn
-        lead = min(remaining, key=lambda r: _val(r, primary))
-        tied = [r for r in remaining if _tied(r, lead, primary)]
-        pick = min(tied, key=lambda r: tuple(_val(r, o) for o in [*others, primary]))
+        # lexicographic on the objectives in priority order, where a tie on one (latency
+        # within noise, error within tolerance, memory within 1 %) passes to the next
+        tied_set = remaining
+        for name in order:
+            lead = min(tied_set, key=lambda r: _val(r, name, memory))
+            tied_set = [r for r in tied_set if _tied(r, lead, name, tolerances, memory)]
+        pick = min(tied_set, key=lambda r: tuple(_val(r, o, memory) for o in order))
         ranked.append(pick)
         remaining.remove(pick)
     return ranked
 
 
-def _val(res: Result, name: str) -> float:
-    value = objective_value(res, name)
+def _val(res: Result, name: str, memory: str) -> float:
+    value = objective_value(res, name, memory)
     return math.inf if value is None else value
 
 
-def _tied(a: Result, b: Result, name: str) -> bool:
-    x, y = _val(a, name), _val(b, name)
-    if name == "latency_ms":
-        return abs(x - y) <= latency_noise(a, b)
-    return abs(x - y) <= 0.01 * max(abs(x), abs(y))
+def _tied(a: Result, b: Result, name: str, tolerances: Mapping[int, Any], memory: str) -> bool:
+    if name == "memory":
+        x, y = _val(a, name, memory), _val(b, name, memory)
+        # bytes are exact, but 1 % of a budget is not a reason to pick a slower kernel
+        return x == y or abs(x - y) <= 0.01 * max(abs(x), abs(y))
+    return tied(a, b, name, tolerances.get(id(a)), tolerances.get(id(b)), memory)
 
 
-def trade_text(best: Result, other: Result, objectives: Sequence[str] = OBJECTIVES) -> str:
+def trade_text(
+    best: Result,
+    other: Result,
+    objectives: Sequence[str] = OBJECTIVES,
+    memory: str = "auto",
+    tolerances: Mapping[int, float | None] | None = None,
+) -> str:
     """``flash/causal [float32] instead: 12% slower (1.23 vs 1.10 ms), 40% less memory ...``."""
+    tolerances = tolerances or dict(
+        zip((id(best), id(other)), error_tolerances([best, other]), strict=True)
+    )
     parts = []
     names = {
         "latency_ms": "latency",
         "memory": "memory",
         "peak_mem_total_bytes": "memory",
         "peak_mem_bytes": "peak memory",
+        "kv_cache_bytes": "KV cache",
         "rel_fro_err": "error",
     }
     for name in objectives:
-        a, b = objective_value(best, name), objective_value(other, name)
+        a, b = objective_value(best, name, memory), objective_value(other, name, memory)
         if a is None or b is None:
             continue
         what = names.get(name, name)
         fmt = _formatter(name)
         if name == "latency_ms" and abs(b - a) <= latency_noise(best, other):
             parts.append(f"same {what} within noise ({fmt(b)} vs {fmt(a)})")
+        elif name == "rel_fro_err" and tied(
+            best, other, name, tolerances.get(id(best)), tolerances.get(id(other))
+        ):
+            parts.append(f"same {what} within tolerance ({fmt(b)} vs {fmt(a)})")
         elif name == "rel_fro_err":
             ratio = (b / a) if a > 0 else math.inf
             word = "higher" if b > a else "lower"
@@ -284,6 +369,28 @@ def _formatter(name: str):
     return lambda v: f"{v:.2g}"
 
 
+# --------------------------------------------------------------------------- every shape
+
+
+@dataclass
+class ShapeFront:
+    """One shape's front, its recommendation, and why every other result is not on the front."""
+
+    context: dict[str, Any]
+    front: list[Result]
+    recommendation: Recommendation | None
+    unavailable: str = ""
+    """Why nothing could be recommended (when ``recommendation`` is None)."""
+    excluded: list[tuple[Result, str]] = field(default_factory=list)
+    """``(result, why it is not on the front)``: a failure, a broken limit, a missing value,
+    or ``dominated by <configuration>``."""
+    inaccurate: dict[str, str] = field(default_factory=dict)
+    """Trial id → why a front member cannot be recommended: ``over tol.`` (its error is above
+    its tolerance), ``error not measured``."""
+    tolerances: dict[str, float | None] = field(default_factory=dict)
+    """Trial id → the error tolerance that applies (a model's: its lossless variants')."""
+
+
 @dataclass
 class FrontSummary:
     """Per shape: the Pareto front and the recommendation (or why there is none)."""
@@ -297,34 +404,92 @@ class FrontSummary:
     constraints: Constraints
     priority: str
     objectives: tuple[str, ...]
+    memory: str = "auto"
+    excluded: dict[str, list[tuple[Result, str]]] = field(default_factory=dict)
+    """Shape label → ``(result, why it is not on the front)`` (see :class:`ShapeFront`)."""
+    inaccurate: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Shape label → trial id → why that front member cannot be recommended."""
+    tolerances: dict[str, float | None] = field(default_factory=dict)
+    """Trial id → the error tolerance that applies (a model's: its lossless variants')."""
 
     @property
     def front(self) -> list[Result]:
         return [r for rs in self.fronts.values() for r in rs]
 
+    def memory_label(self) -> str:
+        """``cache``, or ``auto (persistent for decode, total otherwise)``, as shown."""
+        if self.memory == "auto":
+            return f"auto ({MEMORY_MEASURES['auto']})"
+        return self.memory
+
     def rows(self) -> list[dict[str, Any]]:
-        """The front as table rows: shape, configuration, objectives, which one is picked."""
+        """The front as table rows (:func:`result_row`) with the shape and the ``pick``: best,
+        runner-up, or why a front member cannot be recommended. The best is listed even when a
+        point it may not be traded for (an inaccurate one) keeps it off the front."""
         out = []
         for shape, front in self.fronts.items():
             rec = self.recommendations.get(shape)
             picked = {rec.best.trial_id: "best"} if rec else {}
             if rec and rec.runner_up is not None:
                 picked[rec.runner_up.trial_id] = "runner-up"
-            for res in sorted(front, key=lambda r: r.latency_ms or math.inf):
-                out.append(
-                    {
-                        "shape": shape,
-                        "configuration": config_label(res),
-                        "latency_ms": res.latency_ms,
-                        "latency_iqr_ms": res.latency_iqr_ms,
-                        "memory_bytes": memory_of(res),
-                        "rel_fro_err": res.rel_fro_err,
-                        "pick": picked.get(res.trial_id, ""),
-                        "trial_id": res.trial_id,
-                        "timing_method": res.timing_method,
-                    }
-                )
+            shown = list(front)
+            if rec and rec.best.trial_id not in {r.trial_id for r in front}:
+                shown.append(rec.best)
+            notes = self.inaccurate.get(shape, {})
+            for res in sorted(shown, key=lambda r: r.latency_ms or math.inf):
+                row = {"shape": shape, **result_row(res, self.memory)}
+                row["tolerance"] = self.tolerances.get(res.trial_id, res.tolerance)
+                row["pick"] = picked.get(res.trial_id, notes.get(res.trial_id, ""))
+                out.append(row)
         return out
+
+    def excluded_rows(self) -> list[dict[str, Any]]:
+        """Every result of every shape off its front (but the best), with the reason."""
+        picks = {rec.best.trial_id for rec in self.recommendations.values()}
+        return [
+            {
+                "shape": shape,
+                "configuration": config_label(res),
+                "trial_id": res.trial_id,
+                "reason": why,
+            }
+            for shape, items in self.excluded.items()
+            for res, why in items
+            if res.trial_id not in picks
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole answer as one JSON-ready document: limits, priority, memory measure, and
+        per shape its context, front, recommendation (or why none) and excluded results."""
+        rows, excluded = self.rows(), self.excluded_rows()
+        shapes = []
+        for shape, ctx in self.shapes.items():
+            rec = self.recommendations.get(shape)
+            shapes.append(
+                {
+                    "shape": shape,
+                    "context": ctx,
+                    "front": [
+                        {k: v for k, v in r.items() if k != "shape"}
+                        for r in rows
+                        if r["shape"] == shape
+                    ],
+                    "recommendation": None if rec is None else rec.to_dict(),
+                    "unavailable": self.unavailable.get(shape),
+                    "excluded": [
+                        {k: v for k, v in r.items() if k != "shape"}
+                        for r in excluded
+                        if r["shape"] == shape
+                    ],
+                }
+            )
+        return {
+            "priority": self.priority,
+            "memory": self.memory,
+            "objectives": list(self.objectives),
+            "limits": self.constraints.to_dict(),
+            "shapes": shapes,
+        }
 
 
 def summarize_front(
@@ -333,11 +498,14 @@ def summarize_front(
     priority: str = "latency",
     constraints: Constraints | None = None,
     objectives: Sequence[str] = OBJECTIVES,
+    memory: str = "auto",
 ) -> FrontSummary:
-    """Front and recommendation of every shape in ``results`` (what ``sdpalab pareto`` shows).
+    """Front and recommendation of every shape in ``results`` (what ``sdpalab pareto``, the
+    HTML report and ``--json`` show).
 
-    The front holds the non-dominated results within ``constraints``; the recommendation
-    follows :func:`recommend` (accurate results only).
+    The front is :func:`~sdpalab.explore.pareto.pareto`'s (the non-dominated results within
+    ``constraints``); the recommendation follows :func:`recommend` (accurate results only).
+    Every other result is listed with why it is off the front.
     """
     if priority not in PRIORITIES:
         raise ValueError(
@@ -345,18 +513,64 @@ def summarize_front(
         )
     objectives = check_objectives(objectives)
     constraints = check_constraints(constraints)
-    groups = group_by_context(list(results))
+    memory = check_memory(memory)
+    groups = group_by_context(latest(results))
     contexts = [context_of(g[0]) for g in groups.values()]
     fields = varying_fields(contexts)
-    summary = FrontSummary({}, {}, {}, {}, constraints, priority, objectives)
+    summary = FrontSummary({}, {}, {}, {}, constraints, priority, objectives, memory)
     for group, ctx in zip(groups.values(), contexts, strict=True):
         shape = context_label(ctx, fields)
+        found = shape_front(group, priority, constraints, objectives, memory)
         summary.shapes[shape] = ctx
-        summary.fronts[shape] = pareto(group, objectives, constraints=constraints)
-        try:
-            summary.recommendations[shape] = recommend(
-                group, priority=priority, objectives=objectives, constraints=constraints
-            )
-        except ValueError as err:
-            summary.unavailable[shape] = str(err)
+        summary.fronts[shape] = found.front
+        summary.excluded[shape] = found.excluded
+        summary.inaccurate[shape] = found.inaccurate
+        summary.tolerances.update(found.tolerances)
+        if found.recommendation is not None:
+            summary.recommendations[shape] = found.recommendation
+        else:
+            summary.unavailable[shape] = found.unavailable
     return summary
+
+
+def shape_front(
+    group: list[Result],
+    priority: str,
+    constraints: Constraints,
+    objectives: Sequence[str],
+    memory: str,
+) -> ShapeFront:
+    """One shape: its front (:func:`~sdpalab.explore.pareto.front_of` over the results within
+    ``constraints``), its recommendation, and why each other result is off the front."""
+    tolerances = dict(zip(map(id, group), error_tolerances(group), strict=True))
+    excluded: list[tuple[Result, str]] = []
+    feasible = []
+    for res in group:
+        if not res.ok:
+            excluded.append((res, f"{res.status}: {res.reason}" if res.reason else res.status))
+            continue
+        broken = broken_limit(res, constraints, memory)
+        if broken:
+            excluded.append((res, broken))
+        else:
+            feasible.append(res)
+    found = front_of(
+        feasible, objectives, memory=memory, tolerances=[tolerances[id(r)] for r in feasible]
+    )
+    excluded += [(res, f"{name} not measured") for res, name in found.unmeasured]
+    excluded += [(res, f"dominated by {config_label(by)}") for res, by in found.dominated]
+    inaccurate = {}
+    for res in found.members:
+        why = _excluded_because(res, constraints, tolerances[id(res)], memory)
+        if why:
+            inaccurate[res.trial_id] = "over tol." if why == "over the error tolerance" else why
+    ctx = context_of(group[0]) if group else {}
+    out = ShapeFront(ctx, found.members, None, excluded=excluded, inaccurate=inaccurate)
+    out.tolerances = {r.trial_id: tolerances[id(r)] for r in group}
+    try:
+        out.recommendation = recommend(
+            group, priority=priority, objectives=objectives, constraints=constraints, memory=memory
+        )
+    except ValueError as err:
+        out.unavailable = str(err)
+    return out

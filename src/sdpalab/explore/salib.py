@@ -68,9 +68,7 @@ def salib_rows(axes, points, y, objective, salib_method, n_samples, seed, axis_n
                 + f"; first-order S1={out['S1'][i]:.2f}"
                 + axis_notes[axis.name]
             )
-            rows.append(
-                row(axis.name, objective, "sobol", st, max(0.0, st - conf), st + conf, note)
-            )
+            rows.append(row(axis.name, objective, "sobol", st, *_interval(st, conf), note))
     else:
         x = morris_sample.sample(problem, max(16, n_samples // (len(axes) + 1)), seed=seed)
         out = morris_analyze.analyze(problem, x, model(x), seed=seed)
@@ -82,10 +80,16 @@ def salib_rows(axes, points, y, objective, salib_method, n_samples, seed, axis_n
                 + f"; sigma={out['sigma'][i]:.2f}"
                 + axis_notes[axis.name]
             )
-            rows.append(
-                row(axis.name, objective, "morris", mu, max(0.0, mu - conf), mu + conf, note)
-            )
+            rows.append(row(axis.name, objective, "morris", mu, *_interval(mu, conf), note))
     return rows
+
+
+def _interval(value: float, conf: float) -> tuple[float, float]:
+    """``value ± conf`` clipped at 0 (an index is non-negative), always holding ``value``: ST
+    can come out a hair below 0 from sampling error. NaN when SALib gave no interval."""
+    if not math.isfinite(conf):
+        return math.nan, math.nan
+    return min(value, max(0.0, value - conf)), max(value, value + conf)
 
 
 def _coords(axis: Axis) -> np.ndarray:

@@ -40,6 +40,7 @@ from sdpalab.explore.objectives import (
     FAILED_VIOLATION,
     OBJECTIVES,
     check_constraints,
+    check_memory,
     check_objectives,
     context_label,
     varying_fields,
@@ -49,7 +50,14 @@ from sdpalab.explore.recommend import Recommendation, recommend
 from sdpalab.explore.search_loop import SearchLoop
 from sdpalab.explore.space import Space, import_optuna, trial_constraints
 from sdpalab.measure.result import Result
-from sdpalab.run.rundir import default_out, finish_run, start_run
+from sdpalab.run.rundir import (
+    default_out,
+    finish_run,
+    interrupted,
+    prepare_run_dir,
+    read_run_info,
+    start_run,
+)
 from sdpalab.spec import Constraints, SweepSpec, Trial
 from sdpalab.spec.config import load_spec
 
@@ -73,6 +81,8 @@ class SearchResult(ResultList):
     study_names: list[str]
     objectives: tuple[str, ...]
     constraints: Constraints
+    memory: str = "auto"
+    """The memory measure of the ``memory`` objective and of ``max_memory``."""
     measured: int = 0
     """Trials this call ran in the engine (the budget counts these)."""
     reused: int = 0
@@ -89,7 +99,11 @@ class SearchResult(ResultList):
     def front(self, *, noise_aware: bool = True) -> list[Result]:
         """The feasible non-dominated results per shape, under the search's constraints."""
         return pareto(
-            self.results, self.objectives, noise_aware=noise_aware, constraints=self.constraints
+            self.results,
+            self.objectives,
+            memory=self.memory,
+            noise_aware=noise_aware,
+            constraints=self.constraints,
         )
 
     def recommend(
@@ -107,6 +121,7 @@ class SearchResult(ResultList):
             constraints=self.constraints if constraints is None else constraints,
             objectives=self.objectives,
             context=context,
+            memory=self.memory,
         )
 
 
@@ -157,22 +172,31 @@ def search(
     sampler: str = "nsga2",
     constraints: Constraints | None = None,
     resume: bool = False,
+    force: bool = False,
     workers: int = 1,
     seed: int = 0,
     on_result: Callable[[Result, int, int], None] | None = None,
+    on_start: Callable[[dict], None] | None = None,
     objectives: Sequence[str] = OBJECTIVES,
     runner: Callable[[list[Trial]], list[Result]] | None = None,
+    memory: str = "auto",
 ) -> SearchResult:
     """Search ``spec``'s space with Optuna for ``trials`` new measurements; returns them all.
 
     ``spec`` is a SweepSpec, a YAML path or a preset name. ``constraints`` (default: the
-    config's) limit the relative error, the total peak memory (``peak_mem_total_bytes``) and
-    the latency of what counts as feasible. ``sampler``: ``nsga2`` (default), ``tpe`` or
-    ``gp``. ``out`` (default ``runs/<name>-<time>``) holds ``results.sqlite``, ``results.csv``,
-    ``run.json`` and the study's ``optuna.log``; a second call on the same ``out`` extends the
-    study and reuses every stored measurement (``resume=True`` insists that there is one to
-    extend). ``workers`` trials run at once. ``on_result(result, measured, trials)`` is called
-    after each new measurement. ``runner`` replaces the engine (a function from a list of
+    config's) limit the relative error, the memory and the latency of what counts as
+    feasible. ``memory`` picks the memory measure that the ``memory`` objective and
+    ``max_memory`` use (:data:`~sdpalab.explore.objectives.MEMORY_MEASURES`; ``auto``: the
+    persistent cost for decode, the total peak otherwise). ``sampler``: ``nsga2`` (default),
+    ``tpe`` or ``gp``. ``out`` (default ``runs/<name>-<time>``) holds ``results.sqlite``,
+    ``results.csv``, ``run.json`` and the study's ``optuna.log``. ``resume`` extends the search
+    (or sweep) of this config already in ``out`` and reuses every stored measurement;
+    ``force`` replaces it; without either, ``out`` must not hold a run (as for ``sweep``:
+    :func:`~sdpalab.run.rundir.prepare_run_dir`). ``workers`` trials run at once.
+    ``on_start(load)`` is called before the first trial with the machine's load (as ``sweep``);
+    ``on_result(result, measured, trials)`` after each new measurement. Ctrl-C raises
+    :class:`~sdpalab.run.rundir.Interrupted` once ``results.csv`` and ``run.json`` agree with
+    the store. ``runner`` replaces the engine (a function from a list of
     Trials to their Results), for replaying stored measurements in benchmarks.
     """
     optuna = import_optuna()
@@ -187,15 +211,14 @@ def search(
             f"--sampler {sampler!r} is not valid; choose one of: {', '.join(SAMPLERS)}"
         )
     objectives = check_objectives(objectives)
+    memory = check_memory(memory)
     constraints = check_constraints(spec.constraints if constraints is None else constraints)
-    out = Path(out) if out is not None else default_out(f"{spec.name}-search")
-    journal = out / JOURNAL
-    if resume and not journal.exists():
-        raise ValueError(f"{out}: holds no {JOURNAL}; nothing to resume (drop --resume to start)")
-    out.mkdir(parents=True, exist_ok=True)
     space = Space.from_trials(spec.trials())
     if not space.table:
         raise ValueError(f"{spec.name}: the config's grid has no trials")
+    out = out if out is not None else default_out(f"{spec.name}-search")
+    out = prepare_run_dir(out, spec, resume=resume, force=force)
+    journal = out / JOURNAL
 
     started = time.time()
     info = start_run(
@@ -209,8 +232,11 @@ def search(
             "workers": workers,
             "limits": constraints.to_dict(),
             "objectives": list(objectives),
+            "memory": memory,
         },
     )
+    if on_start is not None:
+        on_start(info["invocations"][-1]["load"])
 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -247,10 +273,13 @@ def search(
         studies.append(study)
 
     state = SearchLoop(
-        space, constraints, objectives, out, runner, workers, on_result, trials, seed
+        space, constraints, objectives, out, runner, workers, on_result, trials, seed, memory
     )
     try:
         state.run(studies, dist)
+    except KeyboardInterrupt:
+        state.close()  # the workers stop before the store is read back
+        raise interrupted(out, info, started, len(space.table)) from None
     finally:
         state.close()
     summary = {
@@ -269,10 +298,22 @@ def search(
         study_names=names,
         objectives=objectives,
         constraints=constraints,
+        memory=memory,
         elapsed_s=elapsed,
         spec=spec,
         **summary,
     )
+
+
+def search_settings(run_dir: str | Path) -> dict[str, Any]:
+    """The settings of the last search into ``run_dir`` (sampler, limits, objectives, memory
+    measure), as ``run.json`` records them; ``{}`` when no search ran there."""
+    info = read_run_info(run_dir)
+    for entry in [*reversed(info.get("invocations") or []), info]:
+        found = entry.get("search") if isinstance(entry, dict) else None
+        if isinstance(found, dict):
+            return found
+    return {}
 
 
 def _check_same_space(study, dist: dict[str, Any], out: Path) -> None:

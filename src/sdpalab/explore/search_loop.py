@@ -21,6 +21,7 @@ from sdpalab.explore.objectives import (
     ERROR_FLOOR,
     FAILED_VIOLATION,
     constraint_values,
+    memory_field,
     objective_value,
 )
 from sdpalab.explore.space import choice_point, trial_constraints
@@ -40,9 +41,20 @@ class SearchLoop:
     """The ask → resolve → run → tell loop over the studies of one search."""
 
     def __init__(
-        self, space, constraints, objectives, out, runner, workers, on_result, budget, seed
+        self,
+        space,
+        constraints,
+        objectives,
+        out,
+        runner,
+        workers,
+        on_result,
+        budget,
+        seed,
+        memory="auto",
     ):
         self.space, self.constraints, self.objectives = space, constraints, objectives
+        self.memory = memory  # the measure "memory" and max_memory mean
         self.out, self.budget, self.on_result = out, budget, on_result
         self.store = ResultStore(out)
         self.known: dict[str, Result] = {r.trial_id: r for r in self.store.results()}
@@ -155,7 +167,7 @@ class SearchLoop:
                     "from": res.trial_id,
                     "reason": f"{res.status} on a smaller shape ({res.trial_id})",
                 }
-            cons = constraint_values(res, self.constraints)
+            cons = constraint_values(res, self.constraints, self.memory)
             for name in ("max_memory", "max_latency_ms"):
                 if res.ok and cons.get(name, 0) > 0:
                     return {
@@ -192,7 +204,7 @@ class SearchLoop:
         status_ok = (
             result is not None
             and result.ok
-            and all(_finite(objective_value(result, o)) for o in self.objectives)
+            and all(_finite(objective_value(result, o, self.memory)) for o in self.objectives)
         )
         named = {"status": 0.0 if status_ok else FAILED_VIOLATION}
         if result is not None:
@@ -201,9 +213,10 @@ class SearchLoop:
             trial.set_user_attr("status", result.status)
             if result.reason:
                 trial.set_user_attr("reason", result.reason[:300])
-            named |= constraint_values(result, self.constraints)
-            for o in self.objectives:
-                trial.set_user_attr(o, objective_value(result, o))
+            named |= constraint_values(result, self.constraints, self.memory)
+            for o in self.objectives:  # "memory" under the field it is (kv_cache_bytes, ...)
+                name = memory_field(result, self.memory) if o == "memory" else o
+                trial.set_user_attr(name, objective_value(result, o, self.memory))
         else:
             limits = self.constraints.to_dict()
             named |= {k: FAILED_VIOLATION for k, v in limits.items() if v is not None}
@@ -213,7 +226,8 @@ class SearchLoop:
                 trial.set_constraint(name, value)
         if status_ok:
             values = [
-                math.log10(max(objective_value(result, o), ERROR_FLOOR)) for o in self.objectives
+                math.log10(max(objective_value(result, o, self.memory), ERROR_FLOOR))
+                for o in self.objectives
             ]
             self.worst = [max(w, v) for w, v in zip(self.worst, values, strict=True)]
         else:  # a failure is told, not dropped: ten times worse than the worst seen

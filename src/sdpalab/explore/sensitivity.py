@@ -8,7 +8,11 @@ at 1 ms as at 100 ms).
   axis's distribution: categorical axes stay categorical, sizes are integer axes on a log
   scale), scored by PED-ANOVA (which axes matter for reaching the best 10 % of trials) and
   fANOVA (share of the variance a random forest attributes to each axis; needs scikit-learn).
-  Importances are normalized to sum to 1 per method; the interval is a bootstrap over trials.
+  Importances are normalized to sum to 1 per method; the interval is a bootstrap over trials,
+  widened where needed to hold the estimate itself: an importance is non-negative and a
+  resample repeats trials, which reads as structure, so the resamples' importances are biased
+  up and their 2.5-97.5 % range can sit wholly above an estimate of 0 (an axis that does not
+  matter). The interval never excludes the value it is printed beside.
 * ``salib``: Sobol total-order indices (Saltelli sampling) or Morris mu*, both need a model to
   sample. The model is the measured grid itself: ``log10(objective)`` on the grid of levels,
   interpolated piecewise-linearly in ``log2(size)`` between measured sizes, with categorical
@@ -31,7 +35,14 @@ import numpy as np
 import pandas as pd
 
 from sdpalab.explore.factors import COLUMNS, Axis, axes_of, axis_note, empty_row, row
-from sdpalab.explore.objectives import ERROR_FLOOR, OBJECTIVES, objective_value
+from sdpalab.explore.objectives import (
+    ERROR_FLOOR,
+    OBJECTIVES,
+    check_memory,
+    check_objectives,
+    memory_field,
+    objective_value,
+)
 from sdpalab.explore.salib import SEARCH_INSTALL, salib_rows
 from sdpalab.measure.result import Result
 
@@ -48,28 +59,34 @@ def sensitivity(
     n_boot: int = 10,
     n_samples: int = 1024,
     seed: int = 0,
+    memory: str = "auto",
 ) -> pd.DataFrame:
     """Importance of each varying axis for each objective.
 
     Returns a DataFrame with columns ``axis, objective, method, importance, ci_low, ci_high,
     note``, sorted by objective, method and importance (largest first). ``method``:
     ``optuna`` (rows for ``ped_anova`` and ``fanova``), ``salib`` (``sobol`` total-order index,
-    or ``morris`` mu* with ``salib_method="morris"``), or ``both``. Only ``ok`` results with
-    the objective measured are used; a method that cannot run gives one row with a NaN
-    importance and the reason in ``note``.
+    or ``morris`` mu* with ``salib_method="morris"``), or ``both``. ``objectives`` name
+    Result fields (``latency_ms``, ``kv_cache_bytes``, ...) or ``memory`` (the measure
+    ``memory`` picks; the table names its field). Only ``ok`` results with the objective
+    measured are used; a method that cannot run gives one row with a NaN importance and the
+    reason in ``note``. Every interval holds its estimate (module doc).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not valid; choose one of: {', '.join(METHODS)}")
     if salib_method not in ("sobol", "morris"):
         raise ValueError(f"salib_method={salib_method!r} is not valid; choose sobol or morris")
-    if isinstance(objectives, str):
-        objectives = (objectives,)
+    objectives = check_objectives(objectives)
+    memory = check_memory(memory)
     results = [r for r in results if r.ok]
     rows: list[dict[str, Any]] = []
     for objective in objectives:
-        pairs = [(r, objective_value(r, objective)) for r in results]
+        pairs = [(r, objective_value(r, objective, memory)) for r in results]
         pairs = [(r, v) for r, v in pairs if v is not None and math.isfinite(v)]
-        name = "peak_mem_total_bytes" if objective == "memory" else objective
+        name = objective
+        if objective == "memory":
+            fields = {memory_field(r, memory) for r, _ in pairs} or {"memory"}
+            name = fields.pop() if len(fields) == 1 else f"memory ({memory})"
         if len(pairs) < 4:
             rows.append(empty_row(name, method, f"{len(pairs)} ok results with {name}; need 4"))
             continue
@@ -177,21 +194,16 @@ def _optuna_rows(axes, points, y, objective, n_boot, seed, axis_notes) -> list[d
                 continue
         note = (
             f"{notes[name]}; log10 values, {len(trials)} trials, normalized to sum 1; "
-            f"CI: bootstrap 2.5-97.5 % over {len(boots)} resamples"
+            f"CI: bootstrap 2.5-97.5 % over {len(boots)} resamples, widened to hold the "
+            "estimate"
         )
         for axis in axes:
-            samples = [b.get(axis.name, 0.0) for b in boots] or [full.get(axis.name, 0.0)]
+            estimate = full.get(axis.name, 0.0)
+            samples = [b.get(axis.name, 0.0) for b in boots] or [estimate]
             low, high = np.percentile(samples, [2.5, 97.5])
+            low, high = min(low, estimate), max(high, estimate)  # see the module doc
             rows.append(
-                row(
-                    axis.name,
-                    objective,
-                    name,
-                    full.get(axis.name, 0.0),
-                    low,
-                    high,
-                    note + axis_notes[axis.name],
-                )
+                row(axis.name, objective, name, estimate, low, high, note + axis_notes[axis.name])
             )
     if "fanova" not in evaluators:
         rows.append(

@@ -17,10 +17,12 @@ import pandas as pd
 
 from sdpalab.explore.objectives import (
     check_constraints,
+    check_memory,
     config_key,
     config_label,
     context_label,
     context_of,
+    error_tolerances,
     group_by_context,
     latency_noise,
     meets,
@@ -36,13 +38,15 @@ GOLDILOCKS_OBJECTIVES = ("latency_ms", "memory")
 2x ratio between two errors far below the tolerance is not a reason to reject a choice."""
 
 
-def gap(result: Result, front: Sequence[Result], objectives: Sequence[str]) -> float:
+def gap(
+    result: Result, front: Sequence[Result], objectives: Sequence[str], memory: str = "auto"
+) -> float:
     """Multiplicative epsilon of ``result`` against ``front`` (0 when on or within noise of it)."""
     best = math.inf
     for ref in front:
         worst = 0.0
         for name in objectives:
-            mine, theirs = objective_value(result, name), objective_value(ref, name)
+            mine, theirs = objective_value(result, name, memory), objective_value(ref, name, memory)
             if mine is None or theirs is None:
                 continue
             if name == "latency_ms":
@@ -60,6 +64,7 @@ def goldilocks_across_shapes(
     *,
     constraints: Constraints | None = None,
     include_all: bool = False,
+    memory: str = "auto",
 ) -> pd.DataFrame:
     """Configurations (variant + dtype) within ``within`` (0.10 = 10 %) of every shape's front.
 
@@ -67,27 +72,35 @@ def goldilocks_across_shapes(
     its worst gap: ``label``, ``variant`` (``sl.Variant(...)``), ``dtype``, ``worst_gap``,
     ``goldilocks`` (bool), and one ``gap[<shape>]`` column per shape. A configuration that
     failed, broke a limit of ``constraints`` or exceeded the error tolerance (``max_error``,
-    else its dtype's) on any shape is left out. Only the goldilocks rows unless ``include_all``.
+    else its tolerance) on any shape is left out. Only the goldilocks rows unless
+    ``include_all``. ``memory``: the memory measure
+    (:data:`~sdpalab.explore.objectives.MEMORY_MEASURES`).
     """
     if not within >= 0:
         raise ValueError(f"within={within!r} must be a non-negative fraction (0.10 = 10 %)")
     constraints = check_constraints(constraints)
+    memory = check_memory(memory)
     results = list(results)
     groups = group_by_context(results)
     contexts = [context_of(g[0]) for g in groups.values()]
     fields = varying_fields(contexts)
     names = [context_label(c, fields) for c in contexts]
 
-    def accurate(res: Result) -> bool:
-        bound = constraints.max_error if constraints.max_error is not None else res.tolerance
+    def accurate(res: Result, tolerance: float | None) -> bool:
+        bound = constraints.max_error if constraints.max_error is not None else tolerance
         err = res.rel_fro_err
         return err is not None and (bound is None or err <= bound)
 
     per_config: dict[str, dict[str, Result]] = {}
     fronts = {}
     for (key, group), name in zip(groups.items(), names, strict=True):
-        good = [r for r in group if meets(r, constraints) and accurate(r)]
-        fronts[key] = pareto(good, objectives)
+        tols = error_tolerances(group)
+        good = [
+            r
+            for r, tol in zip(group, tols, strict=True)
+            if meets(r, constraints, memory) and accurate(r, tol)
+        ]
+        fronts[key] = pareto(good, objectives, memory=memory)
         for res in good:
             per_config.setdefault(config_key(res), {})[name] = res
 
@@ -96,7 +109,7 @@ def goldilocks_across_shapes(
         if len(cfg) < len(groups):
             continue
         gaps = {
-            name: gap(cfg[name], fronts[key], objectives)
+            name: gap(cfg[name], fronts[key], objectives, memory)
             for key, name in zip(groups, names, strict=True)
         }
         any_res = next(iter(cfg.values()))

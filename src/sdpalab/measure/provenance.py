@@ -1,4 +1,5 @@
-"""Provenance: what produced a measurement (software, hardware, code version, time, command).
+"""Provenance: what produced a measurement (software, hardware, code version, time, command),
+and the load other work put on the machine while it ran (:func:`machine_load`).
 
 Every field is gathered defensively: a field that cannot be read is ``None``, and
 ``provenance()`` never raises. Things that cannot change within a process are read once.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,3 +128,136 @@ def provenance(device: str = "cpu", argv: list[str] | None = None, seed: int | N
         "hostname": _safe(socket.gethostname),
         "platform": _safe(platform.platform),
     }
+
+
+BUSY_CPU_SHARE = 0.5
+"""Busy: other work keeps more than this share of the CPUs running (1-minute load average)."""
+BUSY_GPU_PCT = 20.0
+"""Busy: the GPU was this utilized (percent) before the run put any work on it."""
+
+
+def _gpu_sample(device: str) -> dict[str, float]:
+    """Utilization and SM clocks of ``device`` from ``nvidia-smi`` (one call, 2 s at most)."""
+    index = torch.device(device).index or 0
+    done = subprocess.run(
+        [
+            "nvidia-smi",
+            f"--id={index}",
+            "--query-gpu=utilization.gpu,clocks.sm,clocks.max.sm",
+            "--format=csv,noheader,nounits",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2,
+        check=True,
+    )
+    util, clock, max_clock = (float(x) for x in done.stdout.strip().splitlines()[0].split(","))
+    return {"gpu_util_pct": util, "sm_clock_mhz": clock, "max_sm_clock_mhz": max_clock}
+
+
+def _machine_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy since boot (``/proc/stat``; steal counts)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, f.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """CPU seconds process ``pid`` has used (``/proc/<pid>/stat`` utime + stime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherCpu:
+    """How many CPU cores processes other than ours kept busy lately: the machine's busy CPU
+    time less our processes', over the wall time since the previous reading (Linux ``/proc``;
+    ``None`` elsewhere). Exact over its interval, where the load average lags a minute."""
+
+    def __init__(self, min_interval_s: float = 1.0) -> None:
+        self.min_interval_s = min_interval_s
+        """Readings closer than this return the last figure (a short interval is mostly noise)."""
+        self._base: tuple[float, float, dict[int, float]] | None = None
+        self._cores: float | None = None
+
+    def cores(self, pids: list[int]) -> float | None:
+        """Cores others used since the previous reading (``None`` at the first, or off Linux).
+        ``pids``: our processes (this one is added); one that ended since the previous reading
+        is lost, and its last seconds count as others'."""
+        try:
+            now, machine = time.monotonic(), _machine_cpu_s()
+        except (OSError, ValueError):
+            return None
+        if self._base is not None and now - self._base[0] < max(self.min_interval_s, 1e-3):
+            return self._cores
+        ours = {pid: _process_cpu_s(pid) for pid in {os.getpid(), *pids}}
+        ours = {pid: cpu for pid, cpu in ours.items() if cpu is not None}
+        if self._base is not None:
+            then, machine_then, ours_then = self._base
+            used = sum(cpu - ours_then.get(pid, 0.0) for pid, cpu in ours.items())
+            self._cores = max(0.0, (machine - machine_then - used) / (now - then))
+        self._base = (now, machine, ours)
+        return self._cores
+
+
+def machine_load(
+    device: str = "cpu",
+    *,
+    own_threads: int = 0,
+    other_cores: float | None = None,
+    window_s: float = 0.0,
+    gpu: bool = True,
+) -> dict:
+    """How busy other work keeps this machine now; JSON-ready, never raises.
+
+    Keys: ``load_1m`` (the 1-minute load average), ``cpus``, ``own_threads`` (threads of this
+    run, counted out of the load), ``other_cores`` (cores other processes used lately, see
+    :class:`OtherCpu`: given, or measured over ``window_s`` seconds now), ``busy`` and, on a
+    CUDA ``device`` with ``gpu`` and ``nvidia-smi`` present, ``gpu_util_pct``,
+    ``sm_clock_mhz``, ``max_sm_clock_mhz``. ``busy`` is other work holding more than
+    :data:`BUSY_CPU_SHARE` of the CPUs (``other_cores`` when known, else the load average less
+    ``own_threads``), or the GPU more than :data:`BUSY_GPU_PCT` utilized; sample the GPU only before a run puts its own work there
+    (``gpu=False`` during it). ``None`` where a value cannot be read.
+    """
+    cpus = os.cpu_count() or 1
+    load = _safe(lambda: os.getloadavg()[0])
+    if other_cores is None and window_s > 0:
+        # the load average lags a minute: a run just finished would read as other work
+        meter = OtherCpu(min_interval_s=0.0)
+        meter.cores([])
+        time.sleep(window_s)
+        other_cores = meter.cores([])
+    others = other_cores
+    if others is None and load is not None:
+        others = load - own_threads
+    sample: dict = {
+        "load_1m": None if load is None else round(load, 2),
+        "cpus": cpus,
+        "own_threads": own_threads,
+        "busy": None if others is None else others > BUSY_CPU_SHARE * cpus,
+    }
+    if other_cores is not None:
+        sample["other_cores"] = round(other_cores, 2)
+    if gpu and _safe(lambda: torch.device(device).type == "cuda"):
+        found = _safe(lambda: _gpu_sample(device)) or {}
+        sample.update(found)
+        if found.get("gpu_util_pct", 0.0) > BUSY_GPU_PCT:
+            sample["busy"] = True
+    return sample
+
+
+def load_text(sample: dict) -> str:
+    """``load 3.1 on 2 CPUs, 1.8 cores used by others, GPU 45% in use``: a sample for people."""
+    parts = []
+    if sample.get("load_1m") is not None:
+        parts.append(f"load {sample['load_1m']:g} on {sample.get('cpus', '?')} CPUs")
+    if sample.get("other_cores") is not None:
+        parts.append(f"{sample['other_cores']:g} cores used by others")
+    if sample.get("gpu_util_pct") is not None:
+        parts.append(f"GPU {sample['gpu_util_pct']:g}% in use")
+    return ", ".join(parts) or "load unknown"

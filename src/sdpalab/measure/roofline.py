@@ -2,7 +2,9 @@
 
 A measured latency turns into achieved TFLOP/s and GB/s; dividing by the ceilings that
 ``measure_ceilings`` finds on this machine (a large matmul, a large copy) says how close a
-kernel comes to what the hardware does at its best. Ceilings are measured once and cached.
+kernel comes to what the hardware does at its best. Ceilings are measured once and cached with
+their date, the machine's load and the torch version; :func:`stale_reason` says when a cached
+pair should be measured again (old, measured busy, another torch or host).
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import torch
 
 from sdpalab.cache import cache_dir
-from sdpalab.measure.provenance import cpu_model
+from sdpalab.measure.provenance import cpu_model, load_text, machine_load
 from sdpalab.measure.timing import time_fn
 
 
@@ -73,6 +76,10 @@ class Ceilings:
     dtype: str
     measured_at: str
     """UTC time, ISO 8601."""
+    load: dict | None = None
+    """The machine's load just before (:func:`~sdpalab.measure.provenance.machine_load`)."""
+    torch: str | None = None
+    hostname: str | None = None
 
 
 def device_name(device: str) -> str:
@@ -94,6 +101,7 @@ def measure_ceilings(device: str, dtype: str | None = None) -> Ceilings:
     on_gpu = dev.type == "cuda"
     dtype = dtype or ("bfloat16" if on_gpu else "float32")
     torch_dtype = getattr(torch, dtype)
+    load = machine_load(device, window_s=0.3)  # before any of our work, not a minute's average
     n = 8192 if on_gpu else 2048
     a = torch.randn(n, n, device=dev).to(torch_dtype)
     b = torch.randn(n, n, device=dev).to(torch_dtype)
@@ -110,7 +118,42 @@ def measure_ceilings(device: str, dtype: str | None = None) -> Ceilings:
         copy_gbps=moved / (cp.latency_ms * 1e-3) / 1e9,
         dtype=dtype,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        load=load,
+        torch=torch.__version__,
+        hostname=platform.node() or socket.gethostname(),
     )
+
+
+STALE_AFTER = timedelta(days=7)
+
+
+def stale_reason(c: Ceilings, now: datetime | None = None) -> str | None:
+    """Why cached ceilings ``c`` should be measured again, or ``None`` while they hold: older
+    than :data:`STALE_AFTER`, measured on a busy machine or with no record of its load, or
+    with another torch version or on another host."""
+    now = now or datetime.now(timezone.utc)
+    try:
+        age = now - datetime.fromisoformat(c.measured_at)
+    except (TypeError, ValueError):
+        return "their date cannot be read"
+    if c.load is None:
+        return "no record of the machine's load when they were measured"
+    if c.load.get("busy"):
+        return f"measured on a busy machine ({load_text(c.load)})"
+    if age > STALE_AFTER:
+        return f"measured {age.days} days ago"
+    if c.torch != torch.__version__:
+        return f"measured with torch {c.torch}, this is {torch.__version__}"
+    if c.hostname != (platform.node() or socket.gethostname()):
+        return f"measured on host {c.hostname}"
+    return None
+
+
+def ceilings_text(c: Ceilings) -> str:
+    """``measured 2025-01-01T12:00:00+00:00 under load 0.3 on 16 CPUs (torch 2.13.0)``."""
+    load = load_text(c.load) if c.load else "an unknown load"
+    busy = ", busy" if c.load and c.load.get("busy") else ""
+    return f"measured {c.measured_at} under {load}{busy} (torch {c.torch or '?'})"
 
 
 def cache_path() -> Path:

@@ -4,8 +4,10 @@ Trials are matched by configuration: the variant and the workload (every ``v_*``
 field), not by ``trial_id``, which also hashes the measurement settings and so changes when
 only the repeat count does. For each match the ratios new / base of latency, peak memory and
 relative error, and a verdict: ``faster`` or ``slower`` when the latency difference exceeds
-the two runs' IQRs added together, ``same`` inside that noise. Trials that failed on either
-side, or exist on one side only, get a verdict saying so.
+the two runs' IQRs added together, ``same`` inside that noise, and ``busy`` (not comparable)
+when either side was measured on a busy machine (its provenance says ``busy``): a latency
+taken while other work held the CPUs or the GPU says nothing about the kernel. Trials that
+failed on either side, or exist on one side only, get a verdict saying so.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sdpalab.measure.result import Result
 from sdpalab.report.tables import SHAPE, row_label, shape_of, trial_rows
 from sdpalab.run.rundir import decode_json
 
-VERDICTS = ("faster", "slower", "same", "broken", "fixed", "failed", "added", "removed")
+VERDICTS = ("faster", "slower", "same", "busy", "broken", "fixed", "failed", "added", "removed")
 VERDICT_STYLE = {
     "faster": "bold green",
     "slower": "bold red",
     "same": "dim",
+    "busy": "yellow",
     "broken": "red",
     "fixed": "green",
     "failed": "dim red",
@@ -40,8 +44,9 @@ class Comparison:
     label: str
     shape: str
     verdict: str
-    """``faster``, ``slower``, ``same`` (inside the combined IQRs), ``broken`` (ok → failed),
-    ``fixed`` (failed → ok), ``failed`` (both failed), ``added`` (new only), ``removed``."""
+    """``faster``, ``slower``, ``same`` (inside the combined IQRs), ``busy`` (either side
+    measured on a busy machine: not comparable), ``broken`` (ok → failed), ``fixed`` (failed →
+    ok), ``failed`` (both failed), ``added`` (new only), ``removed``."""
     base_status: str | None = None
     new_status: str | None = None
     base_latency_ms: float | None = None
@@ -101,7 +106,19 @@ def _shape_text(row: dict[str, Any]) -> str:
     return f"{row.get('wl_phase', '')} {row.get('wl_dtype', '')} {dims}".strip()
 
 
-def _verdict(base: dict[str, Any], new: dict[str, Any]) -> tuple[str, float | None]:
+def _busy_keys(results) -> set[str]:
+    """Configurations measured on a busy machine: Results say so in their provenance (flat
+    rows, from a CSV, carry no provenance and count as not busy)."""
+    if not isinstance(results, list | tuple):
+        return set()
+    return {
+        config_key(r.to_row())
+        for r in results
+        if isinstance(r, Result) and (r.provenance or {}).get("busy")
+    }
+
+
+def _verdict(base: dict[str, Any], new: dict[str, Any], busy: bool) -> tuple[str, float | None]:
     base_ok, new_ok = base.get("status", "ok") == "ok", new.get("status", "ok") == "ok"
     if not base_ok or not new_ok:
         return ("broken" if base_ok else "fixed" if new_ok else "failed"), None
@@ -109,6 +126,8 @@ def _verdict(base: dict[str, Any], new: dict[str, Any]) -> tuple[str, float | No
     if b is None or n is None:
         return "same", None
     noise = float(base.get("latency_iqr_ms") or 0.0) + float(new.get("latency_iqr_ms") or 0.0)
+    if busy:
+        return "busy", noise
     if abs(n - b) <= noise:
         return "same", noise
     return ("slower" if n > b else "faster"), noise
@@ -124,6 +143,7 @@ def compare_runs(base_results, new_results) -> list[Comparison]:
     """
     base = {config_key(r): r for r in trial_rows(base_results)}
     new = {config_key(r): r for r in trial_rows(new_results)}
+    busy = _busy_keys(base_results) | _busy_keys(new_results)
     out = []
     for key, n in new.items():
         b = base.get(key)
@@ -140,7 +160,7 @@ def compare_runs(base_results, new_results) -> list[Comparison]:
                 )
             )
             continue
-        verdict, noise = _verdict(b, n)
+        verdict, noise = _verdict(b, n, key in busy)
         out.append(
             Comparison(
                 key=key,

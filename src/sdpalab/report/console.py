@@ -53,6 +53,23 @@ def _cell_text(cell) -> Text:
     return text
 
 
+def _column_chunks(console: Console, table) -> list[list[str]]:
+    """``table``'s shape columns in groups that fit the console beside the variant column
+    (folded past 40 characters): a wide table wraps into several, no cell is cut."""
+    first = min(max((len(r) for r in table.rows), default=7), 40) + 3 + 1
+    chunks: list[list[str]] = [[]]
+    room = console.width - first
+    for column in table.columns:
+        cells = [_cell_text(table.cells.get((row, column))) for row in table.rows]
+        longest = max([len(column), *(max(map(len, c.plain.split("\n"))) for c in cells)])
+        if chunks[-1] and longest + 3 > room:
+            chunks.append([])
+            room = console.width - first
+        chunks[-1].append(column)
+        room -= longest + 3
+    return chunks
+
+
 def render_results(console: Console, results, title: str | None = None) -> None:
     """Print results as Compare-style tables (rows: variants, columns: shapes; each cell the
     median latency in ms over the peak memory above the inputs), the fastest of each column in
@@ -63,16 +80,20 @@ def render_results(console: Console, results, title: str | None = None) -> None:
         console.print(Text(title, style="bold"))
     any_noisy = any_eager = False
     for table in tables:
-        rich_table = RichTable(title=table.title, title_style="bold", show_lines=False)
-        rich_table.add_column("variant", style="cyan", no_wrap=True)
-        for column in table.columns:
-            rich_table.add_column(column, justify="right")
         for row in table.rows:
             cells = [table.cells.get((row, column)) for column in table.columns]
             any_noisy |= any(c is not None and c.noisy and c.status == "ok" for c in cells)
             any_eager |= any(c is not None and c.eager and c.status == "ok" for c in cells)
-            rich_table.add_row(Text(row), *(_cell_text(c) for c in cells))
-        console.print(rich_table)
+        for part, columns in enumerate(_column_chunks(console, table)):
+            title = table.title + (f" (continued, {part + 1})" if part else "")
+            rich_table = RichTable(title=title, title_style="bold", show_lines=False)
+            rich_table.add_column("variant", style="cyan", overflow="fold", max_width=40)
+            for column in columns:
+                rich_table.add_column(column, justify="right", no_wrap=True)
+            for row in table.rows:
+                cells = [table.cells.get((row, column)) for column in columns]
+                rich_table.add_row(Text(row), *(_cell_text(c) for c in cells))
+            console.print(rich_table)
     if tables:
         legend = "latency ms (median) over peak memory above inputs; fastest per column in bold"
         if any_noisy:
@@ -319,11 +340,12 @@ def _agreement_cell(bench: Any, run: Any) -> str:
 
 
 def render_model_bench(console: Console, bench: Any) -> None:
-    """``sdpalab model``: one row per run of a :class:`~sdpalab.run.model_trial.ModelBench`, as
-    wide as the table needs so that no name is cut."""
-    agreement = "token / step match" if bench.kind == "decoder" else "embedding cos"
-    columns = ["run", "attention", "cache", "status", "prefill ms", "decode ms/tok", "tok/s"]
-    columns += ["peak MiB", "KV MiB", agreement]
+    """``sdpalab model``: one row per run of a :class:`~sdpalab.run.model_trial.ModelBench`;
+    names that do not fit the terminal fold, none is cut."""
+    # two-line headers keep the number columns narrow, so a 100-column terminal has room
+    agreement = "token / step\nmatch" if bench.kind == "decoder" else "embedding\ncos"
+    columns = ["run", "attention", "cache", "status", "prefill\nms", "decode\nms/tok", "tok/s"]
+    columns += ["peak\nMiB", "KV\nMiB", agreement]
     rows = []
     for run in bench.runs:
         mib = [None if b is None else b / 2**20 for b in (run.peak_mem_bytes, run.kv_cache_bytes)]
@@ -334,11 +356,58 @@ def render_model_bench(console: Console, bench: Any) -> None:
         ]
         rows.append([run.label, run.attn_implementation, run.cache, status, *cells])
         rows[-1].append(_agreement_cell(bench, run))
-    shown = RichTable(
-        *columns, title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})"
-    )
+    shown = RichTable(title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})")
+    for i, name in enumerate(columns):  # fit the terminal: names fold, numbers never do
+        if 4 <= i < len(columns) - 1:
+            shown.add_column(name, justify="right", no_wrap=True)
+        else:
+            shown.add_column(name, overflow="fold")
     for row in rows:
         shown.add_row(*row)
+    console.print(shown)
+
+
+def _signed(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, "+" + fmt)
+
+
+def render_quality(console: Console, report: Any) -> None:
+    """``sdpalab quality``: one row per run of a :class:`~sdpalab.run.quality.QualityReport`,
+    the reference first; perplexity changes with their paired 95 % interval."""
+    columns = ["run", "cache", "status", "ppl", "Δppl [95% CI]", "Δppl %", "KL mean", "KL max"]
+    columns += ["top-1", "KV cache", "vs ref", "eval s"]
+    ref_bytes = report.reference.kv_cache_bytes
+    shown = RichTable(
+        *columns,
+        title=(
+            f"{report.model} on {report.text}: {report.windows} windows x ({report.context} "
+            f"context + {report.eval_tokens} scored), chunk {report.chunk}, {report.device} "
+            f"{report.dtype}"
+        ),
+    )
+    for run in report.runs:
+        status = run.status if run.status == "ok" else f"{run.status}: {run.reason}"
+        cells = [run.label, run.cache, status]
+        if run.status == "ok":
+            ci = f"{_signed(run.ppl_delta, '.3f')} [{_signed(run.ppl_delta_lo, '.3f')}, "
+            ci += f"{_signed(run.ppl_delta_hi, '.3f')}]"
+            ratio = None
+            if run is not report.reference and ref_bytes and run.kv_cache_bytes:
+                ratio = ref_bytes / run.kv_cache_bytes
+            cells += [
+                _num(run.perplexity, ".3f"),
+                ci,
+                _signed(run.ppl_delta_pct, ".2f"),
+                _num(run.kl_mean_nats, ".5f"),
+                _num(run.kl_max_nats, ".4f"),
+                _num(run.top1_agreement, ".4f"),
+                format_bytes(run.kv_cache_bytes),
+                "-" if ratio is None else f"{ratio:.2f}x smaller",
+                _num(run.eval_s, ".1f"),
+            ]
+        else:
+            cells += ["-"] * (len(columns) - 3)
+        shown.add_row(*map(Text, cells))
     # print(width=) cannot exceed the console's: measure the table on a wide one first
     wide = Console(width=10_000)
     needed = Measurement.get(wide, wide.options, shown).maximum

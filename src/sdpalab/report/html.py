@@ -25,7 +25,7 @@ from sdpalab.report.sections import (
     trials_html,
 )
 from sdpalab.report.tables import counts_line, status_counts
-from sdpalab.run.rundir import export, load_results, read_run_info
+from sdpalab.run.rundir import export, load_results, read_run_info, run_constraints
 
 __all__ = ["escape", "figure_html", "html_table", "make_report", "write_report"]
 
@@ -93,6 +93,8 @@ def write_report(
     recommendation=None,
     sensitivity=None,
     export_files: bool = True,
+    memory: str = "auto",
+    constraints=None,
 ) -> Path:
     """Write ``run_dir/report.html`` (and the plots under ``run_dir/plots``); return its path.
 
@@ -101,7 +103,9 @@ def write_report(
     :func:`html_table`). ``results``: the run's Results (loaded from the directory when None).
     ``comparisons``: from :func:`sdpalab.report.compare.compare_runs`, shown as a section
     against ``compare_name``. ``front``, ``recommendation``, ``sensitivity``: passed to the
-    plots. ``export_files``: also write ``results.parquet`` when pyarrow is installed.
+    plots; without ``front`` each shape's front is the one ``sdpalab pareto`` prints, under
+    ``constraints`` (default: the run's) and the ``memory`` measure. ``export_files``: also
+    write ``results.parquet`` when pyarrow is installed.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -117,6 +121,8 @@ def write_report(
 
     from sdpalab.report.plots import render_plots
 
+    if constraints is None:
+        constraints = run_constraints(run_dir)
     ceilings = info.get("ceilings") if isinstance(info.get("ceilings"), dict) else None
     _remove_old_plots(run_dir / "plots")
     pngs = render_plots(
@@ -126,6 +132,8 @@ def write_report(
         recommendation=recommendation,
         ceilings=ceilings,
         sensitivity=sensitivity,
+        memory=memory,
+        constraints=constraints,
     )
 
     sections: list[tuple[str, str, str]] = [

@@ -5,8 +5,8 @@
 - ``decode_bandwidth*.png``: decode GB/s against context, the machine's measured copy
   bandwidth drawn as the ceiling.
 - ``kv_cache_bytes.png``: KV cache bytes per context token (values + scales) per quantization.
-- ``pareto*.png``: latency against peak memory, coloured by error, the front joined, the
-  recommendation starred.
+- ``pareto*.png``: latency against memory (the measure the user picks), coloured by error, per
+  shape: the front (the one ``sdpalab pareto`` prints) joined, the recommendation starred.
 - ``sensitivity.png``: importance of each axis per objective, with confidence intervals.
 - ``mask_<mod>.png``: what a mod's mask allows (or, for a bias, its values), like
   attention-gym's visualizations.
@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from sdpalab.explore.objectives import context_key
 from sdpalab.report.figure import colors, log2_tokens, ok_rows, plt, save, slug
 from sdpalab.report.mask_plot import mask_density, plot_mask
-from sdpalab.report.search_plots import pareto_front, plot_pareto, plot_sensitivity
+from sdpalab.report.search_plots import front_ids, plot_pareto, plot_sensitivity, trial_ids
 from sdpalab.report.tables import SHAPE, row_label, trial_rows
-from sdpalab.run.rundir import decode_json
+from sdpalab.run.rundir import decode_json, from_row
 from sdpalab.units import format_bytes
 
 __all__ = [
     "fitted_slope",
+    "front_ids",
     "mask_density",
-    "pareto_front",
     "plot_decode_bandwidth",
     "plot_kv_bytes",
     "plot_mask",
@@ -254,14 +255,17 @@ def render_plots(
     recommendation=None,
     ceilings: dict | None = None,
     sensitivity=None,
+    memory: str = "auto",
+    constraints=None,
 ) -> list[Path]:
     """Render every plot that applies to these results into ``out_dir`` (the PNGs go directly
     there; a run's report uses ``DIR/plots``). Returns the paths written, in a stable order.
 
     ``results_or_df``: list of Result or the flat DataFrame. ``front`` / ``recommendation``:
-    the search's Pareto front and pick (see :func:`plot_pareto`). ``ceilings``: the machine's
-    measured ceilings (``copy_gbps``) for the decode plot. ``sensitivity``: a table for
-    :func:`plot_sensitivity`.
+    the search's Pareto front and pick (see :func:`plot_pareto`); without ``front``, each
+    shape's front is :func:`front_ids`' (``sdpalab pareto``'s, under ``constraints`` and the
+    ``memory`` measure). ``ceilings``: the machine's measured ceilings (``copy_gbps``) for the
+    decode plot. ``sensitivity``: a table for :func:`plot_sensitivity`.
     """
     out = Path(out_dir)
     rows = trial_rows(results_or_df)
@@ -291,28 +295,40 @@ def render_plots(
 
     written.append(plot_kv_bytes(ok, out / "kv_cache_bytes.png"))
 
+    # one plot per shape (what competes), the front computed once for all of them
+    ids = (
+        trial_ids(front)
+        if front is not None
+        else front_ids(ok, memory=memory, constraints=constraints)
+    )
+    by_shape: dict[str, list[dict]] = {}
+    for r in ok:
+        by_shape.setdefault(context_key(from_row(r)), []).append(r)
     if front is not None or recommendation is not None:
-        written.append(
-            plot_pareto(ok, out / "pareto.png", front=front, recommendation=recommendation)
-        )
+        marked = ids | trial_ids(recommendation)
+        shapes = [m for m in by_shape.values() if any(str(r["trial_id"]) in marked for r in m)]
     else:
-        fields = (*(f"wl_{name}" for name, _ in SHAPE), "wl_phase", "wl_dtype", "wl_device")
-        by_workload = _group(ok, fields)
-        candidates = [(k, v) for k, v in by_workload.items() if len({row_label(r) for r in v}) >= 3]
-        candidates.sort(key=lambda kv: (-len(kv[1]), -(kv[1][0].get("wl_seq_kv") or 0)))
-        for _, members in candidates[:MAX_PARETO_PLOTS]:
-            r = members[0]
-            desc = (
-                f"{r.get('wl_phase')} {r.get('wl_dtype')} B={r.get('wl_batch')} "
-                f"Hq={r.get('wl_heads_q')} Hkv={r.get('wl_heads_kv')} "
-                f"S={r.get('wl_seq_kv')} D={r.get('wl_head_dim')}"
+        shapes = [m for m in by_shape.values() if len({row_label(r) for r in m}) >= 3]
+        shapes.sort(key=lambda m: (-len(m), -(m[0].get("wl_seq_kv") or 0)))
+        shapes = shapes[:MAX_PARETO_PLOTS]
+    for members in shapes:
+        r = members[0]
+        desc = (
+            f"{r.get('wl_phase')} B={r.get('wl_batch')} "
+            f"Hq={r.get('wl_heads_q')} Hkv={r.get('wl_heads_kv')} "
+            f"S={r.get('wl_seq_kv')} D={r.get('wl_head_dim')}"
+        )
+        suffix = "" if len(shapes) == 1 else "_" + slug(desc.replace(" ", "_"))
+        written.append(
+            plot_pareto(
+                members,
+                out / f"pareto{suffix}.png",
+                front=sorted(ids),
+                recommendation=recommendation,
+                title=f"latency against memory · {desc}",
+                memory=memory,
             )
-            suffix = "" if len(candidates) == 1 else "_" + slug(desc.replace(" ", "_"))
-            written.append(
-                plot_pareto(
-                    members, out / f"pareto{suffix}.png", title=f"latency against memory · {desc}"
-                )
-            )
+        )
 
     if sensitivity is not None:
         written.append(plot_sensitivity(sensitivity, out / "sensitivity.png"))

@@ -1,8 +1,9 @@
-"""Live progress for a sweep: done / total, failures by kind, elapsed and ETA.
+"""Live progress: a sweep's done / total, failures by kind, elapsed and ETA
+(:func:`progress_callback`), or the steps of one long run (:func:`step_progress`).
 
 On a terminal this is a rich progress bar; elsewhere (CI logs, pipes) a plain line every
-``LOG_EVERY_S`` seconds. Either way one summary line is printed at the end. Light on purpose:
-this module imports only rich.
+``LOG_EVERY_S`` seconds. A sweep prints one summary line at the end. Light on purpose: this
+module imports only rich.
 """
 
 from __future__ import annotations
@@ -92,3 +93,42 @@ def progress_callback(
             highlight=False,
             soft_wrap=True,
         )
+
+
+@contextmanager
+def step_progress(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
+    """Yield ``update(done, total)`` for a long run of steps: a rich bar with its ETA on a
+    terminal, else a plain ``label: done/total, elapsed, ETA`` line every ``LOG_EVERY_S``."""
+    started = time.monotonic()
+    live = console.is_terminal
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not live,
+    )
+    task = progress.add_task(label, total=None)
+    last_log = started
+
+    def update(done: int, total: int) -> None:
+        nonlocal last_log
+        progress.update(task, completed=done, total=total)
+        now = time.monotonic()
+        if not live and now - last_log >= LOG_EVERY_S:
+            last_log = now
+            elapsed = now - started
+            eta = elapsed * (total - done) / done if done else float("nan")
+            console.print(
+                f"{label}: {done}/{total}, {elapsed:.0f} s, ETA {eta:.0f} s",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    with progress:
+        yield update

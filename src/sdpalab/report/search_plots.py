@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import LogNorm
 
+from sdpalab.explore.objectives import MEMORY_MEASURES, memory_measure, memory_of
+from sdpalab.explore.pareto import pareto
 from sdpalab.report.figure import bytes_ticks, colors, ok_rows, plt, save
 from sdpalab.report.tables import row_label
-from sdpalab.run.rundir import frame, records
+from sdpalab.run.rundir import frame, from_row, records
 from sdpalab.units import format_bytes
 
 
@@ -38,51 +40,45 @@ def trial_ids(items: Any) -> set[str]:
     return out
 
 
-def pareto_front(rows: list[dict], objectives=("latency_ms", "peak_mem_bytes")) -> list[dict]:
-    """Rows no other row beats on every objective (all minimized), sorted by the first."""
-    pts = [r for r in rows if all(r.get(o) is not None for o in objectives)]
-    front = [
-        r
-        for r in pts
-        if not any(
-            all(o[k] <= r[k] for k in objectives) and any(o[k] < r[k] for k in objectives)
-            for o in pts
-        )
-    ]
-    return sorted(front, key=lambda r: tuple(r[o] for o in objectives))
-
-
-def memory_column(rows: list[dict]) -> str:
-    """The memory objective, as ``explore.pareto`` takes it: the total peak
-    (``peak_mem_total_bytes``: inputs and KV cache included, so a smaller cache counts) when
-    every row has it, else the peak above the inputs (``peak_mem_bytes``)."""
-    if rows and all(r.get("peak_mem_total_bytes") is not None for r in rows):
-        return "peak_mem_total_bytes"
-    return "peak_mem_bytes"
+def front_ids(rows: list[dict], *, memory: str = "auto", constraints=None) -> set[str]:
+    """Trial ids of the Pareto front of ``rows`` (flat result rows), per shape: the front
+    ``sdpalab pareto`` prints (:func:`sdpalab.explore.pareto.pareto`), never one of its own."""
+    results = [from_row(r) for r in rows]
+    return {r.trial_id for r in pareto(results, memory=memory, constraints=constraints)}
 
 
 def plot_pareto(
-    rows: list[dict], path: Path, front=None, recommendation=None, title: str = ""
+    rows: list[dict],
+    path: Path,
+    front=None,
+    recommendation=None,
+    title: str = "",
+    *,
+    memory: str = "auto",
+    constraints=None,
 ) -> Path | None:
-    """Latency against peak memory for every ok trial, coloured by relative error (log), the
-    Pareto front joined as a staircase, the recommendation starred. ``front``: Results, dicts,
-    trial ids or a DataFrame (computed here from latency and memory when not given);
-    ``recommendation``: a Result, dict, trial id or ``explore.pareto.Recommendation``."""
+    """Latency against memory (the ``memory`` measure) for every ok trial, coloured by relative
+    error (log), the Pareto front joined as a staircase, the recommendation starred. ``front``:
+    Results, dicts, trial ids or a DataFrame; when not given, the front of ``rows`` within
+    ``constraints`` as :func:`front_ids` computes it. ``recommendation``: a Result, dict, trial
+    id or ``explore.recommend.Recommendation``."""
     rows = [r for r in ok_rows(rows) if r.get("latency_ms") is not None]
-    mem = memory_column(rows)
-    rows = [r for r in rows if r.get(mem) is not None]
+    memory_values = {id(r): memory_of(from_row(r), memory) for r in rows}
+    rows = [r for r in rows if memory_values[id(r)] is not None]
     if len(rows) < 2:
         return None
-    front_ids = trial_ids(front)
-    if front_ids:
-        front_rows = [r for r in rows if str(r.get("trial_id")) in front_ids]
-    else:
-        front_rows = pareto_front(rows, ("latency_ms", mem))
-    front_rows.sort(key=lambda r: (r["latency_ms"], r[mem]))
+    ids = (
+        trial_ids(front)
+        if front is not None
+        else front_ids(rows, memory=memory, constraints=constraints)
+    )
+    mem = {id(r): memory_values[id(r)] for r in rows}
+    front_rows = [r for r in rows if str(r.get("trial_id")) in ids]
+    front_rows.sort(key=lambda r: (r["latency_ms"], mem[id(r)]))
     rec_ids = trial_ids(recommendation)
     fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
     xs = np.array([r["latency_ms"] for r in rows], dtype=float)
-    ys = np.array([r[mem] for r in rows], dtype=float)
+    ys = np.array([mem[id(r)] for r in rows], dtype=float)
     errs = np.array([r.get("rel_fro_err") or np.nan for r in rows], dtype=float)
     positive = errs[np.isfinite(errs) & (errs > 0)]
     if positive.size:
@@ -103,7 +99,7 @@ def plot_pareto(
     else:
         ax.scatter(xs, ys, color="tab:blue", s=36, zorder=3)
     if front_rows:
-        fx, fy = [r["latency_ms"] for r in front_rows], [r[mem] for r in front_rows]
+        fx, fy = [r["latency_ms"] for r in front_rows], [mem[id(r)] for r in front_rows]
         ax.step(fx, fy, where="post", color="tab:red", lw=1.2, zorder=2)
         ax.scatter(
             fx,
@@ -118,7 +114,7 @@ def plot_pareto(
         for r in front_rows[:12]:
             ax.annotate(
                 row_label(r),
-                (r["latency_ms"], r[mem]),
+                (r["latency_ms"], mem[id(r)]),
                 fontsize=6,
                 xytext=(4, 4),
                 textcoords="offset points",
@@ -127,7 +123,7 @@ def plot_pareto(
         if str(r.get("trial_id")) in rec_ids:
             ax.scatter(
                 [r["latency_ms"]],
-                [r[mem]],
+                [mem[id(r)]],
                 marker="*",
                 s=320,
                 facecolors="gold",
@@ -143,9 +139,8 @@ def plot_pareto(
         bytes_ticks(ax.yaxis, ys.min(), ys.max())
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: format_bytes(v)))
     ax.set_xlabel("latency (ms, median)")
-    ax.set_ylabel(
-        "peak memory, total" if mem == "peak_mem_total_bytes" else "peak memory above inputs"
-    )
+    measures = sorted({memory_measure(from_row(r), memory) for r in rows})
+    ax.set_ylabel("memory: " + ", ".join(MEMORY_MEASURES[m] for m in measures))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title(title or "latency against memory (lower left is better)")

@@ -7,6 +7,8 @@ with markup off and escaped in HTML.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sdpalab.report.markup import escape, html_table
-from sdpalab.report.tables import EAGER_MARK, EAGER_NOTE, eager_among_graphs, format_ms
+from sdpalab.report.tables import EAGER_MARK, EAGER_NOTE, SHAPE, eager_among_graphs, format_ms
 from sdpalab.units import format_bytes
 
 if TYPE_CHECKING:
@@ -48,34 +50,87 @@ def _latency_cells(rows: list[dict]) -> tuple[list[str], bool]:
     return cells, bool(eager)
 
 
+FRONT_COLUMNS = ("configuration", "ms", "± IQR", "memory", "KV cache", "rel err", "pick")
+"""The front's columns, in the console and in the HTML report alike (short, so that a front fits
+a 100-column terminal; the title says which memory measure the ``memory`` column holds)."""
+OVER_TOLERANCE = "over tol."
+"""The pick of a front member whose error is above its tolerance: not recommended."""
+
+
+def front_cells(row: dict, latency: str) -> list[str]:
+    """One front row as the strings of :data:`FRONT_COLUMNS`."""
+    return [
+        row["configuration"],
+        latency,
+        format_ms(row["latency_iqr_ms"]),
+        format_bytes(row["memory_bytes"]),
+        format_bytes(row["kv_cache_bytes"]),
+        "-" if row["rel_fro_err"] is None else f"{row['rel_fro_err']:.2g}",
+        row["pick"],
+    ]
+
+
+def _memory_measures(rows: list[dict]) -> str:
+    return "/".join(sorted({r["memory_measure"] for r in rows})) or "-"
+
+
+def _tolerance_note(rows: list[dict]) -> str:
+    """What ``over tol.`` means, with the tolerances of the rows it marks."""
+    marked = [r["tolerance"] for r in rows if r["pick"] == OVER_TOLERANCE]
+    tols = sorted({f"{t:.2g}" for t in marked if t is not None and t == t})
+    if not tols:
+        return ""
+    return (
+        f"{OVER_TOLERANCE}: error above the tolerance ({', '.join(tols)}); never recommended "
+        "unless --max-error allows it"
+    )
+
+
 def _front_table(rows: list[dict], latencies: list[str], title: str) -> Table:
+    # fits a terminal of 80 columns and more: the configuration folds, sizes wrap at their
+    # space ("10.9" over "MiB"), the other numbers never break
     table = Table(title=title, title_justify="left", title_style="bold")
-    for name in ("configuration", "latency ms", "± IQR", "memory", "rel error", "pick"):
-        table.add_column(name, justify="left" if name in ("configuration", "pick") else "right")
+    for name in FRONT_COLUMNS:
+        if name == "configuration":
+            table.add_column(name, overflow="fold", min_width=12)
+        elif name == "pick":
+            table.add_column(name, overflow="fold", max_width=10)
+        elif name in ("memory", "KV cache"):
+            table.add_column(name, justify="right")
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
     for row, latency in zip(rows, latencies, strict=True):
         style = "bold green" if row["pick"] == "best" else ""
-        table.add_row(
-            Text(row["configuration"], style=style),
-            latency,
-            format_ms(row["latency_iqr_ms"]),
-            format_bytes(row["memory_bytes"]),
-            "-" if row["rel_fro_err"] is None else f"{row['rel_fro_err']:.2g}",
-            Text(row["pick"], style=style),
-        )
+        cells = front_cells(row, latency)
+        table.add_row(Text(cells[0], style=style), *cells[1:-1], Text(cells[-1], style=style))
     return table
 
 
 def render_front(console: Console, summary) -> None:
-    """Each shape's front (the pick in bold) and its recommendation as a pasteable Variant."""
-    rows = summary.rows()
-    console.print(Text(f"limits: {limits_text(summary.constraints)}; priority: {summary.priority}"))
+    """Each shape's front (the pick in bold), its recommendation as a pasteable Variant, and
+    every other result with why it is off the front."""
+    rows, excluded = summary.rows(), summary.excluded_rows()
+    console.print(
+        Text(
+            f"limits: {limits_text(summary.constraints)}; priority: {summary.priority}; "
+            f"memory: {summary.memory_label()}"
+        )
+    )
     for shape in summary.shapes:
         mine = [r for r in rows if r["shape"] == shape]
-        title = f"Pareto front · {shape} ({len(mine)} points; memory = total peak)"
+        points = f"{len(mine)} point" + ("s" if len(mine) != 1 else "")
+        title = f"Pareto front · {shape} ({points}; memory = {_memory_measures(mine)})"
         latencies, any_eager = _latency_cells(mine)
         console.print(_front_table(mine, latencies, title))
         if any_eager:
             console.print(Text(EAGER_NOTE, style="dim"))
+        if _tolerance_note(mine):
+            console.print(Text(_tolerance_note(mine), style="dim"))
+        off = [r for r in excluded if r["shape"] == shape]
+        if off:
+            console.print(Text(f"not on the front ({len(off)}):", style="dim"))
+            for r in off:
+                console.print(Text(f"  {r['configuration']}: {r['reason']}", style="dim"))
         rec = summary.recommendations.get(shape)
         if rec is None:
             console.print(
@@ -87,8 +142,19 @@ def render_front(console: Console, summary) -> None:
         console.print(Text(rec.variant_yaml()))
 
 
+def short_shape(label: str) -> str:
+    """``batch=4, seq_kv=8192`` → ``B=4 S=8192``: the summary tables' names for shapes."""
+    short = dict(SHAPE)
+    out = []
+    for part in label.split(", "):
+        key, sep, value = part.partition("=")
+        out.append(f"{short.get(key, key)}={value}" if sep else part)
+    return " ".join(out)
+
+
 def render_goldilocks(console: Console, table, within: float, top: int = 10) -> None:
-    """Configurations measured on every shape, by their worst gap to a shape's front."""
+    """Configurations measured on every shape, by their worst gap to a shape's front. The
+    per-shape gaps that do not fit the console are left out (``--json`` has them all)."""
     if table.empty:
         console.print(Text("no configuration ran within the limits on every shape", style="yellow"))
         return
@@ -98,16 +164,37 @@ def render_goldilocks(console: Console, table, within: float, top: int = 10) -> 
     )
     block = Table(title=title, title_justify="left", title_style="bold")
     gaps = [c for c in table.columns if c.startswith("gap[")]
-    for name in ("configuration", "worst gap", *(g[4:-1] for g in gaps)):
-        block.add_column(name, justify="left" if name == "configuration" else "right")
+    heads = [short_shape(g[4:-1]) for g in gaps]
+    # every column at its natural width (a cell and its padding and border), the gaps that
+    # fit after the configuration (folded past 40 characters, never cut) and the worst gap
+    labels = [len(label) for label in table.head(top)["label"]]
+    room = console.width - 1 - (min(max(labels), 40) + 3) - (len("worst gap") + 3)
+    shown = []
+    for gap, head in zip(gaps, heads, strict=True):
+        need = max(len(head), 5) + 3
+        if need > room:
+            break
+        shown.append((gap, head))
+        room -= need
+    block.add_column("configuration", overflow="fold", max_width=40)
+    block.add_column("worst gap", justify="right", no_wrap=True)
+    for _, head in shown:
+        block.add_column(head, justify="right")
     for row in table.head(top).to_dict("records"):
         style = "bold green" if row["goldilocks"] else ""
         block.add_row(
             Text(row["label"], style=style),
             f"{row['worst_gap']:.0%}",
-            *(f"{row[g]:.0%}" for g in gaps),
+            *(f"{row[g]:.0%}" for g, _ in shown),
         )
     console.print(block)
+    if len(shown) < len(gaps):
+        console.print(
+            Text(
+                f"gaps on {len(gaps) - len(shown)} more shapes left out to fit; --json has them",
+                style="dim",
+            )
+        )
     picks = table[table["goldilocks"].astype(bool)]
     if picks.empty:
         console.print(
@@ -180,40 +267,83 @@ def _common_clauses(notes: list[str]) -> str:
     return "; ".join(common)
 
 
+# --------------------------------------------------------------------------- JSON
+
+
+def search_stats(found) -> dict:
+    """What a search measured, reused and inferred, and where it lives (for ``--json``)."""
+    return {
+        "out": str(found.out),
+        "storage": str(found.storage),
+        "measured": found.measured,
+        "reused": found.reused,
+        "inferred": found.inferred,
+        "invalid": found.invalid,
+        "exhausted": found.exhausted,
+        "results": len(found.results),
+    }
+
+
+def goldilocks_rows(table) -> list[dict]:
+    """The across-shapes table as JSON-ready rows."""
+    return [{str(k): v for k, v in row.items()} for row in table.to_dict("records")]
+
+
+def json_document(doc) -> str:
+    """``doc`` as one JSON document: NaN and infinities become null (JSON has neither),
+    numpy scalars plain numbers."""
+    return json.dumps(_plain(doc), indent=2, allow_nan=False)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
 # --------------------------------------------------------------------------- HTML
 
 
 def front_section(summary) -> tuple[str, str]:
-    """``("Pareto front and recommendation", html)`` for :func:`write_report`."""
+    """``("Pareto front and recommendation", html)`` for :func:`write_report`: the same rows,
+    picks and exclusions as ``sdpalab pareto`` prints."""
     parts = [
         f"<p>limits: {escape(limits_text(summary.constraints))}; priority: "
-        f"{escape(summary.priority)}; memory is the total peak (inputs, KV cache and the "
-        "call's own).</p>"
+        f"{escape(summary.priority)}; memory: {escape(summary.memory_label())}.</p>"
     ]
-    rows = summary.rows()
+    rows, excluded = summary.rows(), summary.excluded_rows()
     for shape in summary.shapes:
         mine = [r for r in rows if r["shape"] == shape]
         latencies, any_eager = _latency_cells(mine)
         parts.append(
             html_table(
-                ["configuration", "latency ms", "± IQR", "memory", "rel error", "pick"],
-                [
-                    [
-                        r["configuration"],
-                        latency,
-                        format_ms(r["latency_iqr_ms"]),
-                        format_bytes(r["memory_bytes"]),
-                        "-" if r["rel_fro_err"] is None else f"{r['rel_fro_err']:.2g}",
-                        r["pick"],
-                    ]
-                    for r, latency in zip(mine, latencies, strict=True)
-                ],
-                caption=f"Pareto front · {shape}",
-                numeric=(1, 2, 3, 4),
+                FRONT_COLUMNS,
+                [front_cells(r, latency) for r, latency in zip(mine, latencies, strict=True)],
+                caption=f"Pareto front · {shape} (memory = {_memory_measures(mine)})",
+                numeric=(1, 2, 3, 4, 5),
             )
         )
         if any_eager:
             parts.append(f'<p class="note">{escape(EAGER_NOTE)}</p>')
+        if _tolerance_note(mine):
+            parts.append(f'<p class="note">{escape(_tolerance_note(mine))}</p>')
+        off = [r for r in excluded if r["shape"] == shape]
+        if off:
+            parts.append(
+                f"<details><summary>not on the front ({len(off)})</summary>"
+                + html_table(
+                    ["configuration", "why"], [[r["configuration"], r["reason"]] for r in off]
+                )
+                + "</details>"
+            )
         rec = summary.recommendations.get(shape)
         if rec is None:
             parts.append(f"<p>no recommendation: {escape(summary.unavailable.get(shape))}</p>")
@@ -258,4 +388,6 @@ def write_search_report(run_dir: str | Path, results, *, summary=None, sensitivi
         front=summary.front if summary is not None else None,
         recommendation=recs[0] if len(recs) == 1 else None,
         sensitivity=sensitivity,
+        memory=summary.memory if summary is not None else "auto",
+        constraints=summary.constraints if summary is not None else None,
     )

@@ -1,7 +1,7 @@
 """Summary tables grouped the way ``torch.utils.benchmark.Compare`` groups them.
 
-One table per (phase, dtype, device, and whatever other shape stays fixed); rows are variants
-(their labels), columns are the shapes that vary (``B=1 S=1024``). Each cell holds the latency,
+One table per (phase, dtype, device, trace file, and whatever other shape stays fixed); rows are
+variants (their labels), columns are the shapes that vary (``B=1 S=1024``, a trace's ``L=5``). Each cell holds the latency,
 the peak memory above the inputs and the status. The console and the HTML report both render
 these :class:`Table` objects, so they always show the same numbers.
 """
@@ -22,8 +22,10 @@ SHAPE = (
     ("seq_kv", "S"),
     ("seq_q", "Sq"),
     ("head_dim", "D"),
+    ("layer", "L"),  # a trace's layers share their shapes
 )
-GROUP = ("phase", "dtype", "device")
+GROUP = ("phase", "dtype", "device", "trace")
+"""One table per value of these; ``trace`` (the file) sets real tensors apart from Gaussian."""
 
 
 @dataclass

@@ -6,7 +6,9 @@ and ``error`` come from ``measure()`` in the worker; ``timeout`` is a trial that
 within ``settings.timeout_s`` (its worker is killed and replaced); ``crash`` is a worker that
 died during a trial (the signal or exit code and the tail of its stderr go in the reason).
 Each Result is written to the store the moment it arrives, so a run killed at any point loses
-at most the trials in flight, and ``resume=True`` runs only the trials without a row.
+at most the trials in flight, and ``resume=True`` runs only the trials without a row. Each
+also gets the machine's load as it arrived in its provenance (``load``, and ``busy`` when other
+work held the CPUs, or the GPU before the run began): a busy machine's latencies say little.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sdpalab.measure.provenance import BUSY_GPU_PCT, OtherCpu, machine_load
 from sdpalab.measure.result import Result
 from sdpalab.run.rundir import ResultStore
 from sdpalab.spec import Trial
@@ -138,6 +141,20 @@ def worker_env(workers: int) -> dict[str, str]:
     return env
 
 
+def worker_threads(env: dict[str, str]) -> int:
+    """Torch threads each worker runs (what it adds to the machine's load)."""
+    import torch
+
+    return int(env.get("SDPALAB_WORKER_THREADS") or torch.get_num_threads())
+
+
+def stamp_load(result: Result, sample: dict, *, gpu_busy: bool = False) -> None:
+    """Put a load sample (:func:`~sdpalab.measure.provenance.machine_load`) and the ``busy``
+    flag into ``result``'s provenance (a copy: results of one process share theirs)."""
+    busy = bool(sample.get("busy")) or gpu_busy
+    result.provenance = {**result.provenance, "load": sample, "busy": busy}
+
+
 def run_trials(
     trials: Sequence[Trial],
     out_dir: str | Path,
@@ -145,12 +162,14 @@ def run_trials(
     workers: int = 1,
     resume: bool = False,
     on_result: OnResult | None = None,
+    load_at_start: dict | None = None,
 ) -> list[Result]:
     """Run ``trials`` in ``workers`` worker processes, storing each Result in
     ``out_dir/results.sqlite`` as it arrives. Returns one Result per distinct trial, in order.
 
     With ``resume``, trials that already have a final row are not run again (their stored
-    Result is returned). Unsupported combinations are stored without running.
+    Result is returned). Unsupported combinations are stored without running. Measured
+    Results carry the load as they arrived (see :class:`WorkerPool`).
     """
     if workers < 1:
         raise ValueError(f"workers={workers!r} must be at least 1")
@@ -182,7 +201,8 @@ def run_trials(
             else:
                 pending.append(trial)
         if pending:
-            WorkerPool(out_dir / "logs", min(workers, len(pending)), finish).run(pending)
+            size = min(workers, len(pending))
+            WorkerPool(out_dir / "logs", size, finish, load_at_start=load_at_start).run(pending)
         return [done[t.trial_id] for t in unique]
     finally:
         store.close()
@@ -190,15 +210,41 @@ def run_trials(
 
 class WorkerPool:
     """The scheduler: hands trials to idle workers, watches deadlines and deaths, and passes
-    every outcome to ``finish(result)``. Up to ``size`` workers, started as needed."""
+    every outcome to ``finish(result)``. Up to ``size`` workers, started as needed.
 
-    def __init__(self, log_dir: Path, size: int, finish: Callable[[Result], None]) -> None:
+    Each outcome first gets the machine's load as it arrived (:func:`stamp_load`): the CPU
+    cores other processes used while it ran (our workers' CPU time counted out), or the load
+    average less our threads where ``/proc`` is missing; a GPU that other work used before the
+    run (``load_at_start``, a :func:`~sdpalab.measure.provenance.machine_load` sample) marks
+    every outcome busy, since during the run our own kernels hide it."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        size: int,
+        finish: Callable[[Result], None],
+        *,
+        load_at_start: dict | None = None,
+    ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir, self.size, self.finish = log_dir, size, finish
         self.env = worker_env(size)
         self.workers: list[Worker] = []
         self.start_failures = 0
         self.spawned = 0
+        self.own_threads = size * worker_threads(self.env)
+        self.gpu_busy = ((load_at_start or {}).get("gpu_util_pct") or 0.0) > BUSY_GPU_PCT
+        self.others = OtherCpu()
+        self.others.cores([])  # the baseline: the first result measures from here
+
+    def _record(self, trial: Trial, result: Result, worker: Worker) -> None:
+        device = trial.workload_spec.get("device") or "cpu"
+        pids = [w.proc.pid for w in {*self.workers, worker}]
+        sample = machine_load(
+            device, own_threads=self.own_threads, other_cores=self.others.cores(pids), gpu=False
+        )
+        stamp_load(result, sample, gpu_busy=self.gpu_busy)
+        self.finish(result)
 
     def _spawn(self) -> None:
         self.spawned += 1
@@ -264,7 +310,7 @@ class WorkerPool:
                 tail = _stderr_tail(worker.stderr_since_trial())
                 if tail and tail not in result.reason:
                     result.reason = f"{result.reason} [stderr: {tail}]"
-            self.finish(result)
+            self._record(trial, result, worker)
 
     def _died(self, worker: Worker) -> None:
         self.workers.remove(worker)
@@ -277,7 +323,8 @@ class WorkerPool:
         if worker.trial is not None:
             trial = worker.trial
             reason = _death(code) + (f"; stderr: {tail}" if tail else "")
-            self.finish(trial.result("crash", reason, wall_s=time.monotonic() - worker.started))
+            result = trial.result("crash", reason, wall_s=time.monotonic() - worker.started)
+            self._record(trial, result, worker)
         elif not worker.ready:
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
@@ -302,11 +349,9 @@ class WorkerPool:
                     )
                 continue
             trial = worker.trial
-            self.finish(
-                trial.result(
-                    "timeout",
-                    f"no result within timeout_s={trial.settings.timeout_s:g} s; worker killed and "
-                    "replaced",
-                    wall_s=now - worker.started,
-                )
+            reason = (
+                f"no result within timeout_s={trial.settings.timeout_s:g} s; worker killed and "
+                "replaced"
             )
+            result = trial.result("timeout", reason, wall_s=now - worker.started)
+            self._record(trial, result, worker)

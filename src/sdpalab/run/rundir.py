@@ -13,7 +13,12 @@ Each result is committed on its own as it arrives (WAL journal: a killed writer 
 trial in flight, readers never block); several processes may write one store at once, each
 waiting up to ``BUSY_TIMEOUT_MS`` for SQLite's write lock. ``results.csv`` and
 ``results.parquet`` hold the same flat rows; ``run.json`` the resolved config, provenance and one
-entry per invocation.
+entry per invocation (with the machine's load when it started).
+
+:func:`prepare_run_dir` decides, before anything runs, whether a command may write into a
+directory: never over a run without ``force``; ``resume`` only a run whose stored trials the
+config still holds. :class:`Interrupted` is Ctrl-C once ``results.csv`` and ``run.json`` agree
+with the store again.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shlex
+import shutil
 import sqlite3
 import sys
 import time
@@ -39,6 +46,8 @@ if TYPE_CHECKING:
 
 SQLITE, CSV, PARQUET, RUN_JSON = "results.sqlite", "results.csv", "results.parquet", "run.json"
 BUSY_TIMEOUT_MS = 60_000
+LOAD_WINDOW_S = 0.3
+"""How long a run watches the CPUs before it starts, to tell whether other work is running."""
 _FIXED = ("trial_id", "status", "label", "result_json", "written_utc")
 
 # --------------------------------------------------------------------------- the store
@@ -210,20 +219,23 @@ def run_constraints(run_dir: str | Path) -> Constraints:
 
 def start_run(out: Path, spec: SweepSpec, n_trials: int, **details: Any) -> dict[str, Any]:
     """Record an invocation starting now in ``out/run.json`` (name, resolved config, provenance,
-    the command line; earlier invocations kept); ``details`` go into its entry. Returns the
-    information for :func:`finish_run`."""
-    from sdpalab.measure.provenance import provenance
+    the command line, the machine's load; earlier invocations kept); ``details`` go into its
+    entry. Returns the information for :func:`finish_run`."""
+    from sdpalab.measure.provenance import machine_load, provenance
 
     invocation = {
         "argv": list(sys.argv),
         "command": shlex.join(sys.argv),
         "started_utc": utc(),
+        "load": machine_load(spec.device, window_s=LOAD_WINDOW_S),
         **details,
     }
     info = {
         "name": spec.name,
         **dump_spec(spec),
         "trials": n_trials,
+        # points of the grid no machine could run: not trials, but the config asked for them
+        "left_out": [{"label": t.label, "reason": t.invalid} for t in spec.left_out()],
         "provenance": provenance(spec.device, argv=invocation["argv"]),
         "argv": invocation["argv"],
         "command": invocation["command"],
@@ -242,6 +254,148 @@ def finish_run(out: Path, info: dict[str, Any], started: float, **summary: Any) 
     info["invocations"][-1].update(finished_utc=utc(), elapsed_s=round(elapsed, 3), **summary)
     write_run_info(out, info)
     return elapsed
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; ``stored`` of its ``total`` trials are in ``out``, and
+    ``results.csv`` and ``run.json`` were brought in line with the store before this was raised.
+    A KeyboardInterrupt, so code that knows only that still stops."""
+
+    def __init__(self, out: Path, stored: int, total: int) -> None:
+        super().__init__(f"{stored} of {total} trials stored in {out}")
+        self.out, self.stored, self.total = out, stored, total
+
+
+def interrupted(out: Path, info: dict[str, Any], started: float, total: int) -> Interrupted:
+    """Close an interrupted invocation: export ``results.csv`` from the store, mark the entry
+    ``interrupted`` with the count stored, and return the :class:`Interrupted` to raise."""
+    with ResultStore(out) as store:
+        stored = len(store)
+    finish_run(out, info, started, interrupted=True, stored=stored)
+    return Interrupted(out, stored, total)
+
+
+# --------------------------------------------------------------------------- may we write here?
+
+_IGNORED_CONFIG_KEYS = ("description",)
+
+
+def holds_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory (a store, a CSV or a ``run.json`` in it)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).exists() for name in (SQLITE, CSV, RUN_JSON))
+
+
+def prepare_run_dir(
+    out: str | Path,
+    spec: SweepSpec | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    resumable: bool = True,
+) -> Path:
+    """Check that a run may write into ``out``, then create it; returns it as a Path.
+
+    Raises ValueError, before anything is written, when ``out`` (or a folder above it) is a
+    file, cannot be created or written, already holds a run and neither ``resume`` nor
+    ``force`` is given, or ``resume`` finds no run or one of another config (one whose stored
+    trials ``spec`` does not all hold: a config that grew may continue). ``force`` deletes the
+    run in ``out`` first. ``resumable=False`` (a command without ``--resume``) leaves that flag
+    out of the advice.
+    """
+    path = Path(out)
+    if resume and force:
+        raise ValueError("--resume and --force contradict each other; give one")
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise ValueError(
+                f"--out {out}: {str(part)!r} is a file, not a directory; choose a directory"
+            )
+    if holds_run(path):
+        if force:
+            try:
+                shutil.rmtree(path)
+            except OSError as err:
+                raise ValueError(
+                    f"--out {out}: cannot remove the old run ({err.strerror})"
+                ) from None
+        elif resume:
+            if spec is not None:
+                _check_same_run(path, spec)
+        else:
+            held = _stored(path)
+            advice = "--force to replace it"
+            if resumable:
+                advice = "--resume to continue it, " + advice
+            raise ValueError(
+                f"--out {out} already holds a run ({held} trials); pass {advice}, or choose "
+                "another --out"
+            )
+    elif resume:
+        raise ValueError(f"--out {out} holds no run: nothing to resume (drop --resume to start)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(
+            f"--out {out}: cannot create the directory ({reason}); choose a writable path"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write into the directory; choose a writable path")
+    return path
+
+
+def _stored(path: Path) -> int:
+    if (path / SQLITE).exists():
+        with ResultStore(path) as store:
+            return len(store)
+    try:
+        with (path / CSV).open() as f:
+            return max(0, sum(1 for _ in f) - 1)
+    except OSError:
+        return 0
+
+
+def _check_same_run(path: Path, spec: SweepSpec) -> None:
+    """Resuming continues the run of this config: every stored trial must be one of the
+    config's, so ``run.json``'s new config still describes the whole store."""
+    stored: set[str] = set()
+    if (path / SQLITE).exists():
+        with ResultStore(path) as store:
+            stored = store.done_ids()  # every status is final: every row
+    foreign = stored - {t.trial_id for t in spec.trials()}
+    if not foreign:
+        return
+    before = read_run_info(path).get("config")
+    now = json.loads(json.dumps(spec.to_dict(), default=str))
+    differ = _differences(before, now) if isinstance(before, dict) else ["no config recorded"]
+    shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+    # the same config with other trial ids: written by an sdpalab whose ids differ
+    why = f"keys that differ: {shown}" if shown else "same keys, other trial ids: another version"
+    raise ValueError(
+        f"--resume: {path} holds a run of another config ({len(foreign)} of its {len(stored)} "
+        f"stored trials are not in this one; {why}); resume with the same config, choose "
+        "another --out, or pass --force to replace it"
+    )
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Key paths (``grids[0].workload.seq_kv``) whose values differ between two configs."""
+    a, b = dict(_leaves(before)), dict(_leaves(now))
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return [k for k in keys if k.split(".")[0] not in _IGNORED_CONFIG_KEYS]
+
+
+def _leaves(value: Any, prefix: str = ""):
+    # a list of mappings (the grids) is walked into; a list of values (an axis) is one leaf
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{prefix}[{i}]")
+    else:
+        yield prefix, value
 
 
 # --------------------------------------------------------------------------- reading back
