@@ -1,7 +1,7 @@
 """Import checks for sdpalab, read from the source with `ast` (nothing is imported).
 
-Two rules from STYLE.md: no module imports another module's `_private` names, and the modules
-of `src/sdpalab` import each other without cycles.
+Two rules of docs/architecture.md: no module imports another module's `_private` names, and the
+modules of `src/sdpalab` import each other without cycles.
 
     python tests/import_graph.py      # one line per problem; exit 1 if any, 0 when clean
 
@@ -274,8 +274,8 @@ LAYERS = (
     ("report",),
     ("", "cli", "cli_common", "cli_explore", "demo", "casestudy"),
 )
-"""The one-way flow of DESIGN.md, by the first name under `sdpalab` (`""`: the package itself):
-a module may import its own layer and those before it, never a later one."""
+"""The one-way flow of docs/architecture.md, by the first name under `sdpalab` (`""`: the package
+itself): a module may import its own layer and those before it, never a later one."""
 
 
 def layer(module: str) -> int:

@@ -1,4 +1,4 @@
-"""The Python contract of DESIGN.md: build, measure, PerformanceAnalysis, stateful caches."""
+"""The Python contract of the README: build, measure, PerformanceAnalysis, stateful caches."""
 
 import torch
 

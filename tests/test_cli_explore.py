@@ -130,10 +130,15 @@ def test_pareto_json_is_one_document_on_stdout(tmp_path, capsys):
     assert code == 0, err
     doc = json.loads(out)  # stdout holds the document and nothing else
     assert doc["memory"] == "auto" and doc["limits"]["max_memory"] is None
-    prefill, decode = doc["shapes"]
-    assert [r["configuration"] for r in prefill["front"]] == [
-        "eager/sliding_window(window=128) [float32]",
-        "flash/causal [float32]",
+    # each mask its own front: the sliding window never competes with causal attention
+    prefill, window, decode = doc["shapes"]
+    assert (prefill["context"]["mod"], window["context"]["mod"]) == (
+        "causal",
+        "sliding_window(window=128)",
+    )
+    assert [r["configuration"] for r in prefill["front"]] == ["flash/causal [float32]"]
+    assert [r["configuration"] for r in window["front"]] == [
+        "eager/sliding_window(window=128) [float32]"
     ]
     assert prefill["recommendation"]["best"]["configuration"] == "flash/causal [float32]"
     assert {"configuration": "eager/causal [float32]", "reason": "dominated by flash/causal "
@@ -171,8 +176,9 @@ def test_search_json_is_one_document_on_stdout(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     doc = json.loads(stdout)
     assert doc["search"]["measured"] == 4 and doc["search"]["out"] == str(out)
-    (shape,) = doc["shapes"]
-    assert shape["recommendation"]["best"]["configuration"] == "math/causal [float32]"
+    by_mask = {shape["context"]["mod"]: shape for shape in doc["shapes"]}  # a front per mask
+    assert by_mask["causal"]["recommendation"]["best"]["configuration"] == "math/causal [float32]"
+    assert by_mask["none"]["recommendation"]["best"]["configuration"] == "math [float32]"
     assert "written:" in err
 
 

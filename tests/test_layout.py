@@ -1,4 +1,4 @@
-"""The layout rules of STYLE.md, checked on the source by `tests/import_graph.py`."""
+"""The layout rules of docs/architecture.md, checked on the source by `tests/import_graph.py`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import import_graph
 
 
 def test_no_private_imports_across_modules():
-    # A module that needs another's `_private` names is one concept cut in two (STYLE.md, rule 1).
+    # A module that needs another's `_private` names is one concept cut in two
+    # (docs/architecture.md).
     problems = import_graph.private_imports()
     assert not problems, f"{len(problems)} private imports across modules:\n" + "\n".join(problems)
 
@@ -20,7 +21,8 @@ def test_no_import_cycles():
 
 
 def test_data_flows_one_way():
-    # spec -> build -> run -> rundir -> explore -> report (DESIGN.md): nothing imports upward.
+    # spec -> build -> run -> rundir -> explore -> report (docs/architecture.md): nothing
+    # imports upward.
     problems = import_graph.upward_imports()
     assert not problems, "\n".join(problems)
 

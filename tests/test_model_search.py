@@ -1,5 +1,6 @@
 """A model as the workload: ``sdpalab search`` and ``pareto`` end to end on the tiny Llama
-(the engine's worker processes run it through generation), and bad model configs."""
+(the engine's worker processes run it, teacher-forced through each cache), and bad model
+configs."""
 
 import sys
 
@@ -38,6 +39,7 @@ def test_model_config_expands_to_model_trials(tmp_path):
     assert all(isinstance(t.workload, ModelWorkload) for t in trials)
     assert trials[0].workload_spec == {
         "model": "tiny-llama",
+        "text": None,
         "prompt_len": 32,
         "new_tokens": 8,
         "batch": 1,

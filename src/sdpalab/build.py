@@ -20,20 +20,14 @@ from sdpalab.attention.kvlayers import is_layer_map
 from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
 from sdpalab.attention.paged import PAGE_SIZE, PagedFlexCache, PagedStore, PageTable
 from sdpalab.spec import Variant, Workload
-from sdpalab.spec.variant import check_kv_arg
+from sdpalab.spec.variant import check_kv_arg, computed_mod
 
 
 def oracle_mod(variant: Variant) -> tuple[str, dict[str, Any]]:
-    """The mod that defines what ``build(variant)`` must compute over the whole sequence.
-
-    A cache always attends causally: mod ``none`` means ``causal``, and a ``sliding`` cache of
-    window W means ``sliding_window(W)``.
-    """
-    if variant.kv_cache == "sliding":
-        return "sliding_window", {"window": variant.kv_args["window"]}
-    if variant.kv_cache != "none" and variant.mod == "none":
-        return "causal", {}
-    return variant.mod, dict(variant.mod_args)
+    """The mod that defines what ``build(variant)`` must compute over the whole sequence
+    (:func:`~sdpalab.spec.variant.computed_mod`: a cache always attends causally, and a
+    ``sliding`` cache of window W means ``sliding_window(W)``)."""
+    return computed_mod(variant)
 
 
 def build(variant: Variant, workload: Workload) -> Callable:

@@ -155,6 +155,14 @@ def sweep(
     ] = False,
     force: _Force = False,
     workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the trials (labels by shapes) and an estimate of the time; run and "
+            "write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run every trial of a config's grid; failures are recorded, never fatal. OUT must not
     hold a run unless --resume or --force; Ctrl-C keeps what is stored and says how to resume."""
@@ -166,6 +174,12 @@ def sweep(
     if workers < 1:
         raise BadInput(f"--workers {workers} is not valid; give 1 or more")
     spec = load_spec(config)
+    if dry_run:
+        from sdpalab.explore.estimate import estimate_sweep
+        from sdpalab.report.console import render_dry_run
+
+        render_dry_run(console, estimate_sweep(spec, workers=workers))
+        return
     busy = BusyNotice()
 
     def started(load: dict) -> None:  # the directory is ready; nothing has run

@@ -29,9 +29,31 @@ _MaxMemory = Annotated[
 ]
 _MaxError = Annotated[float | None, typer.Option(help="Limit on the relative error, e.g. 1e-2.")]
 _MaxLatency = Annotated[float | None, typer.Option(help="Limit on the median latency, ms.")]
+_MaxKl = Annotated[
+    float | None,
+    typer.Option(
+        help="Model workloads: limit on the mean KL from the stock model's next-token "
+        "distributions, nats, e.g. 0.01."
+    ),
+]
+_MaxPpl = Annotated[
+    float | None,
+    typer.Option(
+        help="Model workloads: limit on the perplexity increase over the stock model, percent, "
+        "e.g. 1."
+    ),
+]
+_AllowApproximate = Annotated[
+    bool,
+    typer.Option(
+        help="Consider variants that compute another mask than the one the workload names "
+        "(their error measured against it), as constraints: {allow_approximate: true} does."
+    ),
+]
 _MEASURES = (
     "cache (KV cache bytes), peak (above inputs), total (peak with inputs and cache), "
-    "persistent (cache + the step's transient); auto: persistent for decode, total otherwise."
+    "persistent (cache + the step's transient); auto: persistent for decode, total otherwise, "
+    "cache where no peak was measured."
 )
 _MEMORY_HELP = "Memory measure of the objective and of --max-memory: " + _MEASURES
 _Json = Annotated[
@@ -58,13 +80,25 @@ def _written(path: Path, json_out: bool) -> None:
 
 
 def _constraints(
-    base: Constraints, max_memory: str | None, max_error: float | None, max_latency_ms: float | None
+    base: Constraints,
+    max_memory: str | None,
+    max_error: float | None,
+    max_latency_ms: float | None,
+    max_kl: float | None = None,
+    max_ppl_increase: float | None = None,
+    allow_approximate: bool = False,
 ) -> Constraints:
-    """``base`` (a config's or a run's constraints) with the limits given as flags over it."""
+    """``base`` (a config's or a run's constraints) with the limits given as flags over it
+    (``--allow-approximate`` allows what the base may not)."""
     from sdpalab.explore.objectives import check_constraints
     from sdpalab.spec.config import parse_bytes
 
-    flags = {"max_error": max_error, "max_latency_ms": max_latency_ms}
+    flags = {
+        "max_error": max_error,
+        "max_latency_ms": max_latency_ms,
+        "max_kl": max_kl,
+        "max_ppl_increase": max_ppl_increase,
+    }
     if max_memory is not None:
         try:
             flags["max_memory"] = parse_bytes(max_memory)
@@ -74,6 +108,8 @@ def _constraints(
                 "512MiB, 2GiB, 8GB"
             ) from None
     given = {k: v for k, v in flags.items() if v is not None}
+    if allow_approximate:
+        given["allow_approximate"] = True
     return check_constraints(dataclasses.replace(base, **given))
 
 
@@ -87,6 +123,9 @@ def search(
     max_memory: _MaxMemory = None,
     max_error: _MaxError = None,
     max_latency_ms: _MaxLatency = None,
+    max_kl: _MaxKl = None,
+    max_ppl_increase: _MaxPpl = None,
+    allow_approximate: _AllowApproximate = False,
     resume: Annotated[
         bool,
         typer.Option(
@@ -109,7 +148,15 @@ def search(
     from sdpalab.spec.config import load_spec
 
     spec = load_spec(config)
-    constraints = _constraints(spec.constraints, max_memory, max_error, max_latency_ms)
+    constraints = _constraints(
+        spec.constraints,
+        max_memory,
+        max_error,
+        max_latency_ms,
+        max_kl,
+        max_ppl_increase,
+        allow_approximate,
+    )
     busy = BusyNotice()
 
     def started(load: dict) -> None:  # the directory is ready; nothing has run
@@ -153,6 +200,9 @@ def pareto(
     max_memory: _MaxMemory = None,
     max_error: _MaxError = None,
     max_latency_ms: _MaxLatency = None,
+    max_kl: _MaxKl = None,
+    max_ppl_increase: _MaxPpl = None,
+    allow_approximate: _AllowApproximate = False,
     report: Annotated[
         bool, typer.Option(help="Also write DIR/report.html with the front.")
     ] = False,
@@ -182,7 +232,15 @@ def pareto(
     from sdpalab.run.rundir import load_results, run_constraints
 
     results = load_results(run_dir)
-    constraints = _constraints(run_constraints(run_dir), max_memory, max_error, max_latency_ms)
+    constraints = _constraints(
+        run_constraints(run_dir),
+        max_memory,
+        max_error,
+        max_latency_ms,
+        max_kl,
+        max_ppl_increase,
+        allow_approximate,
+    )
     if memory is None:  # what the search optimized, so its front and this one agree
         memory = search_settings(run_dir).get("memory", "auto")
     summary = summarize_front(results, priority=priority, constraints=constraints, memory=memory)
@@ -211,7 +269,8 @@ def sensitivity(
         list[str] | None,
         typer.Option(
             help="Result field to explain (repeatable), e.g. kv_cache_bytes; default "
-            "latency_ms, memory (the --memory measure), rel_fro_err."
+            "latency_ms, memory (the --memory measure), error (rel_fro_err; a model's "
+            "kl_mean_nats where measured)."
         ),
     ] = None,
     report: Annotated[

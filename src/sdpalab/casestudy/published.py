@@ -1,6 +1,7 @@
 """The case study's published figures, transcribed from its Results section.
 
-Source: ``shared/reference/sdpa-optimization-case-study.md`` ("SDPA Optimization - a worklog").
+Source: the blog post "SDPA Optimization Case Study - A Worklog", whose scripts and notebook are
+public at https://github.com/yash-srivastava19/sdpa_optimization.
 Every figure is a time. ``memory_profile`` is what the case study printed under "Memory
 Profile: CPU Total Time" (the profiler table's "Self CPU time total" footer, a CPU time that
 it read as memory); ``benchmark`` is its "Benchmark Profile" (``torch.utils.benchmark``'s mean).
@@ -10,6 +11,9 @@ Values are kept as the strings it printed, units included, and converted with :f
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+SOURCE = "https://github.com/yash-srivastava19/sdpa_optimization"
+"""The case study's public repository: the scripts and notebook of its blog post."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 from sdpalab.casestudy import corrections as fix
 from sdpalab.casestudy.aspublished import cpu_time_total_ms, their_profile
 from sdpalab.casestudy.experiments import Row, one_call, settings_for, trials
+from sdpalab.casestudy.published import SOURCE
 from sdpalab.casestudy.tables import Table, comparison_table, corrections_table, markdown
 from sdpalab.measure.provenance import BUSY_GPU_PCT, OtherCpu, machine_load, provenance
 from sdpalab.run.executor import stamp_load
@@ -198,8 +199,8 @@ def _header(run: CaseStudyRun, prov: dict) -> list[str]:
         f"- date: {run.date}",
         f"- device: {run.device} ({name}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
-        "- source: shared/reference/sdpa-optimization-case-study.md (figures transcribed "
-        "from its Results section)",
+        f'- source: "SDPA Optimization Case Study - A Worklog" ({SOURCE}; figures '
+        "transcribed from its Results section)",
         "- shapes: the case study's `(seq_len, hidden, hidden)` tensors are "
         "`[B=seq_len, H=1, S=hidden, D=hidden]` (SDPA reads every leading dimension as a "
         "batch); its FlexAttention `(batch, seq_len, hidden, hidden)` tensors are "

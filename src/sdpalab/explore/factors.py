@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sdpalab.measure.result import Result
+from sdpalab.spec.variant import mod_text
 
 COLUMNS = ["axis", "objective", "method", "importance", "ci_low", "ci_high", "note"]
 
@@ -44,7 +45,11 @@ def point_of(result: Result) -> dict[str, Any]:
                 point[f"{key}.{arg}"] = arg_value
         else:
             point[key] = value
-    point.update(result.workload)
+    for key, value in result.workload.items():
+        if key == "mod" and value is not None:  # the mask the workload means, as one axis
+            point["workload.mod"] = mod_text(value, result.workload.get("mod_args"))
+        elif key not in ("mod", "mod_args"):
+            point[key] = value
     return point
 
 

@@ -2,9 +2,12 @@
 when two results tie.
 
 Objectives are minimized. A *context* is the shape of the work (phase, batch, heads, sequence
-lengths, head dim, device): a configuration competes only with others measured on the same
-shape. ``dtype`` is a choice, not a context, so float32 and bfloat16 variants of one shape
-compete with each other. A *configuration* is a variant plus its dtype.
+lengths, head dim, device) and the attention it means (``mod``: the mask its workload names,
+else the variant's own, so different masks never compete): a configuration competes only with
+others measured on the same context. ``dtype`` is a choice, not a context, so float32 and
+bfloat16 variants of one shape compete with each other. A *configuration* is a variant plus its
+dtype. A variant computing another mask than the one its workload names is an *approximation*:
+it meets no constraints unless they allow approximations (``allow_approximate``).
 
 ``"memory"`` in an objective list (and the ``max_memory`` limit) means one of
 :data:`MEMORY_MEASURES`, which the user picks: ``cache`` (``kv_cache_bytes``), ``peak`` (the
@@ -12,15 +15,23 @@ call's peak above inputs and cache, ``peak_mem_bytes``), ``total`` (inputs, cach
 peak, ``peak_mem_total_bytes``) or ``persistent`` (cache plus the step's transient). ``auto``,
 the default, is ``persistent`` for decode, where the cache is what stays and what a quantized
 cache saves, and ``total`` otherwise: for prefill the inputs are the same bytes for every variant
-of a shape, and a model's own peak already holds its cache.
+of a shape, and a model's own peak already holds its cache. Where no peak was measured
+(``measure: {memory: false}``, as a model's quality search may choose: on a CPU the peak takes
+a second, profiled pass) ``auto`` is ``cache``.
+
+``"error"`` means each result's own error measure (:func:`error_field`): on a model workload
+that scored its next-token distributions, the mean KL from the stock model's (``kl_mean_nats``,
+what users feel); elsewhere the relative error against the float64 oracle (``rel_fro_err``).
+The quality limits bound their own measures: ``max_error`` the relative error, ``max_kl`` the
+KL, ``max_ppl_increase`` the perplexity change in percent.
 
 Two results *tie* on an objective when they are equal within what the measurement can tell:
 latencies within their IQRs combined in quadrature, errors within the tolerance of their dtype
 (the rounding a kernel in that precision may show, ``Result.tolerance``), other values only
-when equal. A model workload has no float64 oracle, so no dtype tolerance: until its quality
-metrics land, its tolerance is the largest error that a lossless variant (no KV or weight
-quantization) of the same shape and dtype shows against the stock model, i.e. the rounding
-noise a change of kernel makes through its layers (:func:`error_tolerances`).
+when equal. A model workload has no float64 oracle, so no dtype tolerance: its tolerance is the
+largest error (KL where measured) that a lossless variant (no KV or weight quantization) of the
+same shape and dtype shows against the stock model, i.e. the rounding noise a change of kernel
+makes through its layers (:func:`error_tolerances`).
 """
 
 from __future__ import annotations
@@ -34,13 +45,15 @@ import numpy as np
 
 from sdpalab.measure.result import Result
 from sdpalab.spec import CONTEXT_FIELDS, Constraints, is_model_workload
+from sdpalab.spec.variant import approximation, meant_mod, mod_text
 
-OBJECTIVES = ("latency_ms", "memory", "rel_fro_err")
-"""Default objectives, all minimized; ``memory`` is the measure the user picks."""
+OBJECTIVES = ("latency_ms", "memory", "error")
+"""Default objectives, all minimized; ``memory`` is the measure the user picks, ``error`` the
+one each result has (:func:`error_field`)."""
 ERROR_FLOOR = 1e-12
 """Errors are compared in log space; an exact 0 counts as this."""
 MEMORY_MEASURES = {
-    "auto": "persistent for decode, total otherwise",
+    "auto": "persistent for decode, total otherwise, cache where no peak was measured",
     "cache": "KV cache bytes (values, scales, zeros, residual windows)",
     "peak": "peak above inputs and cache",
     "total": "total peak (inputs, cache and the call's peak)",
@@ -54,7 +67,13 @@ _MEMORY_FIELD = {
     "persistent": "persistent_mem_bytes",
 }
 """The name each measure takes in tables and JSON (``persistent`` is computed)."""
-_LIMITED = {"max_error": "rel_fro_err", "max_memory": "memory", "max_latency_ms": "latency_ms"}
+QUALITY_LIMITS = {
+    "max_error": "rel_fro_err",
+    "max_kl": "kl_mean_nats",
+    "max_ppl_increase": "ppl_delta_pct",
+}
+"""The limits on quality, and the Result field each bounds."""
+_LIMITED = {**QUALITY_LIMITS, "max_memory": "memory", "max_latency_ms": "latency_ms"}
 """Each limit of :class:`Constraints` and the objective it bounds."""
 
 # --------------------------------------------------------------------------- limits
@@ -63,10 +82,12 @@ _LIMITED = {"max_error": "rel_fro_err", "max_memory": "memory", "max_latency_ms"
 def check_constraints(constraints: Constraints | None) -> Constraints:
     """``constraints`` (``None``: no limit), every limit it sets checked to be positive."""
     constraints = Constraints() if constraints is None else constraints
-    for name, value in constraints.to_dict().items():
+    for name, value in constraints.limits().items():
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if value is not None and not (number and value > 0):
+        if not (number and value > 0):
             raise ValueError(f"{name}={value!r} must be a positive number")
+    if not isinstance(constraints.allow_approximate, bool):
+        raise ValueError(f"allow_approximate={constraints.allow_approximate!r} must be a bool")
     return constraints
 
 
@@ -80,9 +101,12 @@ def check_memory(memory: str) -> str:
 
 
 def memory_measure(result: Result, memory: str = "auto") -> str:
-    """The measure ``memory`` means for ``result``: ``auto`` resolved by its phase."""
+    """The measure ``memory`` means for ``result``: ``auto`` resolved by its phase, and by what
+    was measured (``cache`` where no peak was, as with ``measure: {memory: false}``)."""
     if memory != "auto":
         return memory
+    if result.peak_mem_bytes is None and result.kv_cache_bytes is not None:
+        return "cache"
     return "persistent" if result.workload.get("phase") == "decode" else "total"
 
 
@@ -120,9 +144,7 @@ def constraint_values(
     every limit by ``FAILED_VIOLATION``.
     """
     out = {}
-    for name, bound in constraints.to_dict().items():
-        if bound is None:
-            continue
+    for name, bound in constraints.limits().items():
         value = objective_value(result, _LIMITED[name], memory)
         if not result.ok or value is None or not math.isfinite(value):
             out[name] = FAILED_VIOLATION
@@ -136,20 +158,32 @@ FAILED_VIOLATION = 10.0
 
 
 def meets(result: Result, constraints: Constraints, memory: str = "auto") -> bool:
-    """True for an ``ok`` result within every set limit."""
-    return result.ok and all(
-        v <= 0 for v in constraint_values(result, constraints, memory).values()
+    """True for an ``ok`` result within every set limit, and no approximation unless
+    ``constraints`` allow them (:func:`approximates`)."""
+    return (
+        result.ok
+        and (constraints.allow_approximate or approximates(result) is None)
+        and all(v <= 0 for v in constraint_values(result, constraints, memory).values())
     )
+
+
+def approximates(result: Result) -> str | None:
+    """``"approximation of none (computes sliding_window(window=128))"`` when ``result``'s
+    variant computes another mask than the one its workload names; None otherwise."""
+    found = approximation(result.workload, result.variant)
+    return None if found is None else f"approximation of {found[0]} (computes {found[1]})"
 
 
 def broken_limit(result: Result, constraints: Constraints, memory: str = "auto") -> str | None:
     """Why an ``ok`` result is outside ``constraints``: ``max_memory (300 MiB > 256 MiB)``,
-    the first limit it breaks; None when it meets them all."""
+    the first limit it breaks, or that it approximates the workload's mask (unless allowed);
+    None when it meets them all."""
     from sdpalab.units import format_bytes
 
-    for name, bound in constraints.to_dict().items():
-        if bound is None:
-            continue
+    approx = None if constraints.allow_approximate else approximates(result)
+    if approx:
+        return approx[:-1] + "; allow_approximate admits it)"
+    for name, bound in constraints.limits().items():
         value = objective_value(result, _LIMITED[name], memory)
         if value is None or not math.isfinite(value):
             return f"{name}: {_LIMITED[name]} not measured"
@@ -165,8 +199,19 @@ def broken_limit(result: Result, constraints: Constraints, memory: str = "auto")
 
 
 def context_of(result: Result) -> dict[str, Any]:
-    """The shape a result was measured on (its workload without ``dtype``)."""
-    return {k: result.workload.get(k) for k in CONTEXT_FIELDS if k in result.workload}
+    """The work a result was measured on (:func:`context_from`)."""
+    return context_from(result.workload, result.variant)
+
+
+def context_from(workload: Mapping[str, Any], variant: Mapping[str, Any]) -> dict[str, Any]:
+    """The work a trial or result is on: its workload's fields but ``dtype``, with the
+    attention it means as ``mod`` (text, its arguments folded in). A workload that names no
+    mask means each variant's own, so masks never share a context: each gets its own front."""
+    context = {k: workload.get(k) for k in CONTEXT_FIELDS if k in workload and k != "mod_args"}
+    meant = meant_mod(workload, variant)
+    if meant is not None:
+        context["mod"] = mod_text(*meant)
+    return context
 
 
 def context_key(result: Result) -> str:
@@ -207,9 +252,19 @@ def varying_fields(contexts: Sequence[Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------- objectives
 
 
+def error_field(result: Result) -> str:
+    """The field holding ``result``'s error (the ``error`` objective): ``kl_mean_nats`` when it
+    scored a model's next-token distributions, else ``rel_fro_err``."""
+    return "kl_mean_nats" if result.kl_mean_nats is not None else "rel_fro_err"
+
+
 def objective_value(result: Result, name: str, memory: str = "auto") -> float | None:
-    """``result``'s value of objective ``name`` (``"memory"``: the ``memory`` measure)."""
-    value = memory_of(result, memory) if name == "memory" else getattr(result, name, None)
+    """``result``'s value of objective ``name`` (``"memory"``: the ``memory`` measure;
+    ``"error"``: its :func:`error_field`)."""
+    if name == "memory":
+        value = memory_of(result, memory)
+    else:
+        value = getattr(result, error_field(result) if name == "error" else name, None)
     return None if value is None else float(value)
 
 
@@ -230,11 +285,13 @@ def latency_noise(a: Result, b: Result) -> float:
 def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     if isinstance(objectives, str):
         objectives = (objectives,)
-    valid = {f for f in Result.__dataclass_fields__ if f.endswith(("_ms", "_bytes", "_err"))}
+    units = ("_ms", "_bytes", "_err", "_nats", "_pct")
+    valid = {f for f in Result.__dataclass_fields__ if f.endswith(units)}
     for name in objectives:
-        if name != "memory" and name not in valid:
+        if name not in ("memory", "error") and name not in valid:
             raise ValueError(
-                f"objective {name!r} is not valid; choose from: memory, {', '.join(sorted(valid))}"
+                f"objective {name!r} is not valid; choose from: memory, error, "
+                + ", ".join(sorted(valid))
             )
     if not objectives:
         raise ValueError("objectives must name at least one Result field")
@@ -253,16 +310,17 @@ def lossless(result: Result) -> bool:
 
 
 def error_tolerances(results: Sequence[Result]) -> list[float | None]:
-    """Each result's error tolerance: its own (its dtype's, against the float64 oracle); on a
-    model workload (no oracle, ``tolerance`` NaN) the largest error of a lossless ``ok``
-    variant of the same shape and dtype among ``results``, or without one the dtype's
-    attention tolerance. None when nothing says."""
+    """Each result's error tolerance, on its :func:`error_field`: its own (its dtype's, against
+    the float64 oracle); on a model workload (no oracle, ``tolerance`` NaN) the largest error
+    (KL where measured) of a lossless ``ok`` variant of the same shape and dtype among
+    ``results``, or without one the dtype's attention tolerance. None when nothing says."""
     model = [is_model_workload(r.workload) and not _finite(r.tolerance) for r in results]
     gates: dict[str, float] = {}
     for res, gated in zip(results, model, strict=True):
-        if gated and res.ok and lossless(res) and _finite(res.rel_fro_err):
+        err = objective_value(res, "error")
+        if gated and res.ok and lossless(res) and _finite(err):
             key = _gate_key(res)
-            gates[key] = max(gates.get(key, 0.0), float(res.rel_fro_err))
+            gates[key] = max(gates.get(key, 0.0), err)
     out: list[float | None] = []
     for res, gated in zip(results, model, strict=True):
         if not gated:
@@ -273,7 +331,30 @@ def error_tolerances(results: Sequence[Result]) -> list[float | None]:
 
 
 def _gate_key(result: Result) -> str:
-    return context_key(result) + "|" + str(result.workload.get("dtype"))
+    return f"{context_key(result)}|{result.workload.get('dtype')}|{error_field(result)}"
+
+
+def over_error(result: Result, constraints: Constraints, tolerance: float | None) -> str | None:
+    """Why ``result``'s error keeps it from a recommendation, or None when it may be
+    recommended: ``error not measured``, ``over max_kl`` (the limit on its :func:`error_field`,
+    when set), or ``over the error tolerance`` (``tolerance``; without a limit on any quality
+    it measured: a user who set one has said how much error they accept)."""
+    err = objective_value(result, "error")
+    if err is None or not math.isfinite(err):
+        return "error not measured"
+    field = error_field(result)
+    for name, measured in QUALITY_LIMITS.items():
+        bound = getattr(constraints, name)
+        if bound is not None and measured == field:
+            return f"over {name}" if err > bound else None
+    if any(
+        getattr(constraints, name) is not None and getattr(result, measured) is not None
+        for name, measured in QUALITY_LIMITS.items()
+    ):
+        return None  # bounded by another quality limit (broken_limit checks it)
+    if tolerance is not None and err > tolerance:
+        return "over the error tolerance"
+    return None
 
 
 def _dtype_tolerance(dtype: str | None) -> float | None:
@@ -290,14 +371,26 @@ def tie_band(name: str, iqr_a, iqr_b, tol_a, tol_b):
     if name == "latency_ms":
         return np.hypot(iqr_a, iqr_b)
     zero = np.zeros(np.broadcast(iqr_a, iqr_b, tol_a, tol_b).shape)
-    if name == "rel_fro_err":
+    if name in _ERRORS:
         band = np.fmin(tol_a, tol_b)
         return np.where(np.isnan(band), zero, band)
     return zero
 
 
+_ERRORS = ("error", "rel_fro_err", "kl_mean_nats")
+"""Objectives whose ties are within a tolerance (where it is the result's error measure)."""
+
+
 def _iqr(result: Result) -> float:
     return result.latency_iqr_ms or 0.0
+
+
+def _tol_on(name: str, result: Result, tolerance: float | None) -> float:
+    """``tolerance`` (of ``result``'s error measure) where objective ``name`` is that measure,
+    else NaN: a KL tolerance says nothing about a relative error."""
+    if name == "error" or name == error_field(result):
+        return _tol(tolerance)
+    return math.nan
 
 
 def _tol(tolerance: float | None) -> float:
@@ -315,12 +408,11 @@ def tie_matrix(
     ``values`` is their ``[n, k]`` objective matrix; ``tolerances`` their error tolerances.
     """
     iqr = np.array([_iqr(r) for r in results], dtype=float)
-    tol = np.array([_tol(t) for t in tolerances], dtype=float)
     diff = np.abs(values[:, None, :] - values[None, :, :])
-    bands = [
-        tie_band(name, iqr[:, None], iqr[None, :], tol[:, None], tol[None, :])
-        for name in objectives
-    ]
+    bands = []
+    for name in objectives:
+        tol = np.array([_tol_on(name, r, t) for r, t in zip(results, tolerances, strict=True)])
+        bands.append(tie_band(name, iqr[:, None], iqr[None, :], tol[:, None], tol[None, :]))
     return diff <= np.stack(bands, axis=-1).reshape(diff.shape)
 
 
@@ -330,7 +422,8 @@ def tied(a: Result, b: Result, name: str, tol_a=None, tol_b=None, memory: str = 
     x, y = objective_value(a, name, memory), objective_value(b, name, memory)
     if x is None or y is None:
         return x is None and y is None
-    return bool(abs(x - y) <= tie_band(name, _iqr(a), _iqr(b), _tol(tol_a), _tol(tol_b)))
+    band = tie_band(name, _iqr(a), _iqr(b), _tol_on(name, a, tol_a), _tol_on(name, b, tol_b))
+    return bool(abs(x - y) <= band)
 
 
 def _finite(value: Any) -> bool:

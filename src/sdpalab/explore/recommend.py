@@ -1,8 +1,9 @@
 """A recommendation from measured results: the configuration that best fits a priority.
 
-Only feasible (every limit met) and accurate results are candidates: a result whose relative
-error exceeds ``max_error``, or its tolerance when no error limit is set (its dtype's; on a
-model workload, what its lossless variants show), is never recommended however fast. The best
+Only feasible (every limit met) and accurate results are candidates: a result whose error (its
+relative error; a model's KL where measured) exceeds its limit (``max_error``, ``max_kl``), or
+its tolerance when no quality limit is set (its dtype's; on a model workload, what its lossless
+variants show), is never recommended however fast. The best
 is taken from the Pareto front, ties (latency within noise, error within tolerance) passing to
 the next objective; the runner-up comes with what it trades, in numbers. :func:`summarize_front`
 is what every view shows: per shape the front, the recommendation, and why each other result is
@@ -29,23 +30,26 @@ from sdpalab.explore.objectives import (
     config_label,
     context_label,
     context_of,
+    error_field,
     error_tolerances,
     group_by_context,
     latency_noise,
+    lossless,
     memory_measure,
     memory_of,
     objective_matrix,
     objective_value,
+    over_error,
     tied,
     varying_fields,
 )
 from sdpalab.explore.pareto import front_of, latest
 from sdpalab.measure.result import Result
-from sdpalab.spec import Constraints, Variant
+from sdpalab.spec import Constraints, Variant, is_model_workload
 from sdpalab.units import format_bytes
 
 PRIORITIES = ("latency", "memory", "error", "balanced")
-_PRIORITY_OBJECTIVE = {"latency": "latency_ms", "memory": "memory", "error": "rel_fro_err"}
+_PRIORITY_OBJECTIVE = {"latency": "latency_ms", "memory": "memory", "error": "error"}
 
 
 @dataclass
@@ -64,6 +68,9 @@ class Recommendation:
     """Why other results were not candidates: reason → count."""
     memory: str = "auto"
     """The memory measure (:data:`~sdpalab.explore.objectives.MEMORY_MEASURES`)."""
+    explanation: str = ""
+    """On a model workload that measured quality, the pick in the units users feel (see
+    :func:`quality_explanation`); empty otherwise."""
 
     def variant(self) -> Variant:
         return Variant(**self.best.variant)
@@ -87,12 +94,21 @@ class Recommendation:
         doc = {"workload": {"dtype": self.dtype}, "variants": fields or {"backend": "auto"}}
         return yaml.safe_dump(doc, sort_keys=False).rstrip()
 
+    def transformers_snippet(self) -> str | None:
+        """On a model workload, the lines that put the pick into a user's own transformers
+        model (:func:`~sdpalab.models.usage.transformers_snippet`); None otherwise."""
+        if not is_model_workload(self.best.workload):
+            return None
+        from sdpalab.models.usage import transformers_snippet
+
+        return transformers_snippet(self.variant(), dtype=self.dtype)
+
     def summary(self) -> str:
         """A few lines for humans."""
-        lines = [
-            f"recommended ({self.priority}): {describe(self.best, self.memory)}",
-            f"  {self.variant_python()}",
-        ]
+        lines = [f"recommended ({self.priority}): {describe(self.best, self.memory)}"]
+        if self.explanation:
+            lines.append(f"  {self.explanation}")
+        lines.append(f"  {self.variant_python()}")
         if self.runner_up is not None:
             lines.append(f"runner-up: {describe(self.runner_up, self.memory)}")
             lines.append(f"  {self.trade}")
@@ -107,23 +123,56 @@ class Recommendation:
             if self.runner_up is None
             else result_row(self.runner_up, self.memory),
             "trade": self.trade,
+            "explanation": self.explanation,
             "variant_python": self.variant_python(),
             "variant_yaml": self.variant_yaml(),
+            "transformers": self.transformers_snippet(),
             "excluded": dict(self.excluded),
         }
 
 
 def describe(result: Result, memory: str = "auto") -> str:
-    """``label [dtype]: 1.23 ms ± 0.05, 12.0 MiB total, err 3.1e-07``."""
+    """``label [dtype]: 1.23 ms ± 0.05, 12.0 MiB total, err 3.1e-07`` (a model's quality:
+    ``KL 0.0057, ppl +0.52 %``)."""
     parts = [config_label(result) + ":"]
     if result.latency_ms is not None:
         parts.append(f"{result.latency_ms:.3g} ms ± {result.latency_iqr_ms or 0:.2g},")
     mem = memory_of(result, memory)
     if mem is not None:
         parts.append(f"{format_bytes(mem)} {memory_measure(result, memory)},")
-    if result.rel_fro_err is not None:
+    if error_field(result) == "kl_mean_nats":
+        parts.append(f"KL {result.kl_mean_nats:.2g},")
+        if result.ppl_delta_pct is not None:
+            parts.append(f"ppl {result.ppl_delta_pct:+.2f} %")
+    elif result.rel_fro_err is not None:
         parts.append(f"err {result.rel_fro_err:.2g}")
     return " ".join(parts).rstrip(",")
+
+
+def quality_explanation(result: Result, pool: Sequence[Result]) -> str:
+    """``math/static+kivi4: 4.0x smaller cache, +0.52 % perplexity [-0.58, +1.63], KL 0.0057,
+    top-1 96 %``: a model result's cache against the unquantized one of its shape in ``pool``
+    (a lossless variant, the same cache layout if measured), and its quality against the stock
+    model; empty when ``result`` measured no quality."""
+    if result.kl_mean_nats is None:
+        return ""
+    parts = []
+    base = [r for r in pool if r.ok and lossless(r) and r.kv_cache_bytes]
+    same = [r for r in base if r.variant.get("kv_cache") == result.variant.get("kv_cache")]
+    if lossless(result):
+        parts.append("unquantized cache")
+    elif (same or base) and result.kv_cache_bytes:
+        ratio = (same or base)[0].kv_cache_bytes / result.kv_cache_bytes
+        parts.append(f"{ratio:.1f}x {'smaller' if ratio >= 1 else 'larger'} cache")
+    if result.ppl_delta_pct is not None:
+        ci = ""
+        if result.ppl_delta_pct_lo is not None and result.ppl_delta_pct_hi is not None:
+            ci = f" [{result.ppl_delta_pct_lo:+.2f}, {result.ppl_delta_pct_hi:+.2f}]"
+        parts.append(f"{result.ppl_delta_pct:+.2f} % perplexity{ci}")
+    parts.append(f"KL {result.kl_mean_nats:.2g}")
+    if result.top1_agreement is not None:
+        parts.append(f"top-1 {result.top1_agreement:.0%}")
+    return f"{result.label}: " + ", ".join(parts)
 
 
 def result_row(result: Result, memory: str = "auto") -> dict[str, Any]:
@@ -140,7 +189,12 @@ def result_row(result: Result, memory: str = "auto") -> dict[str, Any]:
         "kv_cache_bytes": result.kv_cache_bytes,
         "peak_mem_bytes": result.peak_mem_bytes,
         "peak_mem_total_bytes": result.peak_mem_total_bytes,
+        "error": objective_value(result, "error"),
+        "error_measure": error_field(result),
         "rel_fro_err": result.rel_fro_err,
+        "kl_mean_nats": result.kl_mean_nats,
+        "ppl_delta_pct": result.ppl_delta_pct,
+        "top1_agreement": result.top1_agreement,
         "tolerance": result.tolerance,
         "timing_method": result.timing_method,
     }
@@ -157,11 +211,13 @@ def recommend(
 ) -> Recommendation:
     """Pick the configuration that best fits ``priority`` among feasible, accurate results.
 
-    Candidates are ``ok`` results within every limit of ``constraints`` whose relative error is
-    at most its ``max_error`` or, when no error limit is set, at most their tolerance
+    Candidates are ``ok`` results within every limit of ``constraints`` whose error (relative
+    error; on a model workload that scored quality, KL) is at most its limit (``max_error``,
+    ``max_kl``) or, when no quality limit is set, at most their tolerance
     (:func:`~sdpalab.explore.objectives.error_tolerances`: the dtype's; on a model workload,
     what its lossless variants show): a variant that is wrong is never recommended however
-    fast. A result whose error was not measured is not a candidate.
+    fast. A result whose error was not measured is not a candidate. On a model workload the
+    recommendation explains itself in cache bytes, perplexity and KL (``explanation``).
 
     ``priority``: ``latency`` (fastest; ties within noise go to less memory, then less error),
     ``memory``, ``error``, or ``balanced`` (closest to the ideal point of the front, each
@@ -220,13 +276,19 @@ def recommend(
         front=front,
         excluded=excluded,
         memory=memory,
+        explanation=quality_explanation(best, pool),
     )
 
 
 def _select_context(results: list[Result], context: Mapping[str, Any] | None) -> list[Result]:
     if context:
+        # the workload's fields, and the context's own (``mod``: the attention it means)
         results = [
-            r for r in results if all(str(r.workload.get(k)) == str(v) for k, v in context.items())
+            r
+            for r in results
+            if all(
+                str({**r.workload, **context_of(r)}.get(k)) == str(v) for k, v in context.items()
+            )
         ]
         if not results:
             raise ValueError(f"no result matches context {dict(context)}")
@@ -248,12 +310,9 @@ def _excluded_because(
 ) -> str | None:
     if not res.ok:
         return f"status {res.status}"
-    err = res.rel_fro_err
-    if err is None or not math.isfinite(err):
-        return "error not measured"
-    bound = constraints.max_error if constraints.max_error is not None else tolerance
-    if bound is not None and err > bound:
-        return "over max_error" if constraints.max_error is not None else "over the error tolerance"
+    why = over_error(res, constraints, tolerance)
+    if why:
+        return why
     broken = broken_limit(res, constraints, memory)
     if broken:
         return broken.split(" (")[0]  # counted by limit, not by value
@@ -278,7 +337,7 @@ def _rank(
         score = np.sqrt((scaled**2).sum(axis=1))
         return [group[i] for i in np.argsort(score, kind="stable")]
     primary = _PRIORITY_OBJECTIVE[priority]
-    order = [primary, *(o for o in ("latency_ms", "memory", "rel_fro_err") if o != primary)]
+    order = [primary, *(o for o in ("latency_ms", "memory", "error") if o != primary)]
     remaining, ranked = list(group), []
     while remaining:
         # lexicographic on the objectives in priority order, where a tie on one (latency
@@ -325,6 +384,8 @@ def trade_text(
         "peak_mem_bytes": "peak memory",
         "kv_cache_bytes": "KV cache",
         "rel_fro_err": "error",
+        "kl_mean_nats": "KL",
+        "error": "KL" if error_field(best) == error_field(other) == "kl_mean_nats" else "error",
     }
     for name in objectives:
         a, b = objective_value(best, name, memory), objective_value(other, name, memory)
@@ -334,11 +395,11 @@ def trade_text(
         fmt = _formatter(name)
         if name == "latency_ms" and abs(b - a) <= latency_noise(best, other):
             parts.append(f"same {what} within noise ({fmt(b)} vs {fmt(a)})")
-        elif name == "rel_fro_err" and tied(
+        elif name in _ERRORS and tied(
             best, other, name, tolerances.get(id(best)), tolerances.get(id(other))
         ):
             parts.append(f"same {what} within tolerance ({fmt(b)} vs {fmt(a)})")
-        elif name == "rel_fro_err":
+        elif name in _ERRORS:
             ratio = (b / a) if a > 0 else math.inf
             word = "higher" if b > a else "lower"
             parts.append(f"{what} {fmt(b)} vs {fmt(a)} ({_times(ratio)} {word})")
@@ -352,6 +413,9 @@ def trade_text(
                 noun = "" if what == "latency" else f" {what}"
                 parts.append(f"{abs(change):.0%} {word}{noun} ({fmt(b)} vs {fmt(a)})")
     return f"{config_label(other)} instead: " + ", ".join(parts)
+
+
+_ERRORS = ("error", "rel_fro_err", "kl_mean_nats")
 
 
 def _times(ratio: float) -> str:

@@ -1,11 +1,13 @@
 """``search(spec, trials=N)``: multi-objective search of a config's space with Optuna.
 
-The space is the config's grid. Every choice axis of a variant (``backend``, ``mod`` with its
+The space is the config's grid, less the approximations (variants computing another mask than
+the one the workload names) unless the constraints allow them. Every choice axis of a variant (``backend``, ``mod`` with its
 arguments, ``kv_cache``, ``kv_quant``, ``kv_args.*``, ``weight_quant``, ``projections``) and the
 compute ``dtype`` becomes a parameter: categorical, or an integer level index for a numeric axis
 (so TPE and GP see the order of sizes). The shape of the work (batch, heads, lengths, head dim)
-is not a choice: each shape gets its own study, the budget is shared round-robin, smallest shape
-first, and Pareto fronts are per shape.
+is not a choice, nor the attention it means (a workload that names no mask means each variant's
+own): each such context gets its own study, the budget is shared round-robin, smallest shape
+first, and Pareto fronts are per context.
 
 Each Optuna trial asks for a point, maps it to the engine's Trial (same trial id as a sweep of
 that config), runs it in the engine's isolated workers into the same ``results.sqlite``, and
@@ -60,6 +62,7 @@ from sdpalab.run.rundir import (
 )
 from sdpalab.spec import Constraints, SweepSpec, Trial
 from sdpalab.spec.config import load_spec
+from sdpalab.spec.variant import approximation
 
 SAMPLERS = ("nsga2", "tpe", "gp")
 JOURNAL = "optuna.log"
@@ -213,9 +216,17 @@ def search(
     objectives = check_objectives(objectives)
     memory = check_memory(memory)
     constraints = check_constraints(spec.constraints if constraints is None else constraints)
-    space = Space.from_trials(spec.trials())
-    if not space.table:
+    points = spec.trials()
+    if not points:
         raise ValueError(f"{spec.name}: the config's grid has no trials")
+    if not constraints.allow_approximate:  # variants computing another mask than the one meant
+        points = [t for t in points if approximation(t.workload_spec, t.variant_spec) is None]
+    if not points:
+        raise ValueError(
+            f"{spec.name}: every variant computes another mask than the workload names; allow "
+            "approximations with constraints: {allow_approximate: true} or --allow-approximate"
+        )
+    space = Space.from_trials(points)
     out = out if out is not None else default_out(f"{spec.name}-search")
     out = prepare_run_dir(out, spec, resume=resume, force=force)
     journal = out / JOURNAL
@@ -247,14 +258,14 @@ def search(
         spec.name if len(space.contexts) == 1 else f"{spec.name}[{context_label(c, fields)}]"
         for c in space.contexts
     ]
-    dist = space.distributions()
+    dists = [space.distributions(i) for i in range(len(names))]  # each shape its own axes
     studies = []
     for i, name in enumerate(names):
         existing = optuna.study.get_all_study_names(storage) if journal.exists() else []
         prior = 0
         if name in existing:
             old = optuna.load_study(study_name=name, storage=storage)
-            _check_same_space(old, dist, out)
+            _check_same_space(old, dists[i], out)
             prior = len(old.trials)
         study = optuna.create_study(
             study_name=name,
@@ -276,7 +287,7 @@ def search(
         space, constraints, objectives, out, runner, workers, on_result, trials, seed, memory
     )
     try:
-        state.run(studies, dist)
+        state.run(studies, dists)
     except KeyboardInterrupt:
         state.close()  # the workers stop before the store is read back
         raise interrupted(out, info, started, len(space.table)) from None

@@ -21,6 +21,7 @@ from sdpalab.explore.objectives import (
     ERROR_FLOOR,
     FAILED_VIOLATION,
     constraint_values,
+    error_field,
     memory_field,
     objective_value,
 )
@@ -63,7 +64,8 @@ class SearchLoop:
         self.measured = self.reused = self.inferred = self.invalid = 0
         self.exhausted = False
         self.rng = np.random.default_rng(seed)
-        self.worst = [-math.inf] * len(objectives)
+        self.worst: dict[str, list[float]] = {}
+        """Study name → the worst value of each objective its successes were told."""
         self._left: dict[int, list[tuple]] = {}
 
     def _stored(self, result: Result, counted: bool = True) -> None:
@@ -78,12 +80,14 @@ class SearchLoop:
             closer.close()
         self.store.close()
 
-    def run(self, studies, dist) -> None:
+    def run(self, studies, dists) -> None:
+        """Ask, resolve, run and tell until the budget is spent or every point is known;
+        ``dists``: each study's distributions (:meth:`Space.distributions` of its shape)."""
         repeats = [0] * len(studies)
         for study in studies:  # the worst values so far set the failure penalty
             for trial in study.trials:
                 if trial.values and trial.user_attrs.get("status") == "ok":
-                    self.worst = [max(w, v) for w, v in zip(self.worst, trial.values, strict=True)]
+                    self._worse(study, trial.values)
         asks_left = 50 * self.budget + 10 * len(self.space.table)  # a guard, never expected
         while self.measured < self.budget and asks_left > 0:
             active = [i for i in range(len(studies)) if not self._complete(i)]
@@ -97,8 +101,8 @@ class SearchLoop:
                 room = min(self.batch, self.budget - self.measured)
                 asked, to_run = [], []
                 for _ in range(room):
-                    trial = studies[i].ask(dist)
-                    point = self.space.point_of(trial.params)
+                    trial = studies[i].ask(dists[i])
+                    point = self.space.point_of(trial.params, i)
                     engine_trial = self.space.table.get((i, point))
                     known = self._resolve(i, engine_trial)
                     if (
@@ -214,12 +218,12 @@ class SearchLoop:
             if result.reason:
                 trial.set_user_attr("reason", result.reason[:300])
             named |= constraint_values(result, self.constraints, self.memory)
-            for o in self.objectives:  # "memory" under the field it is (kv_cache_bytes, ...)
-                name = memory_field(result, self.memory) if o == "memory" else o
+            for o in self.objectives:  # "memory" and "error" under the field each is
+                name = {"memory": memory_field(result, self.memory), "error": error_field(result)}
+                name = name.get(o, o)
                 trial.set_user_attr(name, objective_value(result, o, self.memory))
         else:
-            limits = self.constraints.to_dict()
-            named |= {k: FAILED_VIOLATION for k, v in limits.items() if v is not None}
+            named |= {k: FAILED_VIOLATION for k in self.constraints.limits()}
         trial.set_user_attr("constraints", list(named.values()))
         if trial_constraints():
             for name, value in named.items():
@@ -229,11 +233,18 @@ class SearchLoop:
                 math.log10(max(objective_value(result, o, self.memory), ERROR_FLOOR))
                 for o in self.objectives
             ]
-            self.worst = [max(w, v) for w, v in zip(self.worst, values, strict=True)]
-        else:  # a failure is told, not dropped: ten times worse than the worst seen
-            values = [(w + 1.0) if math.isfinite(w) else 10.0 for w in self.worst]
+            self._worse(study, values)
+        else:  # a failure is told, not dropped: ten times worse than the study's worst
+            worst = self.worst.get(study.study_name, [-math.inf] * len(self.objectives))
+            values = [(w + 1.0) if math.isfinite(w) else 10.0 for w in worst]
         study.tell(trial, values)
         return 0
+
+    def _worse(self, study, values) -> None:
+        # per study: each shape and mask has its own scale (a sliding window's latencies say
+        # nothing about what is bad for full attention)
+        worst = self.worst.get(study.study_name, [-math.inf] * len(self.objectives))
+        self.worst[study.study_name] = [max(w, v) for w, v in zip(worst, values, strict=True)]
 
     def _enqueue_unknown(self, study, ctx: int, near: tuple) -> None:
         """The sampler keeps proposing known points: hand it the unmeasured point that differs
@@ -244,7 +255,7 @@ class SearchLoop:
         distance = [sum(a != b for a, b in zip(p, near, strict=True)) for p in unknown]
         closest = [p for p, d in zip(unknown, distance, strict=True) if d == min(distance)]
         pick = closest[int(self.rng.integers(len(closest)))]
-        study.enqueue_trial(self.space.params_of(pick))
+        study.enqueue_trial(self.space.params_of(pick, ctx))
 
 
 def _finite(value: float | None) -> bool:

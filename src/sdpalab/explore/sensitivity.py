@@ -40,6 +40,7 @@ from sdpalab.explore.objectives import (
     OBJECTIVES,
     check_memory,
     check_objectives,
+    error_field,
     memory_field,
     objective_value,
 )
@@ -87,6 +88,9 @@ def sensitivity(
         if objective == "memory":
             fields = {memory_field(r, memory) for r, _ in pairs} or {"memory"}
             name = fields.pop() if len(fields) == 1 else f"memory ({memory})"
+        elif objective == "error":  # rel_fro_err, or a model's KL
+            fields = {error_field(r) for r, _ in pairs} or {"error"}
+            name = fields.pop() if len(fields) == 1 else "error"
         if len(pairs) < 4:
             rows.append(empty_row(name, method, f"{len(pairs)} ok results with {name}; need 4"))
             continue

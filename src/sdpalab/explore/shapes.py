@@ -27,6 +27,7 @@ from sdpalab.explore.objectives import (
     latency_noise,
     meets,
     objective_value,
+    over_error,
     varying_fields,
 )
 from sdpalab.explore.pareto import pareto
@@ -71,8 +72,9 @@ def goldilocks_across_shapes(
     Returns one row per configuration measured ``ok`` and feasible on every shape, sorted by
     its worst gap: ``label``, ``variant`` (``sl.Variant(...)``), ``dtype``, ``worst_gap``,
     ``goldilocks`` (bool), and one ``gap[<shape>]`` column per shape. A configuration that
-    failed, broke a limit of ``constraints`` or exceeded the error tolerance (``max_error``,
-    else its tolerance) on any shape is left out. Only the goldilocks rows unless
+    failed, broke a limit of ``constraints`` or exceeded the error tolerance (a quality limit,
+    else its tolerance: :func:`~sdpalab.explore.objectives.over_error`) on any shape is left
+    out. Only the goldilocks rows unless
     ``include_all``. ``memory``: the memory measure
     (:data:`~sdpalab.explore.objectives.MEMORY_MEASURES`).
     """
@@ -87,9 +89,7 @@ def goldilocks_across_shapes(
     names = [context_label(c, fields) for c in contexts]
 
     def accurate(res: Result, tolerance: float | None) -> bool:
-        bound = constraints.max_error if constraints.max_error is not None else tolerance
-        err = res.rel_fro_err
-        return err is not None and (bound is None or err <= bound)
+        return over_error(res, constraints, tolerance) is None
 
     per_config: dict[str, dict[str, Result]] = {}
     fronts = {}

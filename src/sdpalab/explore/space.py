@@ -3,7 +3,9 @@
 Every choice axis of a variant (``backend``, ``mod`` with its arguments, ``kv_cache``,
 ``kv_quant``, ``kv_args.*``, ``weight_quant``, ``projections``) and the compute ``dtype`` is a
 parameter: categorical, or an integer level index for a numeric axis (so TPE and GP see the
-order of sizes). The shape of the work is not a choice: each shape is a context of its own.
+order of sizes). The shape of the work is not a choice, nor the attention it means (a workload
+that names no mask means each variant's own): each is a context of its own, searched by a study
+of its own over the axes that vary among its points.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import functools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sdpalab.spec import CONTEXT_FIELDS, SIZE_FIELDS, Trial
+from sdpalab.explore.objectives import context_from
+from sdpalab.spec import SIZE_FIELDS, Trial
 
 INSTALL = "pip install 'sdpalab[search]'"
 
@@ -55,8 +58,8 @@ def choice_point(trial: Trial) -> dict[str, Any]:
 
 
 def context_of_trial(trial: Trial) -> dict[str, Any]:
-    spec = trial.workload_spec
-    return {k: spec.get(k) for k in CONTEXT_FIELDS if k in spec}
+    """The trial's context, as its Result's will be (shape and the attention it means)."""
+    return context_from(trial.workload_spec, trial.variant_spec)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Space:
     """Shapes, smallest first."""
     table: dict[tuple[int, tuple], Trial]
     """(shape index, point as a tuple of levels in axis order) → Trial."""
+    _levels: dict[tuple[str, int], tuple] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_trials(cls, trials: Sequence[Trial]) -> Space:
@@ -104,10 +108,30 @@ class Space:
     def param_name(self, axis: str) -> str:
         return f"{axis} (level)" if axis in self.numeric else axis
 
-    def distributions(self) -> dict[str, Any]:
+    def levels(self, axis: str, ctx: int | None = None) -> tuple:
+        """``axis``'s levels: all of them, or (``ctx``) those shape ``ctx``'s points hold."""
+        if ctx is None:
+            return self.axes[axis]
+        cached = self._levels.get((axis, ctx))
+        if cached is None:
+            at = list(self.axes).index(axis)
+            held = {_key(point[at]) for (c, point) in self.table if c == ctx}
+            cached = tuple(v for v in self.axes[axis] if _key(v) in held)
+            self._levels[(axis, ctx)] = cached
+        return cached
+
+    def free(self, ctx: int | None = None) -> list[str]:
+        """The axes a study of shape ``ctx`` chooses on: those with two levels or more there
+        (every axis when ``ctx`` is None). An axis that one shape holds at one level (a mask
+        that is part of the shape, a cache only decode runs) is no choice there."""
+        return [a for a in self.axes if len(self.levels(a, ctx)) > 1]
+
+    def distributions(self, ctx: int | None = None) -> dict[str, Any]:
+        """Optuna distributions of the :meth:`free` axes of shape ``ctx`` (None: all)."""
         optuna = import_optuna()
         dist = {}
-        for axis, levels in self.axes.items():
+        for axis in self.free(ctx):
+            levels = self.levels(axis, ctx)
             if axis in self.numeric:
                 dist[self.param_name(axis)] = optuna.distributions.IntDistribution(
                     0, len(levels) - 1
@@ -120,9 +144,14 @@ class Space:
                 dist[axis] = optuna.distributions.CategoricalDistribution(choices)
         return dist
 
-    def point_of(self, params: dict[str, Any]) -> tuple:
-        out = []
-        for axis, levels in self.axes.items():
+    def point_of(self, params: dict[str, Any], ctx: int | None = None) -> tuple:
+        """The point a study's ``params`` name (axes fixed in shape ``ctx`` at their level)."""
+        out, free = [], set(self.free(ctx))
+        for axis in self.axes:
+            levels = self.levels(axis, ctx)
+            if axis not in free:
+                out.append(levels[0])
+                continue
             value = params[self.param_name(axis)]
             if axis in self.numeric:
                 out.append(levels[int(value)])
@@ -130,13 +159,16 @@ class Space:
                 out.append(next(v for v in levels if v == value or str(v) == str(value)))
         return tuple(out)
 
-    def params_of(self, point: tuple) -> dict[str, Any]:
-        dist = self.distributions()
+    def params_of(self, point: tuple, ctx: int | None = None) -> dict[str, Any]:
+        """The params of a study of shape ``ctx`` that name ``point``."""
+        dist, free = self.distributions(ctx), set(self.free(ctx))
         out = {}
-        for (axis, levels), value in zip(self.axes.items(), point, strict=True):
+        for axis, value in zip(self.axes, point, strict=True):
+            if axis not in free:
+                continue
             name = self.param_name(axis)
             if axis in self.numeric:
-                out[name] = levels.index(value)
+                out[name] = self.levels(axis, ctx).index(value)
             else:
                 choices = dist[name].choices
                 out[name] = next(c for c in choices if c == value or str(c) == str(value))
@@ -144,6 +176,10 @@ class Space:
 
     def valid_points(self, ctx: int) -> list[tuple]:
         return [point for (c, point) in self.table if c == ctx]
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _size(ctx: dict[str, Any]) -> tuple:

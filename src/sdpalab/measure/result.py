@@ -18,7 +18,8 @@ FINAL_STATUSES = STATUSES
 
 @dataclass
 class Result:
-    """One trial → one Result. See DESIGN.md, "What a measurement is"."""
+    """One trial → one Result: what each field measures is in the README, "What a measurement
+    is"."""
 
     variant: dict[str, Any]
     workload: dict[str, Any]
@@ -45,6 +46,15 @@ class Result:
     rel_fro_err: float | None = None
     cosine: float | None = None
     tolerance: float | None = None
+    # quality of a model workload against the stock model, per scored token of real text
+    # (sdpalab.models.quality): KL(stock || variant) of next-token distributions, perplexity
+    # change with its paired 95 % interval, and how often the most probable token is the same
+    kl_mean_nats: float | None = None
+    kl_max_nats: float | None = None
+    ppl_delta_pct: float | None = None
+    ppl_delta_pct_lo: float | None = None
+    ppl_delta_pct_hi: float | None = None
+    top1_agreement: float | None = None
     # throughput
     flops: int | None = None
     bytes_moved: int | None = None
@@ -80,8 +90,11 @@ class Result:
             "label": self.label,
             "status": self.status,
         }
+        # dicts (a mod's arguments) as JSON text: one type a column, for CSV and Parquet
         for key, value in self.workload.items():
-            row[f"wl_{key}"] = value
+            row[f"wl_{key}"] = (
+                json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+            )
         for key, value in self.variant.items():
             row[f"v_{key}"] = (
                 json.dumps(value, sort_keys=True) if isinstance(value, dict) else value

@@ -21,7 +21,8 @@ import torch
 from sdpalab.attention.errors import Unsupported
 from sdpalab.measure.memory import cpu_allocation_peak
 from sdpalab.measure.timing import summarize
-from sdpalab.models.loading import LoadedModel
+from sdpalab.models.loading import LoadedModel, cache_argument
+from sdpalab.models.quiet import quiet_libraries
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,17 @@ class _StepClock:
         return [(b - a) * 1e3 for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
 
 
+@quiet_libraries()
 def teacher_forced_logits(
     model: torch.nn.Module, ids: torch.Tensor, tokens: torch.Tensor, cache: Any
 ) -> torch.Tensor:
     """Logits ``[B, n, V]`` predicting each of ``tokens [B, n]`` after ``ids``: a prefill, then
     ``tokens`` fed one a step through ``cache``, the way greedy decoding feeds its own."""
+    with_cache = {cache_argument(model): cache}
     with torch.inference_mode():
-        steps = [model(input_ids=ids, past_key_values=cache).logits[:, -1]]
+        steps = [model(input_ids=ids, **with_cache).logits[:, -1]]
         for t in range(tokens.shape[1] - 1):
-            steps.append(model(input_ids=tokens[:, t : t + 1], past_key_values=cache).logits[:, -1])
+            steps.append(model(input_ids=tokens[:, t : t + 1], **with_cache).logits[:, -1])
     return torch.stack(steps, 1).float()
 
 
@@ -140,6 +143,7 @@ def _agreement(tokens, logits, reference) -> dict[str, Any]:
     )
 
 
+@quiet_libraries()
 def generation_run(
     loaded: LoadedModel,
     ids: torch.Tensor,
@@ -171,7 +175,7 @@ def generation_run(
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
-            past_key_values=cache,
+            **{cache_argument(model): cache},
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import os
 import shutil
@@ -27,6 +28,7 @@ import torch
 
 from sdpalab.cache import cache_dir
 from sdpalab.models.attention import INSTALL, require_transformers
+from sdpalab.models.quiet import quiet_libraries
 from sdpalab.spec import BUILTIN_MODELS, DTYPES
 
 TINY_LLAMA = dict(
@@ -53,6 +55,13 @@ class LoadedModel:
     kind: str
     tokenizer: Any | None = None
     """Present for models with real text (minilm, local checkpoints that ship one)."""
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword ``model``'s forward takes its cache by: ``cache`` where it has one
+    (transformers 5.25 renamed ``past_key_values``; the old name warns, then goes away), else
+    ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def minilm_path() -> Path:
@@ -170,6 +179,7 @@ def _from_config(config, decoder: bool, device: str, dtype: torch.dtype, seed: i
             return cls.from_config(config, dtype=dtype)
 
 
+@quiet_libraries()
 def load_model(
     model: str,
     *,

@@ -24,6 +24,9 @@ from typing import Any
 
 import torch
 
+from sdpalab.models.loading import cache_argument
+from sdpalab.models.quiet import quiet_libraries
+
 Z95 = 1.959963984540054
 """Two-sided 95 % quantile of the standard normal."""
 
@@ -90,6 +93,7 @@ class QualityRun:
     """Wall time of scoring every window (prefill and teacher-forced steps)."""
 
 
+@quiet_libraries()
 def forced_logprobs(
     model: torch.nn.Module,
     ids: torch.Tensor,
@@ -110,8 +114,7 @@ def forced_logprobs(
     if context < 1 or n < 1:
         raise ValueError(f"need at least 1 context and 1 scored token; got {context} and {n}")
     params = set(inspect.signature(model.forward).parameters)
-    # transformers 5.25 renamed past_key_values to cache (the old name warns, then goes away).
-    with_cache = {"cache" if "cache" in params else "past_key_values": cache}
+    with_cache = {cache_argument(model): cache}
     # Only the prefill's last position is scored: don't compute [B, context, V] logits for it.
     keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     with torch.inference_mode():

@@ -18,10 +18,12 @@ from rich.text import Text
 from sdpalab.report.tables import (
     EAGER_MARK,
     EAGER_NOTE,
+    SHAPE,
     counts_line,
     failures,
     format_ms,
     group_tables,
+    shape_of,
     status_counts,
 )
 from sdpalab.units import format_bytes
@@ -308,6 +310,62 @@ def render_comparison(console: Console, comparisons, *, only_changed: bool | Non
     console.print(
         Text(line + (" (same rows not shown)" if only_changed and "same" in counts else ""))
     )
+
+
+def render_dry_run(console: Console, estimate: Any) -> None:
+    """``sdpalab sweep --dry-run``: the trials (how many, and per grid a table of labels by
+    shapes, each cell the trial's estimated time) and the estimate of the whole run."""
+    from sdpalab.explore.estimate import duration_text
+
+    spec, trials = estimate.spec, estimate.trials
+    here = sum(t.unsupported is not None for t in trials)
+    left = len(spec.left_out())
+    notes = [f"{left} left out (can run nowhere)"] if left else []
+    notes += [f"{here} unsupported here (stored as such, not run)"] if here else []
+    console.print(
+        Text(f"{spec.name}: {len(trials)} trials" + (f"; {'; '.join(notes)}" if notes else ""))
+    )
+    grids: dict[str, list] = {}
+    for trial in trials:
+        grids.setdefault(trial.grid, []).append(trial)
+    for name, members in grids.items():
+        shapes = [shape_of({f"wl_{k}": v for k, v in t.workload_spec.items()}) for t in members]
+        keys = [short for _, short in SHAPE]
+        varying = [k for k in keys if len({str(s[k]) for s in shapes}) > 1]
+        fixed = [k for k in keys if k not in varying]
+        columns = list(dict.fromkeys(_shape_text(s, varying) for s in shapes))
+        dtypes = {t.workload_spec.get("dtype") for t in members}
+        phases = {t.workload_spec.get("phase") for t in members}
+        parts = [name, *map(str, sorted(phases - {None})), *map(str, sorted(dtypes - {None}))]
+        title = " · ".join(dict.fromkeys([*parts, _shape_text(shapes[0], fixed)]))
+        table = RichTable(title=title, title_justify="left", title_style="bold")
+        table.add_column("variant", overflow="fold")
+        for column in columns:
+            table.add_column(column, justify="right")
+        rows: dict[str, dict[str, str]] = {}
+        for trial, shape in zip(members, shapes, strict=True):
+            label = trial.label + (f" [{trial.workload_spec['dtype']}]" if len(dtypes) > 1 else "")
+            seconds = estimate.seconds[trial.trial_id]
+            cell = "unsupported" if trial.unsupported is not None else _seconds_text(seconds)
+            rows.setdefault(label, {})[_shape_text(shape, varying)] = cell
+        for label, cells in rows.items():
+            table.add_row(Text(label), *(cells.get(c, "") for c in columns))
+        console.print(table)
+    workers = f"{estimate.workers} worker" + ("s" if estimate.workers != 1 else "")
+    console.print(
+        Text(
+            f"estimate: about {duration_text(estimate.total_s)} with {workers} (cells: seconds "
+            f"per trial; from {estimate.basis}); nothing was run or written"
+        )
+    )
+
+
+def _shape_text(shape: dict[str, Any], keys: list[str]) -> str:
+    return " ".join(f"{k}={shape[k]}" for k in keys if shape.get(k) is not None) or "-"
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def render_plan(console: Console, rows: list[dict[str, Any]], title: str) -> None:

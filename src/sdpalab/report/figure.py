@@ -51,6 +51,7 @@ def ok_rows(rows: list[dict]) -> list[dict]:
 def bytes_ticks(axis, low: float, high: float, n: int = 6) -> None:
     """On a linear byte axis, ticks at multiples of a power of two (``256 KiB`` steps rather
     than ``97.7 KiB`` ones), about ``n`` of them over ``[low, high]``."""
-    span = max(high - low, 1.0)
+    # equal values: the axis's own margins around them set the span, about a tenth of the value
+    span = max(high - low, abs(high) / 10, 1.0)
     step = 2 ** math.ceil(math.log2(span / n))
     axis.set_major_locator(matplotlib.ticker.MultipleLocator(step))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdpalab.explore.objectives import context_key
+from sdpalab.explore.objectives import context_key, context_of
 from sdpalab.report.figure import colors, log2_tokens, ok_rows, plt, save, slug
 from sdpalab.report.mask_plot import mask_density, plot_mask
 from sdpalab.report.search_plots import front_ids, plot_pareto, plot_sensitivity, trial_ids
@@ -318,6 +318,9 @@ def render_plots(
             f"Hq={r.get('wl_heads_q')} Hkv={r.get('wl_heads_kv')} "
             f"S={r.get('wl_seq_kv')} D={r.get('wl_head_dim')}"
         )
+        meant = context_of(from_row(r)).get("mod")
+        if meant is not None and meant != "none":  # the mask: shapes of two masks differ by it
+            desc += f" mask={meant}"
         suffix = "" if len(shapes) == 1 else "_" + slug(desc.replace(" ", "_"))
         written.append(
             plot_pareto(

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from sdpalab.explore.objectives import MEMORY_MEASURES, memory_measure, memory_of
+from sdpalab.explore.objectives import (
+    MEMORY_MEASURES,
+    error_field,
+    memory_measure,
+    memory_of,
+    objective_value,
+)
 from sdpalab.explore.pareto import pareto
 from sdpalab.report.figure import bytes_ticks, colors, ok_rows, plt, save
 from sdpalab.report.tables import row_label
@@ -57,8 +63,8 @@ def plot_pareto(
     memory: str = "auto",
     constraints=None,
 ) -> Path | None:
-    """Latency against memory (the ``memory`` measure) for every ok trial, coloured by relative
-    error (log), the Pareto front joined as a staircase, the recommendation starred. ``front``:
+    """Latency against memory (the ``memory`` measure) for every ok trial, coloured by its error
+    (log; relative error, or a model's KL), the Pareto front joined as a staircase, the recommendation starred. ``front``:
     Results, dicts, trial ids or a DataFrame; when not given, the front of ``rows`` within
     ``constraints`` as :func:`front_ids` computes it. ``recommendation``: a Result, dict, trial
     id or ``explore.recommend.Recommendation``."""
@@ -79,7 +85,10 @@ def plot_pareto(
     fig, ax = plt.subplots(figsize=(8.5, 5.2), layout="constrained")
     xs = np.array([r["latency_ms"] for r in rows], dtype=float)
     ys = np.array([mem[id(r)] for r in rows], dtype=float)
-    errs = np.array([r.get("rel_fro_err") or np.nan for r in rows], dtype=float)
+    # each row's error: the relative error vs float64, or a model's KL from the stock model
+    results = [from_row(r) for r in rows]
+    errs = np.array([objective_value(r, "error") or np.nan for r in results], dtype=float)
+    kl = all(error_field(r) == "kl_mean_nats" for r in results)
     positive = errs[np.isfinite(errs) & (errs > 0)]
     if positive.size:
         errs = np.where(np.isfinite(errs) & (errs > 0), errs, positive.min())
@@ -95,7 +104,8 @@ def plot_pareto(
             linewidths=0.3,
             zorder=3,
         )
-        fig.colorbar(dots, ax=ax, label="relative Frobenius error vs float64")
+        label = "KL from the stock model, nats" if kl else "relative Frobenius error vs float64"
+        fig.colorbar(dots, ax=ax, label=label)
     else:
         ax.scatter(xs, ys, color="tab:blue", s=36, zorder=3)
     if front_rows:

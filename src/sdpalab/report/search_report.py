@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 _LIMIT_TEXT = {
     "max_error": "error <= {:.3g}",
+    "max_kl": "KL <= {:.3g}",
+    "max_ppl_increase": "perplexity <= +{:.3g} %",
     "max_memory": "memory <= {}",
     "max_latency_ms": "latency <= {:.3g} ms",
 }
@@ -36,7 +38,10 @@ def limits_text(constraints: Constraints) -> str:
         value = getattr(constraints, name)
         if value is not None:
             parts.append(template.format(format_bytes(value) if name == "max_memory" else value))
-    return ", ".join(parts) or "none (errors must stay within each dtype's tolerance)"
+    text = ", ".join(parts) or "none (errors must stay within each dtype's tolerance)"
+    if constraints.allow_approximate:  # a variant of another mask than the workload's may win
+        text += "; approximations allowed"
+    return text
 
 
 def _latency_cells(rows: list[dict]) -> tuple[list[str], bool]:
@@ -50,9 +55,10 @@ def _latency_cells(rows: list[dict]) -> tuple[list[str], bool]:
     return cells, bool(eager)
 
 
-FRONT_COLUMNS = ("configuration", "ms", "± IQR", "memory", "KV cache", "rel err", "pick")
+FRONT_COLUMNS = ("configuration", "ms", "± IQR", "memory", "KV cache", "error", "pick")
 """The front's columns, in the console and in the HTML report alike (short, so that a front fits
-a 100-column terminal; the title says which memory measure the ``memory`` column holds)."""
+a 100-column terminal; the title says which memory measure the ``memory`` column holds, and an
+error that is a model's KL says so)."""
 OVER_TOLERANCE = "over tol."
 """The pick of a front member whose error is above its tolerance: not recommended."""
 
@@ -65,9 +71,17 @@ def front_cells(row: dict, latency: str) -> list[str]:
         format_ms(row["latency_iqr_ms"]),
         format_bytes(row["memory_bytes"]),
         format_bytes(row["kv_cache_bytes"]),
-        "-" if row["rel_fro_err"] is None else f"{row['rel_fro_err']:.2g}",
+        error_cell(row),
         row["pick"],
     ]
+
+
+def error_cell(row: dict) -> str:
+    """A row's error: ``3.1e-07`` (relative error), ``KL 0.0057`` (a model's), ``-``."""
+    value = row.get("error", row.get("rel_fro_err"))
+    if value is None:
+        return "-"
+    return f"KL {value:.2g}" if row.get("error_measure") == "kl_mean_nats" else f"{value:.2g}"
 
 
 def _memory_measures(rows: list[dict]) -> str:
@@ -76,14 +90,20 @@ def _memory_measures(rows: list[dict]) -> str:
 
 def _tolerance_note(rows: list[dict]) -> str:
     """What ``over tol.`` means, with the tolerances of the rows it marks."""
-    marked = [r["tolerance"] for r in rows if r["pick"] == OVER_TOLERANCE]
-    tols = sorted({f"{t:.2g}" for t in marked if t is not None and t == t})
+    marked = [r for r in rows if r["pick"] == OVER_TOLERANCE]
+    tols = sorted({f"{r['tolerance']:.2g}" for r in marked if _finite(r["tolerance"])})
     if not tols:
         return ""
+    kl = any(r.get("error_measure") == "kl_mean_nats" for r in marked)
+    flag = "--max-kl or --max-ppl-increase" if kl else "--max-error"
     return (
         f"{OVER_TOLERANCE}: error above the tolerance ({', '.join(tols)}); never recommended "
-        "unless --max-error allows it"
+        f"unless {flag} allows it"
     )
+
+
+def _finite(value) -> bool:
+    return value is not None and value == value
 
 
 def _front_table(rows: list[dict], latencies: list[str], title: str) -> Table:
@@ -140,6 +160,10 @@ def render_front(console: Console, summary) -> None:
         console.print(Text(rec.summary()))
         console.print(Text("as YAML:", style="dim"))
         console.print(Text(rec.variant_yaml()))
+        snippet = rec.transformers_snippet()
+        if snippet:
+            console.print(Text("in your own transformers model:", style="dim"))
+            console.print(Text(snippet), soft_wrap=True)  # wrapped lines would not paste
 
 
 def short_shape(label: str) -> str:
@@ -348,7 +372,11 @@ def front_section(summary) -> tuple[str, str]:
         if rec is None:
             parts.append(f"<p>no recommendation: {escape(summary.unavailable.get(shape))}</p>")
         else:
-            parts.append(f"<pre>{escape(rec.summary())}\n\n{escape(rec.variant_yaml())}</pre>")
+            text = f"{rec.summary()}\n\n{rec.variant_yaml()}"
+            snippet = rec.transformers_snippet()
+            if snippet:
+                text += f"\n\n# in your own transformers model:\n{snippet}"
+            parts.append(f"<pre>{escape(text)}</pre>")
     return "Pareto front and recommendation", "".join(parts)
 
 

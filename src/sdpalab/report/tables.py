@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdpalab.run.rundir import frame, records
+from sdpalab.run.rundir import decode_json, frame, records
+from sdpalab.spec.variant import mod_text
 
 SHAPE = (
     ("batch", "B"),
@@ -24,8 +25,9 @@ SHAPE = (
     ("head_dim", "D"),
     ("layer", "L"),  # a trace's layers share their shapes
 )
-GROUP = ("phase", "dtype", "device", "trace")
-"""One table per value of these; ``trace`` (the file) sets real tensors apart from Gaussian."""
+GROUP = ("phase", "dtype", "device", "trace", "mod", "mod_args")
+"""One table per value of these; ``trace`` (the file) sets real tensors apart from Gaussian,
+``mod`` the attention a workload means (when it names one) from another."""
 
 
 @dataclass
@@ -138,7 +140,12 @@ def group_tables(results) -> list[Table]:
         varying = [k for k in names if len({json.dumps(s[k]) for s in shapes}) > 1]
         fixed = [k for k in names if k not in varying]
         columns_from = varying or fixed
-        title_parts = [str(v) for v in key if v is not None]
+        meant = dict(zip(GROUP, key, strict=True))
+        title_parts = [
+            str(v) for g, v in meant.items() if v is not None and g not in ("mod", "mod_args")
+        ]
+        if meant["mod"] is not None:  # the mask the workload names, with its arguments
+            title_parts.append("means " + mod_text(meant["mod"], decode_json(meant["mod_args"])))
         fixed_text = _describe(shapes[0], fixed) if varying else ""
         table = Table(title=" · ".join([*title_parts, fixed_text] if fixed_text else title_parts))
         order = sorted(

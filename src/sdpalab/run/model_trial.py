@@ -1,31 +1,37 @@
 """Variants inside a transformers model, measured end to end: :func:`bench_model` (what
-``sdpalab model`` runs: the stock attention and each Variant, side by side) and
-:func:`measure_model` (a :class:`~sdpalab.spec.ModelWorkload` trial: one Variant, one Result).
+``sdpalab model`` runs: the stock attention and each Variant, side by side, generating greedily)
+and :func:`measure_model` (a :class:`~sdpalab.spec.ModelWorkload` trial: one Variant, one Result).
 
-A decoder prefills a seeded random prompt of ``prompt_len`` tokens and generates ``new_tokens``
-greedily (``sdpalab.models.generation``), once with the model's stock attention (``sdpa`` with a
-``DynamicCache``) and once per Variant (its attention registered through ``AttentionInterface``,
-its cache an ``SdpalabCache`` when it has a ``kv_cache``), scored against the stock run. An
-encoder runs one forward over ``[batch, prompt_len]`` tokens for speed and memory, and embeds real
-sentences one at a time (no padding) for agreement: the cosine of the mean-pooled sentence
-embeddings and of every token's hidden state, worst case reported.
+A decoder trial reads ``batch`` windows of the workload's text (``pydoc_data.topics`` unless it
+names a file; seeded random tokens for a model without a tokenizer): it prefills ``prompt_len``
+tokens of each into the Variant's cache (its attention registered through ``AttentionInterface``,
+its cache an ``SdpalabCache`` when it has a ``kv_cache``), then feeds the next ``new_tokens`` one
+decode step at a time, teacher-forced, and scores every step's next-token distribution against
+the stock model's on the same tokens (``sdpa`` with a ``DynamicCache``; :mod:`sdpalab.models.
+quality`). An encoder runs one forward over ``[batch, prompt_len]`` tokens for speed and memory,
+and embeds real sentences one at a time (no padding) for agreement: the cosine of the mean-pooled
+sentence embeddings and of every token's hidden state, worst case reported.
 
 A trial's :class:`Result` is read by the sweep, search, Pareto and recommendation like any other:
 
-- ``latency_ms`` / ``latency_iqr_ms``: median / IQR of one greedy decode step (ms per token;
-  encoders: one forward of ``[batch, prompt_len]``), ``latency_n`` the steps timed;
+- ``latency_ms`` / ``latency_iqr_ms``: median / IQR of one decode step of ``batch`` sequences
+  (encoders: one forward of ``[batch, prompt_len]``), ``latency_n`` the steps timed;
 - ``peak_mem_bytes``: the run's peak above what was live before (weights, inputs), the KV
-  cache included; ``peak_mem_total_bytes`` adds the model's weights, so a budget such as
-  ``--max-memory 2GiB`` limits what the model needs; ``kv_cache_bytes``: the cache after
-  generation;
-- ``rel_fro_err``: the largest relative error of one step's logits against the stock attention,
-  teacher-forced on the stock run's tokens; encoders: ``sqrt(2 - 2 cos)`` of the worst token's
-  hidden state (the relative error of its direction), ``cosine`` that cosine;
+  cache included (on a CPU a separate, profiled pass, when ``MeasureSettings.memory``);
+  ``peak_mem_total_bytes`` adds the model's weights, so a budget such as ``--max-memory 2GiB``
+  limits what the model needs; ``kv_cache_bytes``: the cache of all ``batch`` sequences after
+  the last step;
+- quality (decoders): ``kl_mean_nats`` / ``kl_max_nats`` (KL of the stock model's next-token
+  distribution to the variant's), ``ppl_delta_pct`` and its paired 95 % interval
+  ``ppl_delta_pct_lo`` / ``_hi``, ``top1_agreement``, over ``batch * new_tokens`` tokens;
+- ``rel_fro_err``: the largest relative error of one step's logits against the stock model's;
+  encoders: ``sqrt(2 - 2 cos)`` of the worst token's hidden state (the relative error of its
+  direction), ``cosine`` that cosine;
 - ``kernel``: the Variant's backend; ``status``/``reason``: the run's (a failure is a status,
   never an exception).
 
-A trial keeps the loaded model and the stock run per worker process, keyed by everything they
-depend on, so a search over many variants of one model pays for them once.
+A trial keeps the loaded model and the stock model's log-probs per worker process, keyed by
+everything they depend on, so a search over many variants of one model pays for them once.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import math
 import time
 import traceback
@@ -45,10 +52,12 @@ import torch
 from sdpalab.attention.errors import Unsupported
 from sdpalab.measure.memory import cpu_allocation_peak
 from sdpalab.measure.result import Result
-from sdpalab.measure.timing import time_fn
+from sdpalab.measure.timing import summarize, time_fn
 from sdpalab.models.attention import apply_variant
-from sdpalab.models.generation import ModelRun, generation_run
+from sdpalab.models.generation import ModelRun, cache_nbytes, generation_run
 from sdpalab.models.loading import LoadedModel, load_model
+from sdpalab.models.quality import forced_logprobs, summarize_quality, token_scores
+from sdpalab.models.text import load_text, text_windows
 from sdpalab.spec import MeasureSettings, ModelWorkload, Variant, resolve_device
 
 STOCK = "sdpa"
@@ -234,9 +243,22 @@ def bench_model(
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
-_STOCK: dict[tuple, tuple[torch.Tensor, ModelRun, Reference | None]] = {}
-"""(model, prompt_len, new_tokens, batch, dtype, device, seed, warmup) → (ids, stock run,
-its generation)."""
+_REFERENCES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+"""(model, text, prompt_len, new_tokens, batch, dtype, device, seed) → (token windows
+``[batch, prompt_len + new_tokens]``, the stock model's log-probs on them ``[batch, new_tokens,
+V]``)."""
+_KEPT = 4
+"""References kept per worker: a search visits its shapes round-robin."""
+
+QUALITY_FIELDS = (
+    "kl_mean_nats",
+    "kl_max_nats",
+    "ppl_delta_pct",
+    "ppl_delta_pct_lo",
+    "ppl_delta_pct_hi",
+    "top1_agreement",
+)
+"""The :func:`~sdpalab.models.quality.summarize_quality` fields a model Result records."""
 
 
 def _loaded(workload: ModelWorkload, seed: int) -> LoadedModel:
@@ -250,59 +272,144 @@ def _loaded(workload: ModelWorkload, seed: int) -> LoadedModel:
     return _MODELS[key]
 
 
-def _stock(loaded, workload: ModelWorkload, settings: MeasureSettings):
-    """The prompt and stock run of this model and shape, measured once per worker."""
-    key = (workload.model, workload.prompt_len, workload.new_tokens, workload.batch)
-    key += (workload.dtype, workload.device, settings.seed, settings.warmup)
-    if key not in _STOCK:
-        ids = _prompt(loaded, workload.batch, workload.prompt_len, settings.seed)
-        _STOCK[key] = (ids, *_stock_run(loaded, ids, workload.new_tokens, settings.warmup))
-    return _STOCK[key]
+def _windows(loaded: LoadedModel, workload: ModelWorkload, seed: int) -> torch.Tensor:
+    """Token ids ``[batch, prompt_len + new_tokens]``: ``batch`` windows spread over the text,
+    or seeded random tokens for a model without a tokenizer (its weights are random too)."""
+    length = workload.prompt_len + workload.new_tokens
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"prompt_len + new_tokens = {length} exceeds {loaded.name}'s {limit} positions"
+        )
+    if loaded.tokenizer is None:
+        if workload.text is not None:
+            raise ValueError(
+                f"model {loaded.name!r} has no tokenizer to read text {workload.text!r}; use "
+                "smollm2, a .gguf file or a checkpoint with a tokenizer, or drop text"
+            )
+        return _prompt(loaded, workload.batch, length, seed)
+    ids, _ = text_windows(loaded.tokenizer, load_text(workload.text), length, workload.batch)
+    return ids.to(next(loaded.model.parameters()).device)
 
 
-def _trial_run(loaded, variant: Variant, workload: ModelWorkload, settings: MeasureSettings):
-    if loaded.kind == "encoder":
-        return _bench_encoder(
-            loaded,
-            [variant],
-            batch=workload.batch,
-            prompt_len=workload.prompt_len,
-            texts=SENTENCES,
-            warmup=settings.warmup,
-        )[-1]
-    run = _prepare(loaded, variant, workload.prompt_len + workload.new_tokens)
-    ids, stock, reference = _stock(loaded, workload, settings)
-    if stock.status != "ok":
-        return dataclasses.replace(stock, reason=f"the stock run failed: {stock.reason}")
-    kwargs = dict(new_tokens=workload.new_tokens, reference=reference, warmup=settings.warmup)
-    return run(ids, **kwargs)[0]
+def _warm(net: torch.nn.Module, ids: torch.Tensor, cache: Any, warmup: int) -> None:
+    """``warmup`` short passes (a few tokens prefilled, one step): the first forward pays
+    one-off costs (allocator, lazy dispatch) that are not the variant's."""
+    head = ids[:, : min(9, ids.shape[1])]
+    for _ in range(warmup):
+        forced_logprobs(net, head, cache(), context=head.shape[1] - 1)
 
 
-def _fields(run: ModelRun, loaded: LoadedModel, workload: ModelWorkload) -> dict[str, Any]:
-    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    weights += sum(b.numel() * b.element_size() for b in loaded.model.buffers())
-    peak = run.peak_mem_bytes
-    out: dict[str, Any] = dict(
+def _reference(loaded: LoadedModel, workload: ModelWorkload, settings: MeasureSettings):
+    """The token windows and the stock model's log-probs on them, computed once per worker."""
+    from transformers import DynamicCache
+
+    key = (workload.model, workload.text, workload.prompt_len, workload.new_tokens)
+    key += (workload.batch, workload.dtype, workload.device, settings.seed)
+    if key not in _REFERENCES:
+        if len(_REFERENCES) >= _KEPT:
+            _REFERENCES.pop(next(iter(_REFERENCES)))
+        ids = _windows(loaded, workload, settings.seed)
+        net = loaded.model
+        net.set_attn_implementation(STOCK)
+        stock = functools.partial(DynamicCache, config=net.config)
+        _warm(net, ids, stock, settings.warmup)
+        logprobs = forced_logprobs(net, ids, stock(), context=workload.prompt_len)
+        _REFERENCES[key] = (ids, logprobs)
+    return _REFERENCES[key]
+
+
+def _centered_rel_err(logprobs: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest relative error of one step's logits ``[B, n, V]`` against the reference's, from
+    log-probs: log-softmax keeps logits up to a per-row constant, which centering removes."""
+    a, b = logprobs - logprobs.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
+    return ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
+
+
+def _decoder_fields(
+    loaded: LoadedModel, variant: Variant, workload: ModelWorkload, settings: MeasureSettings
+) -> dict[str, Any]:
+    """One teacher-forced pass of ``variant`` over the reference's windows: decode latency
+    (each step after the prefill timed), cache bytes, quality against the stock model."""
+    # Imported here: the cache module needs transformers, and a missing one must fail inside
+    # the trial (with the install command), not where this module is imported.
+    from sdpalab.models.cache import variant_cache
+
+    ids, ref_logprobs = _reference(loaded, workload, settings)
+    net, device = loaded.model, ids.device
+    layers = getattr(net.config, "num_hidden_layers", None)  # checks a per-layer map
+    make_cache, _ = variant_cache(variant, ids.shape[1], layers)
+    apply_variant(net, variant)
+    _warm(net, ids, make_cache, settings.warmup)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    stamps: list[float] = []
+
+    def stamp() -> None:
+        sync()
+        stamps.append(time.perf_counter())
+
+    def run(cache: Any) -> torch.Tensor:
+        return forced_logprobs(net, ids, cache, context=workload.prompt_len, on_forward=stamp)
+
+    cache = make_cache()
+    peak = None
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    stamp()
+    logprobs = run(cache)
+    gaps_ms = [(b - a) * 1e3 for a, b in itertools.pairwise(stamps)]
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    elif settings.memory:  # the CPU profiler slows the run it watches: a separate, untimed one
+        peak = cpu_allocation_peak(lambda: run(make_cache()))
+    decode = summarize(gaps_ms[1:]) if len(gaps_ms) > 1 else None  # [0] is the prefill
+    quality = summarize_quality(token_scores(ref_logprobs, logprobs, ids[:, workload.prompt_len :]))
+    return dict(
+        latency_ms=decode and decode.latency_ms,
+        latency_iqr_ms=decode and decode.latency_iqr_ms,
+        latency_n=decode and decode.latency_n,
+        noisy=decode and decode.noisy,
         peak_mem_bytes=peak,
-        peak_mem_total_bytes=None if peak is None else peak + weights,
-        memory_method="cuda_max_allocated" if "cuda" in workload.device else "cpu_profiler",
-        kv_cache_bytes=run.kv_cache_bytes,
+        kv_cache_bytes=cache_nbytes(cache),
+        rel_fro_err=_centered_rel_err(logprobs, ref_logprobs),
+        **{k: quality[k] for k in QUALITY_FIELDS},
     )
-    if loaded.kind == "decoder":
-        out.update(
-            latency_ms=run.decode_ms_per_token,
-            latency_iqr_ms=run.decode_iqr_ms,
-            latency_n=max(0, workload.new_tokens - 1),
-            rel_fro_err=run.logits_rel_err,
+
+
+def _encoder_fields(loaded, variant: Variant, workload: ModelWorkload, settings) -> dict:
+    if workload.text is not None:
+        raise ValueError(
+            f"text scores next-token predictions, and {loaded.name!r} is an encoder; drop text"
         )
-    else:
-        cos = run.hidden_cosine
-        out.update(
-            latency_ms=run.prefill_ms,
-            cosine=cos,
-            rel_fro_err=None if cos is None else math.sqrt(max(0.0, 2.0 - 2.0 * cos)),
-        )
-    return out
+    run = _bench_encoder(
+        loaded,
+        [variant],
+        batch=workload.batch,
+        prompt_len=workload.prompt_len,
+        texts=SENTENCES,
+        warmup=settings.warmup,
+    )[-1]
+    if run.status != "ok":
+        return {"status": run.status, "reason": run.reason}
+    cos = run.hidden_cosine
+    return dict(
+        latency_ms=run.prefill_ms,
+        peak_mem_bytes=run.peak_mem_bytes,
+        kv_cache_bytes=run.kv_cache_bytes,
+        cosine=cos,
+        rel_fro_err=None if cos is None else math.sqrt(max(0.0, 2.0 - 2.0 * cos)),
+    )
+
+
+def _weights_bytes(loaded: LoadedModel) -> int:
+    net = loaded.model
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
 
 
 def measure_model(variant: Variant, workload: ModelWorkload, settings: MeasureSettings) -> Result:
@@ -319,13 +426,15 @@ def measure_model(variant: Variant, workload: ModelWorkload, settings: MeasureSe
     )
     try:
         loaded = _loaded(workload, settings.seed)
-        run = _trial_run(loaded, variant, workload, settings)
-        result.status, result.reason = run.status, run.reason
-        if run.status == "ok":
-            for key, value in _fields(run, loaded, workload).items():
-                setattr(result, key, value)
-            if result.latency_ms is None:
-                result.status, result.reason = "error", "no decode step was timed (new_tokens=1)"
+        measured = _decoder_fields if loaded.kind == "decoder" else _encoder_fields
+        for key, value in measured(loaded, variant, workload, settings).items():
+            setattr(result, key, value)
+        if result.ok and result.peak_mem_bytes is not None:
+            result.peak_mem_total_bytes = result.peak_mem_bytes + _weights_bytes(loaded)
+            cuda = "cuda" in workload.device
+            result.memory_method = "cuda_max_allocated" if cuda else "cpu_profiler"
+        if result.ok and result.latency_ms is None:
+            result.status, result.reason = "error", "no decode step was timed (new_tokens=1)"
     except (Unsupported, ValueError) as err:
         result.status, result.reason = "unsupported", _line(err)
     except torch.OutOfMemoryError as err:

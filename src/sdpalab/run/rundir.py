@@ -496,7 +496,8 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def decode_json(value: Any) -> Any:
-    """A ``v_*`` cell back to its value: JSON objects (``v_mod_args``) become dicts."""
+    """A ``v_*`` or ``wl_*`` cell back to its value: JSON objects (``v_mod_args``) become
+    dicts."""
     if isinstance(value, str) and value.startswith("{"):
         try:
             return json.loads(value)
@@ -529,11 +530,15 @@ def from_row(row: dict[str, Any]) -> Result:
     for key, value in row.items():
         value = plain(value)
         if key.startswith("wl_"):
-            workload[key[3:]] = _int_if_integral(value)
+            workload[key[3:]] = _int_if_integral(decode_json(value))
         elif key.startswith("v_"):
             variant[key[2:]] = decode_json(value)
         else:
             fields[key] = _int_if_integral(value) if key in _INT_FIELDS else value
+    # a CSV row of a workload naming no mask, beside rows of ones that do
+    if workload.get("mod", 0) is None:
+        del workload["mod"]
+        workload.pop("mod_args", None)
     for key in ("reason", "trial_id", "label"):
         fields[key] = "" if fields.get(key) is None else str(fields[key])
     fields.setdefault("status", "ok")

@@ -5,6 +5,10 @@ against the float64 oracle, then time it, take its peak memory, see which kernel
 derive throughput. Every failure becomes a status on the Result; nothing here raises for a
 trial that cannot run.
 
+The oracle applies the mask the workload names (``Workload.mod``), so a variant computing
+another one is an approximation whose error shows; a workload that names none checks each
+variant against its own mask.
+
 On a :class:`~sdpalab.spec.TraceWorkload` the inputs are a model's captured q, k, v (cast to the
 workload's dtype), the oracle applies that layer's own mask, a variant whose mod is ``none``
 runs that mask too (as inside the model), and the Result's workload carries the trace fields
@@ -181,9 +185,11 @@ def _measure_into(
     from sdpalab.build import build, oracle_mod
 
     trace = workload if isinstance(workload, TraceWorkload) else None
-    mask = None
+    mask = None  # the attention the workload means; None: the variant's own
     if trace is not None:
         variant, workload, mask = on_trace(variant, trace), trace.as_workload(), trace.mask
+    elif workload.mod is not None:
+        mask = workload.mod, dict(workload.mod_args)
     if settings.cuda_graph and torch.device(workload.device).type == "cuda":
         capture_stream(workload.device)  # its workspaces count in every trial's memory alike
     t0 = time.perf_counter()

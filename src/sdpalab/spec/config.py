@@ -10,6 +10,11 @@ an axis; the cross product is the grid), the measurement settings and optional c
     measure: {warmup: 10, repeats: 50, timeout_s: 120}
     constraints: {max_error: 1.0e-2, max_memory: 8GiB}
 
+The workload may name the attention it means, ``mod`` (with ``mod_args``, or ``{sliding_window:
+{window: 256}}``, as a variant's): every variant is then checked against that mask, one that
+computes another is an approximation, considered by the search and the recommendation only with
+``constraints: {allow_approximate: true}``. Without it, each variant means its own mask.
+
 Several sub-grids go under ``grids:`` (a list); each takes the top-level ``workload``,
 ``variants`` and ``measure`` as defaults and overrides them key by key. A grid may say
 ``only_on: cpu|cuda`` and ``zip: [seq_kv, head_dim]`` (those axes move together instead of
@@ -18,8 +23,11 @@ being crossed). ``dtype: auto`` is float32 on the CPU and bfloat16 (else float16
 
 A whole model can be the workload instead of one attention call: ``workload: {model:
 tiny-llama, prompt_len: [64, 128], new_tokens: 16, batch: 1, dtype: auto}`` (keys
-:data:`MODEL_AXES`; ``model`` a built-in name or a local path). Each trial then runs the model's
-prefill and greedy generation with the variant (:mod:`sdpalab.run.model_trial`).
+:data:`MODEL_AXES`; ``model`` a built-in name or a local path; ``text`` a UTF-8 file, default
+``pydoc_data.topics``). Each trial then prefills ``batch`` windows of the text into the variant's
+cache and decodes ``new_tokens`` more through it, scored against the stock model
+(:mod:`sdpalab.run.model_trial`); ``constraints: {max_kl: 0.01, max_ppl_increase: 1}`` bound
+that quality.
 
 Real tensors can be the workload too: ``workload: {trace: FILE, layers: [0, 5], phase: prefill,
 dtype: auto}`` (keys :data:`TRACE_AXES`) measures each variant on the queries, keys and values
@@ -205,6 +213,16 @@ def _trace_file(value: str) -> str:
     return value
 
 
+def _text_file(value: str) -> str:
+    # read in the trial (models/text.py says what is wrong with a file that exists)
+    if not Path(value).expanduser().is_file():
+        raise ValueError(
+            f"{value!r} is not a file; valid: a UTF-8 text file, or no text key for the "
+            "default corpus (pydoc_data.topics)"
+        )
+    return value
+
+
 def _kv_args(value: dict) -> dict:
     for key, arg in value.items():
         _valid(key, tuple(KV_ARGS))
@@ -250,6 +268,7 @@ _AXIS_ITEMS = {
     "dtype": _choice("auto", *DTYPES),
     "model": Annotated[StrictStr, AfterValidator(_model_name)],
     "trace": Annotated[StrictStr, AfterValidator(_trace_file)],
+    "text": Annotated[StrictStr, AfterValidator(_text_file)],
     "layers": Annotated[StrictInt, AfterValidator(_nonnegative)],
     # variant fields
     "backend": Annotated[
@@ -291,15 +310,16 @@ VARIANT_KEYS = tuple(f.name for f in dataclasses.fields(Variant))
 WorkloadAxes = _axes_model("WorkloadAxes", WORKLOAD_KEYS)
 VariantAxes = _axes_model("VariantAxes", VARIANT_KEYS)
 MeasureModel = _settings_model()
+_CONSTRAINT_ITEMS = {
+    "max_memory": Annotated[Any, AfterValidator(parse_bytes)],
+    "allow_approximate": StrictBool,
+}
+"""The type of each constraint that is not a positive number."""
 ConstraintsModel = create_model(
     "ConstraintsModel",
     __base__=_Model,
     **{
-        f.name: (
-            (Annotated[Any, AfterValidator(parse_bytes)] if f.name == "max_memory" else _PosNumber)
-            | None,
-            None,
-        )
+        f.name: (_CONSTRAINT_ITEMS.get(f.name, _PosNumber) | None, None)
         for f in dataclasses.fields(Constraints)
     },
 )
@@ -443,11 +463,12 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
         if "trace" in workload and "layers" not in workload:
             workload["layers"] = _common_layers(where, workload["trace"])
         variants = _merge(model.variants, grid.variants)
-        own = grid.variants is not None and grid.variants.mod_args is not None
-        _check_mod_args(f"{source}: {path}.variants" if own else f"{source}: variants", variants)
+        for section, given in (("workload", workload), ("variants", variants)):
+            own = getattr(grid, section) is not None and getattr(grid, section).mod_args
+            _check_mod_args(f"{source}: {path + '.' if own else ''}{section}", given)
         own = grid.variants is not None and grid.variants.kv_quant is not None
         _check_layer_maps(f"{source}: {path + '.' if own else ''}variants", workload, variants)
-        axes_w = {k: tuple(_resolve_value(k, v, device) for v in vs) for k, vs in workload.items()}
+        axes_w = _workload_axes(workload, device)
         axes_v = _variant_axes(variants, device)
         zipped = tuple(grid.zip or ())
         lengths = {k: len(axes_w.get(k, axes_v.get(k, ()))) for k in zipped}
@@ -467,7 +488,8 @@ def _resolve(model: ConfigModel, device: str, source: str) -> SweepSpec:
         if grid.only_on in (None, device.split(":")[0]):
             _refuse_never_valid(source, path, grid, made, device)
         grids.append(made)
-    constraints = Constraints(**(model.constraints.model_dump() if model.constraints else {}))
+    given = model.constraints.model_dump(exclude_none=True) if model.constraints else {}
+    constraints = Constraints(**given)
     return SweepSpec(
         model.name, device, tuple(grids), base_settings, constraints, source, model.description
     )
@@ -540,6 +562,15 @@ def _refuse_never_valid(source: str, path: str, grid: GridModel, made: Grid, dev
     raise ValueError(f"{source}: {where}: {value!r} makes no valid trial: {reason}")
 
 
+def _workload_axes(workload: dict[str, list], device: str) -> dict[str, tuple]:
+    axes = {
+        k: tuple(_resolve_value(k, v, device) for v in vs)
+        for k, vs in workload.items()
+        if k not in ("mod", "mod_args")
+    }
+    return axes | _mod_axis(workload)
+
+
 def _variant_axes(variants: dict[str, list], device: str) -> dict[str, tuple]:
     axes: dict[str, tuple] = {}
     for key, values in variants.items():
@@ -550,21 +581,26 @@ def _variant_axes(variants: dict[str, list], device: str) -> dict[str, tuple]:
                 for b in (available(device.split(":")[0]) if v == "available" else (v,))
             ]
             axes[key] = tuple(expanded)
-        elif key == "mod":
-            pairs = []
-            for entry in values:
-                if isinstance(entry, str):
-                    # mod_args go to the mods that take their keys; a mod taking none of them
-                    # runs with its defaults (or is refused if it has none)
-                    params = set(MODS[entry].params)
-                    fits = [a for a in variants.get("mod_args", [{}]) if set(a) <= params]
-                    pairs += [(entry, args) for args in fits or [{}]]
-                else:
-                    ((name, args),) = entry.items()
-                    pairs += [(name, one) for one in _as_list(args)]
-            axes[key] = tuple(pairs)
-        elif key != "mod_args":
+        elif key not in ("mod", "mod_args"):
             axes[key] = tuple(values)
-    if "mod_args" in variants and "mod" not in variants:
-        axes["mod"] = tuple(("none", args) for args in variants["mod_args"])
-    return axes
+    return axes | _mod_axis(variants)
+
+
+def _mod_axis(section: dict[str, list]) -> dict[str, tuple]:
+    """A section's (the workload's or the variants') ``mod`` and ``mod_args`` keys as one
+    ``mod`` axis of ``(name, args)`` pairs; ``{}`` when it has neither."""
+    if "mod" not in section:
+        args = section.get("mod_args")
+        return {} if args is None else {"mod": tuple(("none", a) for a in args)}
+    pairs = []
+    for entry in section["mod"]:
+        if isinstance(entry, str):
+            # mod_args go to the mods that take their keys; a mod taking none of them runs
+            # with its defaults (or is refused if it has none)
+            params = set(MODS[entry].params)
+            fits = [a for a in section.get("mod_args", [{}]) if set(a) <= params]
+            pairs += [(entry, args) for args in fits or [{}]]
+        else:
+            ((name, args),) = entry.items()
+            pairs += [(name, one) for one in _as_list(args)]
+    return {"mod": tuple(pairs)}

@@ -55,6 +55,20 @@ class Constraints:
     """Largest total peak memory, bytes: inputs, KV cache and the call's own peak
     (``Result.peak_mem_total_bytes``), as the search and the recommendation check it."""
     max_latency_ms: float | None = None
+    max_kl: float | None = None
+    """Largest mean KL divergence of a model's next-token distributions from the stock
+    model's, in nats (``Result.kl_mean_nats``; model workloads only)."""
+    max_ppl_increase: float | None = None
+    """Largest perplexity increase over the stock model's, in percent
+    (``Result.ppl_delta_pct``; model workloads only)."""
+    allow_approximate: bool = False
+    """Whether a variant computing another mask than the one its workload names (an
+    approximation, its error measured against the workload's mask) may be recommended, be on a
+    front, or be searched. A permission, not a limit."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def limits(self) -> dict[str, Any]:
+        """The limits set (the ``max_*`` fields that are not ``None``): name → bound."""
+        return {k: v for k, v in self.to_dict().items() if k.startswith("max_") and v is not None}

@@ -47,6 +47,7 @@ class Grid:
 
     name: str
     workload: dict[str, tuple]
+    """Axes of the workload; ``mod`` (the mask it means), like the variants', holds pairs."""
     variants: dict[str, tuple]
     """Axes of the Variant; ``mod`` holds ``(name, args)`` pairs with ``mod_args`` folded in."""
     measure: MeasureSettings
@@ -54,20 +55,25 @@ class Grid:
     only_on: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        variants = {k: list(v) for k, v in self.variants.items() if k != "mod"}
-        if "mod" in self.variants:
-            variants["mod"] = [
-                name if not args else {name: args} for name, args in self.variants["mod"]
-            ]
+        workload = {k: _config_values(k, v) for k, v in self.workload.items()}
+        variants = {k: _config_values(k, v) for k, v in self.variants.items()}
         out = {
             "name": self.name,
             "only_on": self.only_on,
             "zip": list(self.zip) or None,
-            "workload": {k: list(v) for k, v in self.workload.items()},
+            "workload": workload,
             "variants": variants,
             "measure": self.measure.to_dict(),
         }
         return {k: v for k, v in out.items() if v is not None}
+
+
+def _config_values(key: str, values: tuple) -> list:
+    """An axis as a config writes it: a ``mod`` axis's ``(name, args)`` pairs as ``name`` or
+    ``{name: args}``."""
+    if key != "mod":
+        return list(values)
+    return [{name: args} if args else name for name, args in values]
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,9 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, JSON-ready; it feeds back into :func:`spec_from_dict`."""
-        constraints = {k: v for k, v in self.constraints.to_dict().items() if v is not None}
+        # what is left at its default is left out, so older run.json files read the same
+        default = Constraints().to_dict()
+        constraints = {k: v for k, v in self.constraints.to_dict().items() if v != default[k]}
         return {
             "name": self.name,
             "description": self.description,
@@ -218,19 +226,19 @@ def _points(grid: Grid, device: str) -> list[tuple[dict[str, Any], Trial]]:
         # the grid keeps the config's keys (``layers``), so its dump reads back as the config
         wl = {FIELD_OF_KEY.get(k[3:], k[3:]): v for k, v in picked.items() if k.startswith("wl.")}
         var = {k[2:]: v for k, v in picked.items() if k.startswith("v.")}
-        if "mod" in var:
-            var["mod"], var["mod_args"] = var["mod"][0], dict(var["mod"][1])
+        for spec in (wl, var):
+            if "mod" in spec:
+                spec["mod"], spec["mod_args"] = spec["mod"][0], dict(spec["mod"][1])
         points.append((picked, _trial(var, {**wl, "device": device}, grid.measure, grid.name)))
     return points
 
 
 def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
-    v_spec = {
-        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        for f in dataclasses.fields(Variant)
-    } | var
+    v_spec = _defaults(Variant) | var
     kind = workload_kind(wl)
-    w_spec = {f.name: f.default for f in dataclasses.fields(kind)} | wl
+    w_spec = _defaults(kind) | wl
+    if w_spec.get("mod", 0) is None:  # as Workload.to_dict writes a workload naming no mask
+        del w_spec["mod"], w_spec["mod_args"]
     identity = settings.identity(w_spec.get("device", ""))
     try:
         variant, workload = Variant(**var), kind(**wl)
@@ -260,6 +268,13 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
         workload,
         grid=grid,
     )
+
+
+def _defaults(kind: type) -> dict[str, Any]:
+    return {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(kind)
+    }
 
 
 def _only_not_here(var: dict, wl: dict, kind: type) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from sdpalab.attention.backends import backend_names
 from sdpalab.attention.kvlayers import KV_QUANTS as KV_QUANTS  # the spec's axis values
 from sdpalab.attention.kvlayers import canonical_kv_quant
 from sdpalab.attention.mods import validate_mod
-from sdpalab.spec.workload import check_choice, check_positive_int
+from sdpalab.spec.workload import Workload, check_choice, check_positive_int, workload_kind
 
 KV_CACHES = ("none", "dynamic", "static", "sliding", "paged")
 WEIGHT_QUANTS = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only")
@@ -112,8 +113,7 @@ class Variant:
         """Short human name, e.g. ``flex/sliding_window(window=256)/static+int8``."""
         parts = [self.backend]
         if self.mod != "none":
-            args = ",".join(f"{k}={v}" for k, v in sorted(self.mod_args.items()))
-            parts.append(f"{self.mod}({args})" if args else self.mod)
+            parts.append(mod_text(self.mod, self.mod_args))
         if self.kv_cache != "none":
             cache = self.kv_cache + ("" if self.kv_quant == "none" else f"+{self.kv_quant}")
             # smoothing changes what is stored, so a table must tell the two rows apart
@@ -131,3 +131,59 @@ class Variant:
             if getattr(self, f.name) != getattr(default, f.name)
         ]
         return f"sl.Variant({', '.join(args)})"
+
+
+# --------------------------------------------------------------------------- what it computes
+
+
+def mod_text(name: str, args: Mapping[str, Any] | None = None) -> str:
+    """A mask as labels and contexts write it: ``causal``, ``sliding_window(window=128)``."""
+    inner = ",".join(f"{k}={v}" for k, v in sorted((args or {}).items()))
+    return f"{name}({inner})" if inner else name
+
+
+def computed_mod(variant: Variant | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The mask a variant (or its dict) computes over the whole sequence: its mod, except that a
+    cache always attends causally (mod ``none`` means ``causal``) and a ``sliding`` cache of
+    ring W attends ``sliding_window`` of the mod's window, else W."""
+    fields = variant if isinstance(variant, Mapping) else vars(variant)
+    mod, args = fields.get("mod", "none"), dict(fields.get("mod_args") or {})
+    cache = fields.get("kv_cache", "none")
+    if cache == "sliding":
+        window = args.get("window") if mod == "sliding_window" else None
+        return "sliding_window", {"window": window or (fields.get("kv_args") or {}).get("window")}
+    if cache != "none" and mod == "none":
+        return "causal", {}
+    return mod, args
+
+
+def meant_mod(
+    workload: Mapping[str, Any], variant: Variant | Mapping[str, Any]
+) -> tuple[str, dict[str, Any]] | None:
+    """The attention a trial means: the mask its workload names, else (a workload that names
+    none) the one the variant computes. ``None`` on a model or trace workload, whose masks are
+    the model's own."""
+    if workload_kind(workload) is not Workload:
+        return None
+    if workload.get("mod") is not None:
+        return workload["mod"], dict(workload.get("mod_args") or {})
+    return computed_mod(variant)
+
+
+def approximation(
+    workload: Mapping[str, Any], variant: Variant | Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """``(the mask the workload names, the one the variant computes)`` as text when they differ:
+    the variant is an approximation, its error measured against the workload's mask. ``None``
+    when it computes what is meant, or the workload names no mask."""
+    if workload_kind(workload) is not Workload or workload.get("mod") is None:
+        return None
+    meant, computed = meant_mod(workload, variant), computed_mod(variant)
+    if _same_mask(meant, computed):
+        return None
+    return mod_text(*meant), mod_text(*computed)
+
+
+def _same_mask(a: tuple[str, dict], b: tuple[str, dict]) -> bool:
+    # arguments left at their defaults are the same mask as arguments given as the defaults
+    return a[0] == b[0] and validate_mod(*a) == validate_mod(*b)

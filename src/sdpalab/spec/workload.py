@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sdpalab.attention.mods import validate_mod
 from sdpalab.spec.trace import TraceInfo, read_trace
 
 PHASES = ("prefill", "decode")
@@ -91,9 +92,20 @@ class Workload:
     For ``decode``, ``seq_kv`` is the context already cached and ``seq_q`` the tokens of one
     step (default 1); causal masks align bottom-right (query i sits at position
     ``seq_kv - seq_q + i``).
+
+    ``mod`` names the attention the work means (``causal``, ``sliding_window`` with
+    ``mod_args``): every variant's error is measured against that mask's oracle, so a variant
+    computing another mask is an approximation whose error shows. Left ``None``, each variant
+    is measured against its own mask.
     """
 
     phase: str = _role(KIND, "prefill", "prefill (a whole sequence) or decode (cached steps)")
+    mod: str | None = _role(
+        KIND, None, "the attention it means: a mask or bias (None: each variant's own)"
+    )
+    mod_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"role": KIND, "doc": "the arguments of mod"}
+    )
     batch: int = _role(SIZE, 1)
     heads_q: int = _role(SIZE, 8, "query heads; a multiple of heads_kv")
     heads_kv: int | None = _role(SIZE, None, "key/value heads; default heads_q")
@@ -119,6 +131,12 @@ class Workload:
             )
         if self.seq_q > self.seq_kv:
             raise ValueError(f"seq_q={self.seq_q} must be at most seq_kv={self.seq_kv}")
+        if not isinstance(self.mod_args, dict):
+            raise ValueError(f"mod_args={self.mod_args!r} must be a mapping of parameter to value")
+        if self.mod is not None:
+            validate_mod(self.mod, self.mod_args)
+        elif self.mod_args:
+            raise ValueError(f"mod_args={self.mod_args!r} needs a mod: name the mask they set")
         _check_dtype_device(self)
 
     @property
@@ -131,25 +149,42 @@ class Workload:
         return self.heads_q // self.heads_kv
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; without ``mod`` and ``mod_args`` when no mask is named, so such a
+        workload keeps the dict (and the trial ids) it had before workloads named masks."""
+        out = dataclasses.asdict(self)
+        if self.mod is None:
+            del out["mod"], out["mod_args"]
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelWorkload:
-    """A whole model as the workload: ``model`` (a built-in name or a local path) runs a
-    prefill of ``prompt_len`` seeded random tokens and greedy generation of ``new_tokens``
-    tokens, for ``batch`` sequences in ``dtype`` (see :mod:`sdpalab.run.model_trial`)."""
+    """A whole model as the workload: ``model`` (a built-in name or a local path) reads
+    ``batch`` windows of ``text``, each ``prompt_len + new_tokens`` tokens, in ``dtype``: the
+    first ``prompt_len`` tokens of every window are prefilled into the variant's cache, the
+    other ``new_tokens`` fed one decode step at a time through it (teacher-forced), and each
+    step's next-token distribution is scored against the stock model's on the same tokens
+    (see :mod:`sdpalab.run.model_trial`). A model without a tokenizer (``tiny-llama``) reads
+    seeded random tokens instead; an encoder runs one forward of ``[batch, prompt_len]``.
+    """
 
     model: str = _role(KIND, doc="a built-in model name or a local path")
-    prompt_len: int = _role(SIZE, 128)
-    new_tokens: int = _role(SIZE, 32)
-    batch: int = _role(SIZE, 1)
+    text: str | None = _role(KIND, None, "a UTF-8 text file to score; None: pydoc_data.topics")
+    # The context is prompt_len and the scored tokens new_tokens, not fields of their own: a
+    # decode step is the same forward whether its token was sampled or read from a text, so one
+    # teacher-forced pass gives the decode latency, the cache bytes and the quality together,
+    # at the sizes a sweep already varies (and batch windows of the text are batch sequences).
+    prompt_len: int = _role(SIZE, 128, "tokens prefilled into the cache (the context)")
+    new_tokens: int = _role(SIZE, 32, "tokens decoded after it, one a step, each one scored")
+    batch: int = _role(SIZE, 1, "sequences decoded at once: windows spread over the text")
     dtype: str = _role(CHOICE, "float32")
     device: str = _role(PLACE, "cpu")
 
     def __post_init__(self) -> None:
         for name in ("prompt_len", "new_tokens", "batch"):
             check_positive_int(name, getattr(self, name))
+        if self.text is not None and (not isinstance(self.text, str) or not self.text.strip()):
+            raise ValueError(f"text={self.text!r} must be the path of a text file, or None")
         _check_dtype_device(self)
 
     def to_dict(self) -> dict[str, Any]:
