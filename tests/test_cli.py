@@ -6,18 +6,7 @@ import sys
 
 import pytest
 
-from sdpalab.cli import main
-
-
-def run_cli(capsys, *argv):
-    sys_argv, sys.argv = sys.argv, ["sdpalab", *argv]
-    try:
-        with pytest.raises(SystemExit) as done:
-            main()
-    finally:
-        sys.argv = sys_argv
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
+from cli_runner import run_cli
 
 
 @pytest.mark.parametrize(

@@ -3,26 +3,14 @@
 measurement); the search replays made-up measurements instead of running the engine."""
 
 import json
-import sys
 
 import pytest
 from rich.cells import cell_len
 
+from cli_runner import run_cli
 from report_fixtures import make_result, write_run
-from sdpalab.cli import main
 
 MiB = 2**20
-
-
-def run_cli(capsys, *argv):
-    sys_argv, sys.argv = sys.argv, ["sdpalab", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as done:
-            main()
-    finally:
-        sys.argv = sys_argv
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 @pytest.fixture

@@ -1,25 +1,11 @@
 """``sdpalab sweep --dry-run``: the trials a config makes and how long they would take, with
 nothing run and nothing written (issue 19, item 6)."""
 
-import sys
-
 import pytest
 
+from cli_runner import run_cli
 from sdpalab.explore.estimate import estimate_sweep
 from sdpalab.spec.config import load_spec, spec_from_dict
-
-
-def run_cli(capsys, *argv):
-    from sdpalab.cli import main
-
-    sys_argv, sys.argv = sys.argv, ["sdpalab", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as done:
-            main()
-    finally:
-        sys.argv = sys_argv
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import sdpalab as sl
+from cli_runner import run_cli
 from sdpalab.explore.pareto import pareto
 from sdpalab.explore.recommend import recommend, summarize_front
 from sdpalab.measure.result import Result
@@ -220,19 +221,6 @@ def made_up(trial):
         peak_mem_total_bytes=2 * mem,
         kv_cache_bytes=mem if var.get("kv_cache", "none") != "none" else None,
     )
-
-
-def run_cli(capsys, *argv):
-    from sdpalab.cli import main
-
-    sys_argv, sys.argv = sys.argv, ["sdpalab", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as done:
-            main()
-    finally:
-        sys.argv = sys_argv
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 @pytest.fixture
