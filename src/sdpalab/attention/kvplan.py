@@ -20,6 +20,7 @@ measured ``cache_bytes()`` matches it (tests hold them within 2 %); its defaults
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from sdpalab.attention.kivi import KIVI_RESIDUAL
 from sdpalab.attention.kvlayers import KV_QUANTS, canonical_kv_quant, kv_formats, layer_formats
@@ -88,13 +89,13 @@ def _one_layer_bytes(
     head_dim: int,
     tokens: int,
     dtype_bytes: int,
-    max_len: int | None,
-    window: int | None,
-    page_size: int,
-    group_size: int | None,
-    residual: int,
-    rollback_tokens: int,
-    smooth_keys: int,
+    max_len: int | None = None,
+    window: int | None = None,
+    page_size: int = PAGE_SIZE,
+    group_size: int | None = None,
+    residual: int = KIVI_RESIDUAL,
+    rollback_tokens: int = 0,
+    smooth_keys: int = 0,
 ) -> int:
     """Bytes of one layer's cache stored in ``fmt`` (a plain format)."""
     capacity = tokens if max_len is None else max_len
@@ -126,89 +127,25 @@ def _one_layer_bytes(
     )
 
 
-def layer_cache_bytes(
-    *,
-    kv_cache: str,
-    kv_quant: str,
-    batch: int,
-    heads_kv: int,
-    head_dim: int,
-    tokens: int,
-    dtype_bytes: int,
-    layers: int = 1,
-    max_len: int | None = None,
-    window: int | None = None,
-    page_size: int = PAGE_SIZE,
-    group_size: int | None = None,
-    residual: int = KIVI_RESIDUAL,
-    rollback_tokens: int = 0,
-    smooth_keys: int = 0,
-) -> list[int]:
-    """Bytes each of ``layers`` layers' caches allocates holding ``tokens`` tokens per row,
-    layer 0 first; ``kv_quant`` a plain format or a per-layer map (``kvlayers``). Arguments as
-    in :func:`cache_bytes_model`."""
-    args = dict(
-        kv_cache=kv_cache,
-        batch=batch,
-        heads_kv=heads_kv,
-        head_dim=head_dim,
-        tokens=tokens,
-        dtype_bytes=dtype_bytes,
-        max_len=max_len,
-        window=window,
-        page_size=page_size,
-        group_size=group_size,
-        residual=residual,
-        rollback_tokens=rollback_tokens,
-        smooth_keys=smooth_keys,
-    )
-    per_format = {fmt: _one_layer_bytes(fmt, **args) for fmt in kv_formats(kv_quant)}
+def layer_cache_bytes(*, kv_quant: str, layers: int = 1, **geometry: Any) -> list[int]:
+    """Bytes each of ``layers`` layers' caches allocates, layer 0 first; ``kv_quant`` a plain
+    format or a per-layer map (``kvlayers``); ``geometry``: the keywords of
+    :func:`cache_bytes_model` (``kv_cache``, ``batch``, ``heads_kv``, ``head_dim``, ``tokens``,
+    ``dtype_bytes`` and the Variant's ``kv_args``)."""
+    per_format = {fmt: _one_layer_bytes(fmt, **geometry) for fmt in kv_formats(kv_quant)}
     return [per_format[fmt] for fmt in layer_formats(kv_quant, layers)]
 
 
-def cache_bytes_model(
-    *,
-    kv_cache: str,
-    kv_quant: str,
-    batch: int,
-    heads_kv: int,
-    head_dim: int,
-    tokens: int,
-    dtype_bytes: int,
-    layers: int = 1,
-    max_len: int | None = None,
-    window: int | None = None,
-    page_size: int = PAGE_SIZE,
-    group_size: int | None = None,
-    residual: int = KIVI_RESIDUAL,
-    rollback_tokens: int = 0,
-    smooth_keys: int = 0,
-) -> int:
+def cache_bytes_model(*, kv_quant: str, layers: int = 1, **geometry: Any) -> int:
     """Bytes a cache holding ``tokens`` tokens per row allocates (all layers).
 
-    ``max_len`` (static/paged capacity) defaults to ``tokens``; the other keywords are the
-    Variant's ``kv_args``; ``rollback_tokens`` as in ``make_cached_attention`` (the workload's
+    ``geometry``: ``kv_cache``, ``batch``, ``heads_kv``, ``head_dim``, ``tokens``,
+    ``dtype_bytes``, and optionally ``max_len`` (static/paged capacity, default ``tokens``),
+    ``window``, ``page_size``, ``group_size``, ``residual``, ``smooth_keys`` (the Variant's
+    ``kv_args``) and ``rollback_tokens`` as in ``make_cached_attention`` (the workload's
     ``seq_q`` for decode). ``kv_quant`` may be a per-layer map over ``layers`` layers.
     """
-    return sum(
-        layer_cache_bytes(
-            kv_cache=kv_cache,
-            kv_quant=kv_quant,
-            batch=batch,
-            heads_kv=heads_kv,
-            head_dim=head_dim,
-            tokens=tokens,
-            dtype_bytes=dtype_bytes,
-            layers=layers,
-            max_len=max_len,
-            window=window,
-            page_size=page_size,
-            group_size=group_size,
-            residual=residual,
-            rollback_tokens=rollback_tokens,
-            smooth_keys=smooth_keys,
-        )
-    )
+    return sum(layer_cache_bytes(kv_quant=kv_quant, layers=layers, **geometry))
 
 
 def _one_layer_step(
@@ -221,11 +158,12 @@ def _one_layer_step(
     head_dim: int,
     tokens: int,
     dtype_bytes: int,
-    seq_q: int,
-    window: int | None,
-    group_size: int | None,
-    residual: int,
-    smooth_keys: int,
+    seq_q: int = 1,
+    window: int | None = None,
+    group_size: int | None = None,
+    residual: int = KIVI_RESIDUAL,
+    smooth_keys: int = 0,
+    **_unused: Any,  # cache-only kv_args (max_len, page_size, ...) move nothing per step
 ) -> int:
     """Bytes one decode step moves through one layer stored in ``fmt`` (a plain format)."""
     visible = tokens if kv_cache != "sliding" else min(tokens, window + seq_q - 1)
@@ -246,44 +184,13 @@ def _one_layer_step(
     return cache + new_kv + means + q_and_out
 
 
-def step_bytes_model(
-    *,
-    kv_cache: str,
-    kv_quant: str,
-    batch: int,
-    heads_q: int,
-    heads_kv: int,
-    head_dim: int,
-    tokens: int,
-    dtype_bytes: int,
-    seq_q: int = 1,
-    layers: int = 1,
-    window: int | None = None,
-    group_size: int | None = None,
-    residual: int = KIVI_RESIDUAL,
-    smooth_keys: int = 0,
-    **_unused,
-) -> int:
+def step_bytes_model(*, kv_quant: str, layers: int = 1, **geometry: Any) -> int:
     """Least bytes one decode step of ``seq_q`` tokens must move, ending at ``tokens`` cached:
     read every key and value its queries can see once, in storage format (a sliding cache:
     the last ``window + seq_q - 1``), read q, write the output, write the new k and v. A
     dequantize-then-attend path moves more; this is what a fused kernel would move.
     ``kv_quant`` may be a per-layer map over ``layers`` layers."""
-    args = dict(
-        kv_cache=kv_cache,
-        batch=batch,
-        heads_q=heads_q,
-        heads_kv=heads_kv,
-        head_dim=head_dim,
-        tokens=tokens,
-        dtype_bytes=dtype_bytes,
-        seq_q=seq_q,
-        window=window,
-        group_size=group_size,
-        residual=residual,
-        smooth_keys=smooth_keys,
-    )
-    per_format = {fmt: _one_layer_step(fmt, **args) for fmt in kv_formats(kv_quant)}
+    per_format = {fmt: _one_layer_step(fmt, **geometry) for fmt in kv_formats(kv_quant)}
     return sum(per_format[fmt] for fmt in layer_formats(kv_quant, layers))
 
 
