@@ -14,11 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from sdpalab.attention.backends import get_backend
-from sdpalab.measure.roofline import attention_bytes, attention_flops, load_ceilings
-from sdpalab.run.trial import ORACLE_MAX_ELEMENTS
+from sdpalab.measure.roofline import load_ceilings
+from sdpalab.run.trial import ORACLE_MAX_ELEMENTS, call_cost
 from sdpalab.spec import ModelWorkload, SweepSpec, TraceWorkload, Trial, Workload
 
 DEFAULT_CEILINGS = {"cpu": (0.1, 10.0), "cuda": (200.0, 2000.0)}
@@ -103,30 +101,16 @@ def trial_seconds(trial: Trial, rates: tuple[float, float], kind: str) -> float:
 
 
 def _call_seconds(variant, wl: Workload, rates, materializes: bool) -> float:
-    elem = torch.empty((), dtype=wl.torch_dtype).element_size()
-    flops = attention_flops(
-        batch=wl.batch, heads_q=wl.heads_q, q_len=wl.seq_q, kv_len=wl.seq_kv, head_dim=wl.head_dim
-    )
-    moved = attention_bytes(
-        batch=wl.batch,
-        heads_q=wl.heads_q,
-        heads_kv=wl.heads_kv,
-        q_len=wl.seq_q,
-        kv_len=wl.seq_kv,
-        head_dim=wl.head_dim,
-        elem_bytes=elem,
-    )
+    flops, moved = call_cost(wl)
     if materializes:  # the scores written, read and written by the softmax, read again
-        moved += 4 * wl.batch * wl.heads_q * wl.seq_q * wl.seq_kv * elem
+        moved += 4 * wl.batch * wl.heads_q * wl.seq_q * wl.seq_kv * wl.torch_dtype.itemsize
     tflops, gbps = rates
     return max(flops / (tflops * 1e12), moved / (gbps * 1e9)) / EFFICIENCY
 
 
 def _oracle_seconds(wl: Workload, rates) -> float:
     rows = min(wl.seq_q, max(2, ORACLE_MAX_ELEMENTS // (wl.batch * wl.heads_q * wl.seq_kv)))
-    flops = attention_flops(
-        batch=wl.batch, heads_q=wl.heads_q, q_len=rows, kv_len=wl.seq_kv, head_dim=wl.head_dim
-    )
+    flops, _ = call_cost(_with(wl, seq_q=rows))
     return flops / (rates[0] * 1e12 / 4)
 
 

@@ -281,27 +281,10 @@ def _measure_into(
     mod, args = oracle_mod(variant)
     wl = workload
     result.allowed_fraction = allowed_fraction(mod, args, wl.seq_q, wl.seq_kv)
-    result.flops = attention_flops(
-        batch=wl.batch,
-        heads_q=wl.heads_q,
-        q_len=wl.seq_q,
-        kv_len=wl.seq_kv,
-        head_dim=wl.head_dim,
-        allowed_fraction=result.allowed_fraction,
-    )
+    result.flops, result.bytes_moved = call_cost(wl, result.allowed_fraction)
     if cached:  # what one step must read and write, in storage format (kvplan's model)
         result.step_bytes = _kv_model(variant, workload, "step")
         result.bytes_moved = result.step_bytes
-    else:
-        result.bytes_moved = attention_bytes(
-            batch=wl.batch,
-            heads_q=wl.heads_q,
-            heads_kv=wl.heads_kv,
-            q_len=wl.seq_q,
-            kv_len=wl.seq_kv,
-            head_dim=wl.head_dim,
-            elem_bytes=q.element_size(),
-        )
     rates = throughput(
         result.flops, result.bytes_moved, result.latency_ms, load_ceilings(wl.device)
     )
@@ -337,6 +320,29 @@ def timed_call(step: Callable, setup: Callable | None, variant: Variant, device:
     return graph.replay, "cuda_graph", graph
 
 
+def call_cost(wl: Workload, allowed: float = 1.0) -> tuple[int, int]:
+    """(FLOPs, bytes) of one uncached attention call of ``wl``'s shape: FLOPs of the
+    ``allowed`` fraction of score pairs, bytes of q, k, v read and the output written once."""
+    flops = attention_flops(
+        batch=wl.batch,
+        heads_q=wl.heads_q,
+        q_len=wl.seq_q,
+        kv_len=wl.seq_kv,
+        head_dim=wl.head_dim,
+        allowed_fraction=allowed,
+    )
+    moved = attention_bytes(
+        batch=wl.batch,
+        heads_q=wl.heads_q,
+        heads_kv=wl.heads_kv,
+        q_len=wl.seq_q,
+        kv_len=wl.seq_kv,
+        head_dim=wl.head_dim,
+        elem_bytes=wl.torch_dtype.itemsize,
+    )
+    return flops, moved
+
+
 def _kv_model(variant: Variant, workload: Workload, which: str) -> int:
     """kvplan's analytic cache bytes (``which="cache"``) or step bytes (``"step"``)."""
     from sdpalab.attention.kvplan import cache_bytes_model, step_bytes_model
@@ -348,7 +354,7 @@ def _kv_model(variant: Variant, workload: Workload, which: str) -> int:
         heads_kv=workload.heads_kv,
         head_dim=workload.head_dim,
         tokens=workload.seq_kv,
-        dtype_bytes=torch.empty((), dtype=workload.torch_dtype).element_size(),
+        dtype_bytes=workload.torch_dtype.itemsize,
         **variant.kv_args,
     )
     if which == "step":
