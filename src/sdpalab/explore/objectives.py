@@ -26,7 +26,8 @@ The quality limits bound their own measures: ``max_error`` the relative error, `
 KL, ``max_ppl_increase`` the perplexity change in percent.
 
 Two results *tie* on an objective when they are equal within what the measurement can tell:
-latencies within their IQRs combined in quadrature, errors within the tolerance of their dtype
+latencies whose interquartile ranges (each its IQR wide, about the median) overlap, errors
+within the tolerance of their dtype
 (the rounding a kernel in that precision may show, ``Result.tolerance``), other values only
 when equal. A model workload has no float64 oracle, so no dtype tolerance: its tolerance is the
 largest error (KL where measured) that a lossless variant (no KV or weight quantization) of the
@@ -278,7 +279,8 @@ def objective_matrix(
 
 
 def latency_noise(a: Result, b: Result) -> float:
-    """Latency difference below which ``a`` and ``b`` tie: their IQRs combined in quadrature."""
+    """Latency difference below which ``a`` and ``b`` tie: half their IQRs' sum, where the
+    interquartile ranges about their medians stop overlapping."""
     return float(tie_band("latency_ms", _iqr(a), _iqr(b), math.nan, math.nan))
 
 
@@ -366,10 +368,11 @@ def _dtype_tolerance(dtype: str | None) -> float | None:
 
 def tie_band(name: str, iqr_a, iqr_b, tol_a, tol_b):
     """The difference on objective ``name`` below which two results tie (module doc): their
-    latency IQRs combined in quadrature; the stricter of their error tolerances (NaN: none
+    latency IQRs' half sum (the ranges about the medians overlap: a wide one cannot reach a
+    tight one that lies clear of it); the stricter of their error tolerances (NaN: none
     known, then only equal errors tie); 0 for anything else. Numbers or broadcast arrays."""
     if name == "latency_ms":
-        return np.hypot(iqr_a, iqr_b)
+        return (np.asarray(iqr_a, dtype=float) + iqr_b) / 2
     zero = np.zeros(np.broadcast(iqr_a, iqr_b, tol_a, tol_b).shape)
     if name in _ERRORS:
         band = np.fmin(tol_a, tol_b)
