@@ -38,7 +38,7 @@ MALFORMED = [
     ("unknown weight_quant", "name: t\nvariants: {weight_quant: int2}", "variants.weight_quant"),
     ("projections not bool", "name: t\nvariants: {projections: maybe}", "variants.projections"),
     ("unknown dtype", "name: t\nworkload: {dtype: fp32}", "workload.dtype: 'fp32'"),
-    ("unknown phase", "name: t\nworkload: {phase: train}", "workload.phase"),
+    ("unknown phase", "name: t\nworkload: {phase: training}", "workload.phase"),
     ("zero repeats", "name: t\nmeasure: {repeats: 0}", "measure.repeats"),
     ("negative timeout", "name: t\nmeasure: {timeout_s: -5}", "measure.timeout_s"),
     ("unknown measure key", "name: t\nmeasure: {repeat: 5}", "measure.repeat: unknown key"),

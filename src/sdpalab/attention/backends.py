@@ -31,7 +31,9 @@ class Backend:
     tensors and causal alignment is bottom-right whenever ``q_len < kv_len``."""
     devices: tuple[str, ...] = ("cpu", "cuda")
     """Device types it may run on (a shape or dtype it refuses is ``unsupported`` at run time)."""
-    phases: tuple[str, ...] = ("prefill", "decode")
+    phases: tuple[str, ...] = ("prefill", "decode", "train")
+    """Workload phases it serves; ``train`` means it has a backward (one that a device, dtype
+    or mask lacks is ``unsupported`` at run time, with torch's reason)."""
     in_available: bool = True
     """Part of ``backend: available`` in a sweep config (on its devices)."""
     materializes_scores: bool = False

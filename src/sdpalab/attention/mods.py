@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +34,23 @@ class Mod:
     mask_mod: MaskMod | None = None
     score_mod: ScoreMod | None = None
     additive: bool = True
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors the score_mod reads that training learns (``relative_bias``'s table): a train
+    trial makes them require grad and checks their gradients against the oracle's. They must
+    not depend on the alignment offset (the oracle rebinds them into each block of rows)."""
+    rebind: Callable[[dict[str, torch.Tensor]], Mod] | None = None
+    """The same mod reading other tensors in place of ``params`` (the oracle's float64 ones)."""
+
+    def with_params(self, params: dict[str, torch.Tensor]) -> Mod:
+        """This mod with ``params`` in place of its own (same names and shapes)."""
+        if self.rebind is None or set(params) != set(self.params):
+            raise ValueError(f"mod {self.name!r} learns {sorted(self.params) or 'nothing'}")
+        return self.rebind(params)
+
+    def trainable(self) -> bool:
+        """Whether a gradient is being taken for any of its params (grad mode on, one requires
+        grad): then a bias made from them must be rebuilt each call, not cached."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.params.values())
 
 
 @dataclass(frozen=True)
@@ -129,16 +146,25 @@ def _softcap(g: Geometry, cap: float) -> Mod:
 
 def _relative_bias(g: Geometry, max_distance: int, seed: int) -> Mod:
     # A per-head table over clipped relative distance, as T5-style learned biases are; seeded
-    # random values stand in for trained ones.
-    offset = g.offset
+    # random values stand in for trained ones, and training learns the table.
     gen = torch.Generator().manual_seed(seed)
     table = (0.5 * torch.randn(g.heads, 2 * max_distance + 1, generator=gen)).to(g.device)
+    return relative_bias_mod(g.offset, max_distance, table)
+
+
+def relative_bias_mod(offset: int, max_distance: int, table_HR: torch.Tensor) -> Mod:
+    """``relative_bias`` reading ``table_HR`` ``[heads, 2 * max_distance + 1]``."""
 
     def relative_bias(score, b, h, q_idx, kv_idx):
         rel = torch.clamp(kv_idx - q_idx - offset, -max_distance, max_distance) + max_distance
-        return score + table[h, rel]
+        return score + table_HR[h, rel]
 
-    return Mod("relative_bias", score_mod=relative_bias)
+    return Mod(
+        "relative_bias",
+        score_mod=relative_bias,
+        params={"table": table_HR},
+        rebind=lambda p: relative_bias_mod(offset, max_distance, p["table"]),
+    )
 
 
 MODS: dict[str, ModSpec] = {
@@ -174,7 +200,7 @@ MODS: dict[str, ModSpec] = {
             "max_distance": (int, 128, "relative distances are clipped to this"),
             "seed": (int, 0, "seed of the per-head bias table"),
         },
-        "per-head bias table over clipped relative distance",
+        "per-head bias table over clipped relative distance (learned: train checks its grad)",
     ),
 }
 

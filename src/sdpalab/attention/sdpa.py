@@ -3,7 +3,8 @@
 Masks are passed the way each backend can best take them: ``is_causal`` for square causal,
 ``causal_lower_right`` for causal with ``q_len < kv_len`` (bottom-right, which SDPA's own
 ``is_causal`` is not), a materialized boolean mask otherwise, and an additive float bias for
-additive score mods. A backend that refuses raises :class:`Unsupported` with torch's reasons.
+additive score mods (rebuilt every call while its table learns, so the gradient reaches it). A
+backend that refuses raises :class:`Unsupported` with torch's reasons.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def sdpa_arguments(mod_name: str, mod_args: dict, q: torch.Tensor, k: torch.Tens
     mod = make_mod(
         mod_name, mod_args, q_len=q_len, kv_len=kv_len, heads=heads, device=str(q.device)
     )
+    if mod.trainable():  # a learned bias: built from its params each call, so grads reach them
+        return {"attn_mask": dense_bias(mod, heads, q_len, kv_len, q.device, q.dtype)}
     return {"attn_mask": _materialized(mod, heads, q_len, kv_len, str(q.device), q.dtype)}
 
 

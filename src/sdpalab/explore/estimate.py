@@ -4,7 +4,8 @@ Each attention trial makes ``1 + warmup + repeats`` calls, one more for its memo
 its kernel profile; a call takes its FLOPs or its bytes (the larger share) at half this
 machine's ceilings (what ``sdpalab doctor`` measured, else modest defaults); the float64 oracle
 checks the rows it checks at a quarter of the matmul ceiling; a decode trial first fills its
-cache. Each trial adds its build and the engine's hand-off, a compiling backend a compile per
+cache. A train trial's calls are forward and backward (3.5x the FLOPs, 3x the bytes), it takes
+its memory twice (what the forward keeps, then the peak), and its oracle differentiates too. Each trial adds its build and the engine's hand-off, a compiling backend a compile per
 trial, and each worker its start-up. Model trials are counted at a flat guess. An estimate, not
 a measurement: it says what it rests on (:attr:`SweepEstimate.basis`).
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from sdpalab.attention.backends import get_backend
 from sdpalab.measure.roofline import load_ceilings
-from sdpalab.run.trial import ORACLE_MAX_ELEMENTS, call_cost
+from sdpalab.run.trial import ORACLE_MAX_ELEMENTS, call_cost, grad_batch
 from sdpalab.spec import ModelWorkload, SweepSpec, TraceWorkload, Trial, Workload
 
 DEFAULT_CEILINGS = {"cpu": (0.1, 10.0), "cuda": (200.0, 2000.0)}
@@ -88,10 +89,16 @@ def trial_seconds(trial: Trial, rates: tuple[float, float], kind: str) -> float:
     variant, settings = trial.variant, trial.settings
     backend = get_backend(variant.backend)
     call = _call_seconds(variant, workload, rates, backend.materializes_scores)
-    calls = 1 + settings.warmup + settings.repeats + settings.memory + backend.profile_kernel
+    train = workload.phase == "train"
+    memory = settings.memory * (2 if train else 1)
+    calls = 1 + settings.warmup + settings.repeats + memory + backend.profile_kernel
     seconds = TRIAL_OVERHEAD_S + calls * call
     if settings.check_accuracy:
         seconds += _oracle_seconds(workload, rates)
+    if settings.check_accuracy and train:  # float64 forward and backward of grad_batch entries
+        n = grad_batch(workload.batch, workload.heads_q, workload.seq_q, workload.seq_kv)
+        flops, _ = call_cost(_with(workload, batch=n))
+        seconds += flops / (rates[0] * 1e12 / 4)
     prefix = workload.seq_kv - workload.seq_q
     if variant.kv_cache != "none" and prefix:  # filling the context, once
         seconds += _call_seconds(variant, _with(workload, seq_q=prefix), rates, False)
@@ -110,7 +117,7 @@ def _call_seconds(variant, wl: Workload, rates, materializes: bool) -> float:
 
 def _oracle_seconds(wl: Workload, rates) -> float:
     rows = min(wl.seq_q, max(2, ORACLE_MAX_ELEMENTS // (wl.batch * wl.heads_q * wl.seq_kv)))
-    flops, _ = call_cost(_with(wl, seq_q=rows))
+    flops, _ = call_cost(_with(wl, seq_q=rows, phase="prefill"))
     return flops / (rates[0] * 1e12 / 4)
 
 

@@ -21,9 +21,12 @@ a second, profiled pass) ``auto`` is ``cache``.
 
 ``"error"`` means each result's own error measure (:func:`error_field`): on a model workload
 that scored its next-token distributions, the mean KL from the stock model's (``kl_mean_nats``,
-what users feel); elsewhere the relative error against the float64 oracle (``rel_fro_err``).
-The quality limits bound their own measures: ``max_error`` the relative error, ``max_kl`` the
-KL, ``max_ppl_increase`` the perplexity change in percent.
+what users feel); in phase ``train`` the largest relative error of the gradients against the
+float64 oracle's (``grad_rel_err``, what training feels); elsewhere the output's relative error
+against the float64 oracle (``rel_fro_err``). The quality limits bound their own measures:
+``max_error`` the relative error (in ``train``, the output's and the gradients' alike),
+``max_kl`` the KL, ``max_ppl_increase`` the perplexity change in percent. ``memory`` of a
+``train`` result is its total peak: inputs, what the forward keeps and the backward's peak.
 
 Two results *tie* on an objective when they are equal within what the measurement can tell:
 latencies whose interquartile ranges (each its IQR wide, about the median) overlap, errors
@@ -135,6 +138,15 @@ def memory_of(result: Result, memory: str = "auto") -> float | None:
     return None if value is None else float(value)
 
 
+def limit_value(result: Result, name: str, memory: str = "auto") -> float | None:
+    """The value limit ``name`` bounds: the objective it names, except that ``max_error`` on a
+    ``train`` result bounds the largest of the output's and the gradients' errors."""
+    value = objective_value(result, _LIMITED[name], memory)
+    if name == "max_error" and result.grad_rel_err is not None and value is not None:
+        value = max(value, float(result.grad_rel_err))
+    return value
+
+
 def constraint_values(
     result: Result, constraints: Constraints, memory: str = "auto"
 ) -> dict[str, float]:
@@ -146,7 +158,7 @@ def constraint_values(
     """
     out = {}
     for name, bound in constraints.limits().items():
-        value = objective_value(result, _LIMITED[name], memory)
+        value = limit_value(result, name, memory)
         if not result.ok or value is None or not math.isfinite(value):
             out[name] = FAILED_VIOLATION
         else:
@@ -185,7 +197,7 @@ def broken_limit(result: Result, constraints: Constraints, memory: str = "auto")
     if approx:
         return approx[:-1] + "; allow_approximate admits it)"
     for name, bound in constraints.limits().items():
-        value = objective_value(result, _LIMITED[name], memory)
+        value = limit_value(result, name, memory)
         if value is None or not math.isfinite(value):
             return f"{name}: {_LIMITED[name]} not measured"
         if value > bound:
@@ -255,8 +267,18 @@ def varying_fields(contexts: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def error_field(result: Result) -> str:
     """The field holding ``result``'s error (the ``error`` objective): ``kl_mean_nats`` when it
-    scored a model's next-token distributions, else ``rel_fro_err``."""
-    return "kl_mean_nats" if result.kl_mean_nats is not None else "rel_fro_err"
+    scored a model's next-token distributions, ``grad_rel_err`` when it checked gradients
+    (phase ``train``), else ``rel_fro_err``."""
+    if result.kl_mean_nats is not None:
+        return "kl_mean_nats"
+    return "grad_rel_err" if result.grad_rel_err is not None else "rel_fro_err"
+
+
+def own_tolerance(result: Result) -> float | None:
+    """The tolerance of ``result``'s :func:`error_field` that it recorded (its dtype's, for
+    the output or for the gradients); None where it recorded none."""
+    value = result.grad_tolerance if error_field(result) == "grad_rel_err" else result.tolerance
+    return float(value) if _finite(value) else None
 
 
 def objective_value(result: Result, name: str, memory: str = "auto") -> float | None:
@@ -316,7 +338,7 @@ def error_tolerances(results: Sequence[Result]) -> list[float | None]:
     the float64 oracle); on a model workload (no oracle, ``tolerance`` NaN) the largest error
     (KL where measured) of a lossless ``ok`` variant of the same shape and dtype among
     ``results``, or without one the dtype's attention tolerance. None when nothing says."""
-    model = [is_model_workload(r.workload) and not _finite(r.tolerance) for r in results]
+    model = [is_model_workload(r.workload) and own_tolerance(r) is None for r in results]
     gates: dict[str, float] = {}
     for res, gated in zip(results, model, strict=True):
         err = objective_value(res, "error")
@@ -326,7 +348,7 @@ def error_tolerances(results: Sequence[Result]) -> list[float | None]:
     out: list[float | None] = []
     for res, gated in zip(results, model, strict=True):
         if not gated:
-            out.append(float(res.tolerance) if _finite(res.tolerance) else None)
+            out.append(own_tolerance(res))
         else:
             out.append(gates.get(_gate_key(res), _dtype_tolerance(res.workload.get("dtype"))))
     return out
@@ -380,7 +402,7 @@ def tie_band(name: str, iqr_a, iqr_b, tol_a, tol_b):
     return zero
 
 
-_ERRORS = ("error", "rel_fro_err", "kl_mean_nats")
+_ERRORS = ("error", "rel_fro_err", "kl_mean_nats", "grad_rel_err")
 """Objectives whose ties are within a tolerance (where it is the result's error measure)."""
 
 

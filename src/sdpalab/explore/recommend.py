@@ -103,9 +103,14 @@ class Recommendation:
 
         return transformers_snippet(self.variant(), dtype=self.dtype)
 
+    @property
+    def purpose(self) -> str:
+        """What the pick is for: ``" for training"`` on a ``train`` workload, else empty."""
+        return " for training" if self.best.workload.get("phase") == "train" else ""
+
     def summary(self) -> str:
         """A few lines for humans."""
-        lines = [f"recommended ({self.priority}): {describe(self.best, self.memory)}"]
+        lines = [f"recommended{self.purpose} ({self.priority}): {describe(self.best, self.memory)}"]
         if self.explanation:
             lines.append(f"  {self.explanation}")
         lines.append(f"  {self.variant_python()}")
@@ -118,6 +123,7 @@ class Recommendation:
         """JSON-ready: the pick and the runner-up (their rows), the trade, pasteable forms."""
         return {
             "priority": self.priority,
+            "for_training": bool(self.purpose),
             "best": result_row(self.best, self.memory),
             "runner_up": None
             if self.runner_up is None
@@ -133,10 +139,12 @@ class Recommendation:
 
 def describe(result: Result, memory: str = "auto") -> str:
     """``label [dtype]: 1.23 ms ± 0.05, 12.0 MiB total, err 3.1e-07`` (a model's quality:
-    ``KL 0.0057, ppl +0.52 %``)."""
+    ``KL 0.0057, ppl +0.52 %``; training: ``fwd 0.4 + bwd 0.8 ms``, ``grad err 4e-07``)."""
     parts = [config_label(result) + ":"]
     if result.latency_ms is not None:
         parts.append(f"{result.latency_ms:.3g} ms ± {result.latency_iqr_ms or 0:.2g},")
+    if result.latency_fwd_ms is not None and result.latency_bwd_ms is not None:
+        parts.append(f"(fwd {result.latency_fwd_ms:.3g} + bwd {result.latency_bwd_ms:.3g} ms),")
     mem = memory_of(result, memory)
     if mem is not None:
         parts.append(f"{format_bytes(mem)} {memory_measure(result, memory)},")
@@ -146,6 +154,8 @@ def describe(result: Result, memory: str = "auto") -> str:
             parts.append(f"ppl {result.ppl_delta_pct:+.2f} %")
     elif result.rel_fro_err is not None:
         parts.append(f"err {result.rel_fro_err:.2g}")
+        if result.grad_rel_err is not None:
+            parts.append(f"grad err {result.grad_rel_err:.2g}")
     return " ".join(parts).rstrip(",")
 
 
@@ -184,6 +194,8 @@ def result_row(result: Result, memory: str = "auto") -> dict[str, Any]:
         "dtype": result.workload.get("dtype"),
         "latency_ms": result.latency_ms,
         "latency_iqr_ms": result.latency_iqr_ms,
+        "latency_fwd_ms": result.latency_fwd_ms,
+        "latency_bwd_ms": result.latency_bwd_ms,
         "memory_measure": memory_measure(result, memory),
         "memory_bytes": memory_of(result, memory),
         "kv_cache_bytes": result.kv_cache_bytes,
@@ -192,10 +204,12 @@ def result_row(result: Result, memory: str = "auto") -> dict[str, Any]:
         "error": objective_value(result, "error"),
         "error_measure": error_field(result),
         "rel_fro_err": result.rel_fro_err,
+        "grad_rel_err": result.grad_rel_err,
         "kl_mean_nats": result.kl_mean_nats,
         "ppl_delta_pct": result.ppl_delta_pct,
         "top1_agreement": result.top1_agreement,
         "tolerance": result.tolerance,
+        "grad_tolerance": result.grad_tolerance,
         "timing_method": result.timing_method,
     }
 
@@ -384,6 +398,7 @@ def trade_text(
         "peak_mem_bytes": "peak memory",
         "kv_cache_bytes": "KV cache",
         "rel_fro_err": "error",
+        "grad_rel_err": "gradient error",
         "kl_mean_nats": "KL",
         "error": "KL" if error_field(best) == error_field(other) == "kl_mean_nats" else "error",
     }
@@ -415,7 +430,7 @@ def trade_text(
     return f"{config_label(other)} instead: " + ", ".join(parts)
 
 
-_ERRORS = ("error", "rel_fro_err", "kl_mean_nats")
+_ERRORS = ("error", "rel_fro_err", "kl_mean_nats", "grad_rel_err")
 
 
 def _times(ratio: float) -> str:

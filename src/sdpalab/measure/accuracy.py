@@ -81,3 +81,21 @@ def tolerance(dtype: torch.dtype, kv_len: int = 32768) -> float:
     if kv_len < 1:
         raise ValueError(f"kv_len={kv_len} must be positive")
     return 5 * unit_roundoff(dtype) + math.sqrt(kv_len) * unit_roundoff(torch.float32)
+
+
+GRAD_TOLERANCE_FACTOR = 4
+"""How much more error a backward may show than its forward (:func:`grad_tolerance`)."""
+
+
+def grad_tolerance(dtype: torch.dtype, kv_len: int = 32768) -> float:
+    """Relative Frobenius error that attention's gradients (dq, dk, dv, a learned bias's)
+    computed in ``dtype`` may show against the float64 oracle's.
+
+    The backward recomputes the probabilities P and rounds them, and then
+    ``dS = P * (dP - rowsum(dO * O))`` before its two products, to ``dtype`` as the forward
+    rounds P: each rounding costs the forward's share, and the subtraction inside dS loses
+    relative precision where the two terms nearly cancel. dk and dv also sum over every query
+    row, another fp32 reduction of ``q_len`` terms. We allow ``GRAD_TOLERANCE_FACTOR`` (4) times
+    :func:`tolerance`: fp32 ≈ 4.4e-5, bfloat16 ≈ 8e-2, float16 ≈ 1e-2.
+    """
+    return GRAD_TOLERANCE_FACTOR * tolerance(dtype, kv_len)

@@ -53,6 +53,27 @@ def peak_memory(
     )
 
 
+def retained_memory(fn: Callable[[], Any], *, device: str) -> int:
+    """Bytes that ``fn()`` leaves allocated while its result is held: the result itself and
+    whatever it keeps alive (a forward's tensors saved for its backward). GPU: the allocator's
+    count after the call less before; CPU: the profiler's allocation timeline, summed."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            torch.cuda.synchronize(dev)
+            before = torch.cuda.memory_allocated(dev)
+            out = fn()
+            torch.cuda.synchronize(dev)
+            kept = torch.cuda.memory_allocated(dev) - before
+            del out
+        return kept
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    kept = sum(delta for _, delta in allocation_events(prof))
+    del out
+    return max(0, kept)
+
+
 def _peak_cuda(fn: Callable[[], Any], dev: torch.device) -> MemoryPeak:
     with torch.cuda.device(dev):  # empty_cache acts on the current device
         torch.cuda.synchronize(dev)

@@ -33,6 +33,9 @@ class Result:
     latency_n: int | None = None
     noisy: bool | None = None
     timing_method: str | None = None  # cpu_clock, cuda_events or cuda_graph (and why not)
+    # phase train: latency_ms is the forward and the backward together, these each alone
+    latency_fwd_ms: float | None = None
+    latency_bwd_ms: float | None = None
     # memory
     peak_mem_bytes: int | None = None
     peak_mem_total_bytes: int | None = None
@@ -41,11 +44,20 @@ class Result:
     kv_cache_bytes: int | None = None
     kv_cache_bytes_model: int | None = None
     step_bytes: int | None = None
+    saved_mem_bytes: int | None = None  # train: what the forward keeps for the backward
     # accuracy against the float64 oracle
     max_abs_err: float | None = None
     rel_fro_err: float | None = None
     cosine: float | None = None
     tolerance: float | None = None
+    # phase train: gradients against the oracle's float64 autograd ones (relative Frobenius),
+    # dparam a learned bias's (relative_bias's table); grad_rel_err the largest of them
+    dq_rel_err: float | None = None
+    dk_rel_err: float | None = None
+    dv_rel_err: float | None = None
+    dparam_rel_err: float | None = None
+    grad_rel_err: float | None = None
+    grad_tolerance: float | None = None
     # quality of a model workload against the stock model, per scored token of real text
     # (sdpalab.models.quality): KL(stock || variant) of next-token distributions, perplexity
     # change with its paired 95 % interval, and how often the most probable token is the same
@@ -60,6 +72,8 @@ class Result:
     bytes_moved: int | None = None
     allowed_fraction: float | None = None
     tflops: float | None = None
+    tflops_fwd: float | None = None  # train: the forward's FLOPs over its time
+    tflops_bwd: float | None = None  # train: the backward's (2.5x the forward's) over its time
     gbps: float | None = None
     frac_peak_flops: float | None = None
     frac_peak_bw: float | None = None
@@ -118,8 +132,13 @@ class Result:
             return f"{self.label}: {self.status} ({self.reason})"
         mem = "?" if self.peak_mem_bytes is None else f"{self.peak_mem_bytes / 2**20:.1f} MiB"
         err = "?" if self.rel_fro_err is None else f"{self.rel_fro_err:.1e}"
+        split = ""
+        if self.latency_fwd_ms is not None and self.latency_bwd_ms is not None:
+            split = f" = fwd {self.latency_fwd_ms:.3f} + bwd {self.latency_bwd_ms:.3f}"
+        if self.grad_rel_err is not None:
+            err += f", grad err {self.grad_rel_err:.1e}"
         return (
-            f"{self.label}: {self.latency_ms:.3f} ms (IQR {self.latency_iqr_ms:.3f}, "
+            f"{self.label}: {self.latency_ms:.3f} ms{split} (IQR {self.latency_iqr_ms:.3f}, "
             f"n={self.latency_n}{', noisy' if self.noisy else ''}), peak +{mem}, rel err {err}, "
             f"kernel {self.kernel}"
         )

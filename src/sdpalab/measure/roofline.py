@@ -23,6 +23,10 @@ from sdpalab.cache import cache_dir
 from sdpalab.measure.provenance import cpu_model, load_text, machine_load
 from sdpalab.measure.timing import time_fn
 
+BACKWARD_FLOPS_RATIO = 2.5
+"""A backward's FLOPs as a multiple of its forward's: five matmuls (dV, dP, dQ, dK, and the
+recomputed scores) against two, as FlashAttention counts them."""
+
 
 def attention_flops(
     *,

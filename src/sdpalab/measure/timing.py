@@ -18,6 +18,7 @@ computed here and nowhere else in the project.
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +94,17 @@ def time_fn(
     lands inside the timed region (about 9 us a call on an H100, the same with or without the
     kernel's own data in the cache: ``benchmarks/notes/l2-flush-h100.md``).
     """
+    dev, warmup_s = _checked(device, repeats, warmup, warmup_s)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            return summarize(_time_cuda(fn, dev, warmup, warmup_s, repeats, flush_l2, setup))
+    _warm_up(fn, warmup, warmup_s, setup, sync=lambda: None)
+    return summarize(_time_cpu(fn, repeats, setup))
+
+
+def _checked(device: str, repeats: int, warmup: int, warmup_s: float | None):
+    """``(device, warmup_s)`` once the counts are valid (``warmup_s`` None: the device's
+    default); raises ``ValueError`` naming them otherwise."""
     if repeats < 1 or warmup < 0 or (warmup_s is not None and warmup_s < 0):
         raise ValueError(
             f"need repeats >= 1, warmup >= 0 and warmup_s >= 0, got {repeats=} {warmup=} "
@@ -101,11 +113,80 @@ def time_fn(
     dev = torch.device(device)
     if warmup_s is None:
         warmup_s = CUDA_WARMUP_S if dev.type == "cuda" else 0.0
+    return dev, warmup_s
+
+
+def time_steps(
+    steps: Sequence[Callable[[], Any]],
+    *,
+    device: str,
+    warmup: int = 3,
+    repeats: int = 20,
+    flush_l2: bool = False,
+    setup: Callable[[], Any] | None = None,
+    warmup_s: float | None = None,
+) -> tuple[Timing, ...]:
+    """Time calls made one after another (a forward, then its backward): one Timing for each
+    step, then one for the steps together, each summarizing the same ``repeats`` runs.
+
+    As :func:`time_fn`, with the steps in place of one call: ``setup`` (e.g. dropping the last
+    run's gradients) and the L2 flush run before the first step only, outside the timed region.
+    On a GPU an event sits between steps, so a step's time is its device time once the GPU is
+    kept busy; on the CPU the monotonic clock is read between them.
+    """
+    if not steps:
+        raise ValueError("time_steps() needs at least one step")
+    dev, warmup_s = _checked(device, repeats, warmup, warmup_s)
+
+    def run_all() -> None:
+        for step in steps:
+            step()
+
     if dev.type == "cuda":
         with torch.cuda.device(dev):
-            return summarize(_time_cuda(fn, dev, warmup, warmup_s, repeats, flush_l2, setup))
-    _warm_up(fn, warmup, warmup_s, setup, sync=lambda: None)
-    return summarize(_time_cpu(fn, repeats, setup))
+            spans = _time_steps_cuda(
+                steps, run_all, dev, warmup, warmup_s, repeats, flush_l2, setup
+            )
+    else:
+        _warm_up(run_all, warmup, warmup_s, setup, sync=lambda: None)
+        spans = []
+        for _ in range(repeats):
+            if setup is not None:
+                setup()
+            marks = [time.perf_counter_ns()]
+            for step in steps:
+                step()
+                marks.append(time.perf_counter_ns())
+            spans.append([(b - a) / 1e6 for a, b in itertools.pairwise(marks)])
+    per_step = [summarize([run[i] for run in spans]) for i in range(len(steps))]
+    return (*per_step, summarize([sum(run) for run in spans]))
+
+
+def _time_steps_cuda(steps, run_all, dev, warmup, warmup_s, repeats, flush_l2, setup):
+    scratch = sink = None
+    if flush_l2:
+        l2_bytes = torch.cuda.get_device_properties(dev).L2_cache_size
+        scratch = torch.ones(2 * l2_bytes // 8, dtype=torch.int64, device=dev)
+        sink = torch.empty((), dtype=torch.int64, device=dev)
+
+    def before():
+        if setup is not None:
+            setup()
+        if scratch is not None:
+            torch.sum(scratch, dim=0, out=sink)
+
+    _warm_up(run_all, warmup, warmup_s, before, sync=lambda: torch.cuda.synchronize(dev))
+    runs = []
+    for _ in range(repeats):
+        before()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(len(steps) + 1)]
+        events[0].record()
+        for step, end in zip(steps, events[1:], strict=True):
+            step()
+            end.record()
+        runs.append(events)
+    torch.cuda.synchronize(dev)
+    return [[a.elapsed_time(b) for a, b in itertools.pairwise(run)] for run in runs]
 
 
 def _warm_up(fn, calls: int, seconds: float, before, sync) -> None:

@@ -9,6 +9,11 @@ The oracle applies the mask the workload names (``Workload.mod``), so a variant 
 another one is an approximation whose error shows; a workload that names none checks each
 variant against its own mask.
 
+A ``train`` workload runs the call forward and backward (``out.backward(grad)``, the upstream
+gradient seeded): forward, backward and total latency, the memory the forward keeps for the
+backward and the peak of both, TFLOP/s with the backward's FLOPs at 2.5x the forward's, and the
+errors of dq, dk, dv (and of a learned bias's gradient) against the float64 oracle's autograd.
+
 On a :class:`~sdpalab.spec.TraceWorkload` the inputs are a model's captured q, k, v (cast to the
 workload's dtype), the oracle applies that layer's own mask, a variant whose mod is ``none``
 runs that mask too (as inside the model), and the Result's workload carries the trace fields
@@ -24,19 +29,26 @@ from collections.abc import Callable
 
 import torch
 
-from sdpalab.attention.backends import get_backend
+from sdpalab.attention.backends import clear_trial_caches, get_backend
 from sdpalab.attention.errors import Unsupported
-from sdpalab.attention.mods import allowed_fraction
-from sdpalab.attention.reference import attention_ref
-from sdpalab.measure.accuracy import compare, tolerance
-from sdpalab.measure.memory import peak_memory
+from sdpalab.attention.mods import allowed_fraction, make_mod
+from sdpalab.attention.reference import attention_grads_ref, attention_ref
+from sdpalab.measure.accuracy import compare, grad_tolerance, tolerance
+from sdpalab.measure.memory import peak_memory, retained_memory
 from sdpalab.measure.profiler import kernels_ran
 from sdpalab.measure.provenance import provenance
 from sdpalab.measure.result import Result
-from sdpalab.measure.roofline import attention_bytes, attention_flops, load_ceilings, throughput
-from sdpalab.measure.timing import capture_graph, capture_stream, time_fn
+from sdpalab.measure.roofline import (
+    BACKWARD_FLOPS_RATIO,
+    attention_bytes,
+    attention_flops,
+    load_ceilings,
+    throughput,
+)
+from sdpalab.measure.timing import capture_graph, capture_stream, time_fn, time_steps
 from sdpalab.spec import MeasureSettings, TraceWorkload, Variant, Workload, trial_id
 from sdpalab.spec.trace import load_layer
+from sdpalab.spec.variant import phase_refusal
 
 ORACLE_MAX_ELEMENTS = 1 << 25
 """Largest float64 score matrix the oracle builds; longer problems are checked on a slice of
@@ -74,6 +86,18 @@ def on_trace(variant: Variant, workload: TraceWorkload) -> Variant:
         return variant
     mod, args = workload.mask
     return dataclasses.replace(variant, mod=mod, mod_args=args)
+
+
+def _record_accuracy(result: Result, out: torch.Tensor, oracle, workload: Workload) -> None:
+    """The output's error against the oracle's ``(expected, rows)`` and the dtype's tolerance."""
+    expected, rows = oracle
+    acc = compare(out[:, :, rows], expected)
+    result.max_abs_err, result.rel_fro_err, result.cosine = (
+        acc.max_abs_err,
+        acc.rel_fro_err,
+        acc.cosine,
+    )
+    result.tolerance = tolerance(workload.torch_dtype)
 
 
 def _oracle(attn, variant: Variant, q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +166,8 @@ def _classify(err: BaseException) -> tuple[str, str]:
     text = f"{type(err).__name__}: {err}".strip()
     if isinstance(err, Unsupported):
         return "unsupported", str(err)
+    if isinstance(err, NotImplementedError):  # torch's own word that it has no such path
+        return "unsupported", (str(err) or text).splitlines()[0]
     if isinstance(err, torch.OutOfMemoryError | MemoryError):
         return "oom", text
     if isinstance(err, RuntimeError) and (
@@ -156,9 +182,13 @@ def measure(
 ) -> Result:
     """Measure one variant on one workload (Gaussian inputs, or a trace's real ones). Never
     raises for a trial that fails: the Result's ``status`` says what happened (``ok``,
-    ``unsupported``, ``oom``, ``numerical_fail``, ``error``).
+    ``unsupported``, ``oom``, ``numerical_fail``, ``error``). A pair that can never run (a KV
+    cache in phase ``train``) is not a trial: ``ValueError``.
     """
     settings = settings or MeasureSettings()
+    refusal = phase_refusal(variant, workload)
+    if refusal:
+        raise ValueError(refusal)
     result = Result(
         variant=variant.to_dict(),
         workload=workload.to_dict(),
@@ -190,6 +220,9 @@ def _measure_into(
         variant, workload, mask = on_trace(variant, trace), trace.as_workload(), trace.mask
     elif workload.mod is not None:
         mask = workload.mod, dict(workload.mod_args)
+    if workload.phase == "train":
+        _measure_train_into(result, variant, workload, settings, trace, mask)
+        return
     if settings.cuda_graph and torch.device(workload.device).type == "cuda":
         capture_stream(workload.device)  # its workspaces count in every trial's memory alike
     t0 = time.perf_counter()
@@ -228,14 +261,7 @@ def _measure_into(
             result.status, result.reason = "numerical_fail", "output contains NaN or Inf"
             return
         if settings.check_accuracy:
-            expected, rows = _oracle(attn, variant, q, k, v, mask)
-            acc = compare(out[:, :, rows], expected)
-            result.max_abs_err, result.rel_fro_err, result.cosine = (
-                acc.max_abs_err,
-                acc.rel_fro_err,
-                acc.cosine,
-            )
-            result.tolerance = tolerance(workload.torch_dtype)
+            _record_accuracy(result, out, _oracle(attn, variant, q, k, v, mask), workload)
 
         if cached:
             result.kv_cache_bytes = int(inner.cache_bytes())
@@ -292,6 +318,179 @@ def _measure_into(
     result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
 
 
+GRAD_ORACLE_MAX_ELEMENTS = 1 << 30
+"""Most score elements (batch x heads x q_len x kv_len) whose float64 gradients the oracle
+takes; a larger problem's gradients are checked on its first batch entries (one at the least:
+entries are independent), its rows a block of ``ORACLE_MAX_ELEMENTS`` scores at a time."""
+_REFUSALS = ("not supported", "does not support", "no available kernel", "not implemented")
+"""Words by which a kernel's backward refuses a combination (an ``unsupported`` trial)."""
+
+
+def _measure_train_into(
+    result: Result, variant: Variant, workload: Workload, settings, trace, mask
+) -> None:
+    """Phase ``train``: the call forward and backward, measured (module doc)."""
+    backend = get_backend(variant.backend)
+    if "train" not in backend.phases:
+        raise Unsupported(
+            f"backend {variant.backend!r} has no backward: it serves {', '.join(backend.phases)}"
+        )
+    # Masks and biases an earlier inference-mode trial cached cannot be saved for a backward,
+    # and the learned tables made to require grad here must not outlive the trial.
+    clear_trial_caches()
+    try:
+        with torch.enable_grad():
+            _train(result, variant, workload, settings, trace, mask)
+    finally:
+        clear_trial_caches()
+
+
+def _train(result: Result, variant: Variant, wl: Workload, settings, trace, mask) -> None:
+    from sdpalab.build import build, oracle_mod
+
+    t0 = time.perf_counter()
+    attn = build(variant, wl)
+    result.build_s = time.perf_counter() - t0
+    q, k, v = make_inputs(wl, settings.seed) if trace is None else trace_inputs(trace)
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed + 1)
+    grad_out = torch.randn(q.shape, generator=gen).to(wl.device, wl.torch_dtype)  # dL/d out
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    computed = oracle_mod(variant)
+    # the backends build this same (cached) mod at this geometry: its learned tensors are theirs
+    mod = make_mod(*computed, q_len=wl.seq_q, kv_len=wl.seq_kv, heads=wl.heads_q, device=wl.device)
+    params = mod.params
+    for p in params.values():
+        p.requires_grad_(True)
+    state: dict = {}
+
+    def setup() -> None:  # as zero_grad(set_to_none=True): each step allocates its gradients
+        for t in (q, k, v, *params.values()):
+            t.grad = None
+        state.clear()
+
+    def forward() -> None:
+        state["out"] = attn(q, k, v)
+
+    def backward() -> None:
+        try:
+            state["out"].backward(grad_out)
+        except RuntimeError as err:
+            if any(word in str(err).lower() for word in _REFUSALS):
+                first = str(err).strip().splitlines()[0]
+                raise Unsupported(f"{variant.backend} backward: {first}") from None
+            raise
+
+    def step() -> None:
+        forward()
+        backward()
+
+    setup()
+    t0 = time.perf_counter()
+    step()
+    if torch.device(wl.device).type == "cuda":
+        torch.cuda.synchronize(wl.device)
+    result.compile_s = time.perf_counter() - t0
+    grads = {"dq": q.grad, "dk": k.grad, "dv": v.grad}
+    grads |= {f"d{name}": p.grad for name, p in params.items()}
+    out = state["out"].detach()
+    if not all(torch.isfinite(t).all() for t in (out, *grads.values()) if t is not None):
+        result.status, result.reason = "numerical_fail", "output or gradient holds NaN or Inf"
+        return
+    if settings.check_accuracy:
+        with torch.no_grad():
+            _record_accuracy(result, out, _oracle(attn, variant, q, k, v, mask), wl)
+        _check_grads(result, attn, (q, k, v, grad_out), grads, params, mask or computed)
+    input_bytes = sum(t.numel() * t.element_size() for t in (q, k, v, grad_out))
+    input_bytes += sum(p.numel() * p.element_size() for p in params.values())
+    result.input_bytes = input_bytes
+
+    if settings.memory:
+        setup()
+        result.saved_mem_bytes = retained_memory(forward, device=wl.device)
+        setup()
+        peak = peak_memory(step, device=wl.device, baseline_bytes=input_bytes)
+        result.peak_mem_bytes, result.peak_mem_total_bytes = (
+            peak.peak_mem_bytes,
+            peak.peak_mem_total_bytes,
+        )
+        result.memory_method = peak.method
+    if get_backend(variant.backend).profile_kernel:
+        setup()
+        result.kernel = ",".join(kernels_ran(step, device=wl.device)) or "unknown"
+    else:
+        result.kernel = variant.backend
+
+    on_gpu = torch.device(wl.device).type == "cuda"
+    fwd, bwd, total = time_steps(
+        [forward, backward],
+        device=wl.device,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        flush_l2=settings.flush_l2 and on_gpu,
+        setup=setup,
+    )
+    setup()
+    result.timing_method = (
+        "cuda_events (no graph: forward and backward timed apart)" if on_gpu else "cpu_clock"
+    )
+    result.latency_ms, result.latency_iqr_ms = total.latency_ms, total.latency_iqr_ms
+    result.latency_n, result.noisy = total.latency_n, total.noisy
+    result.latency_fwd_ms, result.latency_bwd_ms = fwd.latency_ms, bwd.latency_ms
+
+    result.allowed_fraction = allowed_fraction(*computed, wl.seq_q, wl.seq_kv)
+    result.flops, result.bytes_moved = call_cost(wl, result.allowed_fraction)
+    rates = throughput(
+        result.flops, result.bytes_moved, result.latency_ms, load_ceilings(wl.device)
+    )
+    result.tflops, result.gbps = rates["tflops"], rates["gbps"]
+    result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
+    fwd_flops = round(result.flops / (1 + BACKWARD_FLOPS_RATIO))
+    result.tflops_fwd = throughput(fwd_flops, None, fwd.latency_ms, None)["tflops"]
+    bwd_flops = result.flops - fwd_flops
+    result.tflops_bwd = throughput(bwd_flops, None, bwd.latency_ms, None)["tflops"]
+
+
+def grad_batch(batch: int, heads_q: int, q_len: int, kv_len: int) -> int:
+    """How many batch entries the gradient oracle checks (:data:`GRAD_ORACLE_MAX_ELEMENTS`)."""
+    return max(1, min(batch, GRAD_ORACLE_MAX_ELEMENTS // (heads_q * q_len * kv_len)))
+
+
+def _check_grads(result: Result, attn, tensors, grads: dict, params: dict, meant) -> None:
+    """The gradients' errors against the oracle's on the first :func:`grad_batch` entries: a
+    slice of the step's own gradients or, when a learned bias (whose gradient sums over the
+    batch) is among them, those of the variant run again on that slice."""
+    q, k, v, grad_out = tensors
+    batch, heads_q, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    n = grad_batch(batch, heads_q, q_len, kv_len)
+    if n < batch and params:
+        sliced = [t[:n].detach().clone().requires_grad_(True) for t in (q, k, v)]
+        for p in params.values():
+            p.grad = None
+        attn(*sliced).backward(grad_out[:n])
+        grads = {"dq": sliced[0].grad, "dk": sliced[1].grad, "dv": sliced[2].grad}
+        grads |= {f"d{name}": p.grad for name, p in params.items()}
+    elif n < batch:
+        grads = {name: grad[:n] for name, grad in grads.items()}
+    block = max(1, ORACLE_MAX_ELEMENTS // (n * heads_q * kv_len))
+    ref = attention_grads_ref(q[:n], k[:n], v[:n], grad_out[:n], *meant, block_rows=block)
+    errors = {
+        name: compare(grad, ref[name]).rel_fro_err
+        for name, grad in grads.items()
+        if name in ref and grad is not None
+    }
+    result.dq_rel_err, result.dk_rel_err, result.dv_rel_err = (
+        errors.get("dq"),
+        errors.get("dk"),
+        errors.get("dv"),
+    )
+    learned = [err for name, err in errors.items() if name not in ("dq", "dk", "dv")]
+    result.dparam_rel_err = max(learned) if learned else None
+    result.grad_rel_err = max(errors.values()) if errors else None
+    result.grad_tolerance = grad_tolerance(q.dtype)
+
+
 CACHE_GRAPH_REFUSALS = {"dynamic": "a dynamic cache reallocates its tensors every step"}
 """KV cache layouts timed with plain events on a GPU, and why (backends say it in the registry)."""
 
@@ -322,7 +521,9 @@ def timed_call(step: Callable, setup: Callable | None, variant: Variant, device:
 
 def call_cost(wl: Workload, allowed: float = 1.0) -> tuple[int, int]:
     """(FLOPs, bytes) of one uncached attention call of ``wl``'s shape: FLOPs of the
-    ``allowed`` fraction of score pairs, bytes of q, k, v read and the output written once."""
+    ``allowed`` fraction of score pairs, bytes of q, k, v read and the output written once.
+    In phase ``train`` the backward too: ``BACKWARD_FLOPS_RATIO`` (2.5) times the forward's
+    FLOPs, and q, k, v, the output and its gradient read, dq, dk, dv written (3x the bytes)."""
     flops = attention_flops(
         batch=wl.batch,
         heads_q=wl.heads_q,
@@ -340,6 +541,8 @@ def call_cost(wl: Workload, allowed: float = 1.0) -> tuple[int, int]:
         head_dim=wl.head_dim,
         elem_bytes=wl.torch_dtype.itemsize,
     )
+    if wl.phase == "train":
+        return round(flops * (1 + BACKWARD_FLOPS_RATIO)), 3 * moved
     return flops, moved
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sdpalab.measure.result import Result
 from sdpalab.spec.settings import Constraints, MeasureSettings
-from sdpalab.spec.variant import Variant
+from sdpalab.spec.variant import Variant, phase_refusal
 from sdpalab.spec.workload import (
     FIELD_OF_KEY,
     ModelWorkload,
@@ -242,6 +242,9 @@ def _trial(var: dict, wl: dict, settings: MeasureSettings, grid: str) -> Trial:
     identity = settings.identity(w_spec.get("device", ""))
     try:
         variant, workload = Variant(**var), kind(**wl)
+        refusal = phase_refusal(variant, workload)
+        if refusal:
+            raise ValueError(refusal)
     except ValueError as err:
         if kind is TraceWorkload:
             w_spec = _trace_spec(wl, w_spec)
@@ -282,11 +285,10 @@ def _only_not_here(var: dict, wl: dict, kind: type) -> bool:
     the workload too in float32, so only its dtype is missing here (e.g. bfloat16 on a GPU
     without it)."""
     try:
-        Variant(**var)
-        kind(**{**wl, "dtype": "float32"})
+        variant, workload = Variant(**var), kind(**{**wl, "dtype": "float32"})
     except ValueError:
         return False
-    return True
+    return phase_refusal(variant, workload) is None
 
 
 def _trace_spec(wl: dict, fallback: dict) -> dict:

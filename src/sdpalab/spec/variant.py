@@ -187,3 +187,22 @@ def approximation(
 def _same_mask(a: tuple[str, dict], b: tuple[str, dict]) -> bool:
     # arguments left at their defaults are the same mask as arguments given as the defaults
     return a[0] == b[0] and validate_mod(*a) == validate_mod(*b)
+
+
+def phase_refusal(variant: Variant, workload: Any) -> str | None:
+    """Why ``variant`` can never run in ``workload``'s phase (a config error, not a trial), or
+    None. ``train`` differentiates one attention call: a KV cache serves generation, and the
+    q/k/v/o projections (and their weight quantization) are not what it trains."""
+    if getattr(workload, "phase", None) != "train":
+        return None
+    if variant.kv_cache != "none":
+        return (
+            f"kv_cache={variant.kv_cache!r} cannot train: phase train runs one attention call "
+            "forward and backward; choose kv_cache none"
+        )
+    if variant.projections:
+        return (
+            "projections cannot train here: phase train differentiates the attention call "
+            "alone; choose projections false and weight_quant none"
+        )
+    return None

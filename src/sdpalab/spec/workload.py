@@ -19,7 +19,8 @@ import torch
 from sdpalab.attention.mods import validate_mod
 from sdpalab.spec.trace import TraceInfo, read_trace
 
-PHASES = ("prefill", "decode")
+PHASES = ("prefill", "decode", "train")
+"""``train`` is a prefill-shaped call run forward and backward (:mod:`sdpalab.run.trial`)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUILTIN_MODELS = ("smollm2", "minilm", "tiny-llama")
 """Models that need no download (see :mod:`sdpalab.models`)."""
@@ -91,7 +92,8 @@ class Workload:
 
     For ``decode``, ``seq_kv`` is the context already cached and ``seq_q`` the tokens of one
     step (default 1); causal masks align bottom-right (query i sits at position
-    ``seq_kv - seq_q + i``).
+    ``seq_kv - seq_q + i``). ``train`` is shaped like ``prefill`` and runs the call forward and
+    backward (``out.backward(grad)`` with a seeded upstream gradient), without a KV cache.
 
     ``mod`` names the attention the work means (``causal``, ``sliding_window`` with
     ``mod_args``): every variant's error is measured against that mask's oracle, so a variant
@@ -99,7 +101,11 @@ class Workload:
     is measured against its own mask.
     """
 
-    phase: str = _role(KIND, "prefill", "prefill (a whole sequence) or decode (cached steps)")
+    phase: str = _role(
+        KIND,
+        "prefill",
+        "prefill (a whole sequence), decode (cached steps) or train (forward and backward)",
+    )
     mod: str | None = _role(
         KIND, None, "the attention it means: a mask or bias (None: each variant's own)"
     )
@@ -109,7 +115,9 @@ class Workload:
     batch: int = _role(SIZE, 1)
     heads_q: int = _role(SIZE, 8, "query heads; a multiple of heads_kv")
     heads_kv: int | None = _role(SIZE, None, "key/value heads; default heads_q")
-    seq_q: int | None = _role(SIZE, None, "query length; default seq_kv (prefill) or 1 (decode)")
+    seq_q: int | None = _role(
+        SIZE, None, "query length; default seq_kv (prefill, train) or 1 (decode)"
+    )
     seq_kv: int = _role(SIZE, 1024, "key/value length, this step's tokens included")
     head_dim: int = _role(SIZE, 64)
     dtype: str = _role(CHOICE, "float32")
@@ -122,7 +130,7 @@ class Workload:
         if self.heads_kv is None:
             object.__setattr__(self, "heads_kv", self.heads_q)
         if self.seq_q is None:
-            object.__setattr__(self, "seq_q", self.seq_kv if self.phase == "prefill" else 1)
+            object.__setattr__(self, "seq_q", 1 if self.phase == "decode" else self.seq_kv)
         for name in ("heads_kv", "seq_q"):
             check_positive_int(name, getattr(self, name))
         if self.heads_q % self.heads_kv:
@@ -197,8 +205,9 @@ class TraceWorkload:
     capture`` wrote (:mod:`sdpalab.spec.trace`), its tensors cast to ``dtype`` on ``device``.
 
     ``prefill`` attends every captured query to the keys; ``decode`` the last query to all of
-    them (one step after a cached context). The mask is the model's own for that layer (causal,
-    or its sliding window), as the trace records it: the float64 oracle applies it, and a
+    them (one step after a cached context); ``train`` runs the prefill call forward and
+    backward. The mask is the model's own for that layer (causal, or its sliding window), as
+    the trace records it: the float64 oracle applies it, and a
     variant whose mod is ``none`` runs it. The sizes come from the file (:meth:`as_workload`);
     :meth:`to_dict` carries them beside the fields, so results show the shapes measured.
     """
@@ -207,7 +216,9 @@ class TraceWorkload:
     layer: int = _role(
         KIND, doc="a layer the trace holds (the config's axis: layers)", key="layers"
     )
-    phase: str = _role(KIND, "prefill", "prefill (every captured query) or decode (the last)")
+    phase: str = _role(
+        KIND, "prefill", "prefill (every captured query), decode (the last) or train (backward too)"
+    )
     dtype: str = _role(CHOICE, "float32")
     device: str = _role(PLACE, "cpu")
 
