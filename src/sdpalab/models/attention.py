@@ -144,7 +144,11 @@ class VariantAttention:
         # sdpalab attends with 1/sqrt(D); a model with another scale gets it folded into q.
         if scaling is not None and not math.isclose(scaling * math.sqrt(head_dim), 1.0):
             query = query * (scaling * math.sqrt(head_dim))
-        out = self.attend_for(bool(causal))(query, key, value)
+        layer = getattr(key, "sdpalab_layer", None)
+        if layer is not None:  # an SdpalabCache layer that attends itself (models/cache.py)
+            out = layer.attend(query)
+        else:
+            out = self.attend_for(bool(causal))(query, key, value)
         return out.transpose(1, 2).contiguous(), None
 
 

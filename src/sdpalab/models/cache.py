@@ -12,6 +12,15 @@ quantized groups plus full-precision residual) is defined once, in ``attention/k
 and the model's attention function attends them; register the same Variant with
 :func:`sdpalab.models.attention.apply_variant` to run its kernel and mask there.
 
+A Variant whose backend reads quantized storage itself (``triton_qdecode``) turns that around:
+the cache *attends*. ``update`` only holds the new keys and values and hands them back tagged
+with their layer; sdpalab's attention function (registered with ``apply_variant``, which a model
+must use with such a cache) then calls the layer with the queries, and the layer's
+``CachedAttention`` appends and attends in one step: decode steps through the fused kernel,
+straight from the stored codes and scales, with no dequantized copy; longer calls (the prefill)
+through the best bf16 SDPA kernel on the keys as stored (:class:`DecodeAttend`). The outputs are
+the capture path's, as the cache stores the same bytes either way.
+
 A per-layer ``kv_quant`` (``"int8@0-1,kivi2"``, :mod:`sdpalab.attention.kvlayers`) gives layer
 ``i`` the Variant with that layer's format (:meth:`SdpalabCache.layer_variant`); pass
 ``layers=`` (the model's decoder layers) to have the map checked against the model up front.
@@ -26,8 +35,10 @@ from typing import Any
 
 import torch
 
+from sdpalab.attention.backends import get_backend, make_attend
 from sdpalab.attention.errors import Unsupported
 from sdpalab.attention.kvlayers import format_of_layer, layer_formats
+from sdpalab.attention.kvquant import QTensor, dequantize
 from sdpalab.build import cache_mod, make_cached_attention
 from sdpalab.models.attention import require_transformers
 from sdpalab.spec import DTYPES, Variant, Workload
@@ -54,6 +65,47 @@ def cache_window(variant: Variant) -> int | None:
     return args.get("window")
 
 
+DENSE_BACKEND = "auto"
+"""What a cache that attends itself runs for calls of several queries (the prefill): torch's
+SDPA dispatcher, which picks flash, cuDNN or memory-efficient for the device and shape."""
+
+
+class DecodeAttend:
+    """The attend of a cache that attends itself: ``fused`` (a backend that reads quantized
+    storage) for one query a sequence, ``dense`` over the dequantized keys otherwise.
+
+    A prefill of thousands of queries is compute-bound: a decode kernel would be the wrong tool,
+    and the one dequantized copy it costs is paid once, not every step.
+    """
+
+    reads_quantized = True
+
+    def __init__(self, fused, dense) -> None:
+        self.fused, self.dense = fused, dense
+
+    def __call__(self, q, k, v):
+        """Unquantized storage: every call through the dense kernel."""
+        return self.dense(q, k, v)
+
+    def attend_quantized(self, q, k, v, k_recent=None, v_recent=None):
+        if q.shape[2] == 1:
+            return self.fused.attend_quantized(q, k, v, k_recent, v_recent)
+        keys = _joined(k, k_recent, q.dtype)
+        values = _joined(v, v_recent, q.dtype)
+        return self.dense(q, keys, values)
+
+
+def _joined(stored: QTensor | None, recent: torch.Tensor | None, dtype) -> torch.Tensor:
+    parts = [] if stored is None else [dequantize(stored, dtype)]
+    return torch.cat(parts + ([] if recent is None else [recent]), 2)
+
+
+def attends_itself(variant: Variant) -> bool:
+    """Whether a cache of ``variant`` attends (its backend reads quantized storage), so only
+    sdpalab's attention function can run with it."""
+    return get_backend(variant.backend).reads_quantized
+
+
 class SdpalabLayer(CacheLayerMixin):
     """One model layer's cache: an sdpalab ``CachedAttention`` that stores, never attends."""
 
@@ -69,12 +121,16 @@ class SdpalabLayer(CacheLayerMixin):
         self.is_croppable = variant.kv_cache != "sliding" and not kivi
         self.cached = None
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.attends = attends_itself(variant)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _capture(self, q, k_BHSD, v_BHSD):
         self._captured = (k_BHSD, v_BHSD)
         return q
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    def lazy_initialization(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, heads_q: int | None = None
+    ) -> None:
         batch, heads_kv, _, head_dim = key_states.shape
         if key_states.dtype not in _DTYPE_NAMES:
             raise ValueError(f"SdpalabCache stores {', '.join(DTYPES)}; got {key_states.dtype}")
@@ -86,24 +142,31 @@ class SdpalabLayer(CacheLayerMixin):
             )
         workload = Workload(
             batch=batch,
-            heads_q=heads_kv,
+            heads_q=heads_q or heads_kv,
             heads_kv=heads_kv,
             seq_kv=max_len or 1,
             head_dim=head_dim,
             dtype=_DTYPE_NAMES[key_states.dtype],
             device=str(key_states.device),
         )
-        # The model's attention function attends: a paged pool is gathered for it (build.py).
-        self.cached = make_cached_attention(
-            self.variant, workload, self._capture, rollback_tokens=0
-        )
+        if self.attends:
+            mod, args = cache_mod(self.variant)
+            attend = DecodeAttend(
+                make_attend(self.variant.backend, mod, args), make_attend(DENSE_BACKEND, mod, args)
+            )
+        else:  # the model's attention function attends: a paged pool is gathered for it
+            attend = self._capture
+        self.cached = make_cached_attention(self.variant, workload, attend, rollback_tokens=0)
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``[B, H_kv, n, D]`` keys and values; return those the new queries attend."""
+        """Append ``[B, H_kv, n, D]`` keys and values; return those the new queries attend
+        (a cache that attends itself: the new ones, tagged, for :meth:`attend`)."""
+        if self.attends:
+            return self._hold(key_states, value_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         # The cache wants one query per new token; the capture ignores it, so k stands in.
@@ -111,6 +174,26 @@ class SdpalabLayer(CacheLayerMixin):
         keys, values = self._captured
         self._captured = None
         return keys, values
+
+    def _hold(self, key_states, value_states):
+        if self._pending is not None:
+            raise RuntimeError(
+                f"SdpalabCache({self.variant.label()}) attends itself, and the last keys it was "
+                "given were never attended: run the model with sdpalab's attention for this "
+                "variant (sdpalab.models.attention.apply_variant(model, variant))"
+            )
+        self._pending = (key_states, value_states)
+        key_states.sdpalab_layer = self  # sdpalab's attention function finds the layer here
+        return key_states, value_states
+
+    def attend(self, query: torch.Tensor) -> torch.Tensor:
+        """Append the held keys and values and attend ``query [B, H_q, n, D]`` over the cache:
+        ``[B, H_q, n, D]``."""
+        key_states, value_states = self._pending
+        self._pending = None
+        if self.cached is None:
+            self.lazy_initialization(key_states, value_states, heads_q=query.shape[1])
+        return self.cached(query, key_states, value_states)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """``(kv_length, kv_offset)`` of what ``update`` will return for ``query_length`` tokens:
@@ -131,6 +214,7 @@ class SdpalabLayer(CacheLayerMixin):
         return 0 if self.cached is None else self.cached.cache_bytes()
 
     def reset(self) -> None:
+        self._pending = None
         if self.cached is not None:
             self.cached.reset()
 

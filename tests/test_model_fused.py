@@ -1,0 +1,80 @@
+"""A cache that attends itself inside a model: ``SdpalabCache`` with ``backend triton_qdecode``
+runs the fused kernel for decode steps (here under Triton's interpreter on the CPU) and must give
+the capture path's logits, format by format, and the stock model's tokens when exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("triton")
+
+import sdpalab as sl  # noqa: E402
+from sdpalab.models.attention import apply_variant  # noqa: E402
+from sdpalab.models.cache import SdpalabCache  # noqa: E402
+from sdpalab.models.loading import load_model  # noqa: E402
+
+PROMPT, STEPS = 40, 6
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    loaded = load_model("tiny-llama")
+    ids = torch.randint(0, 1000, (2, PROMPT + STEPS), generator=torch.Generator().manual_seed(1))
+    return loaded.model, ids
+
+
+def forced_logits(model, variant, ids):
+    """Prefill ``PROMPT`` tokens, then feed the rest one decode step at a time."""
+    apply_variant(model, variant)
+    cache = SdpalabCache(variant, max_cache_len=ids.shape[1])
+    out = []
+    with torch.inference_mode():
+        out.append(model(ids[:, :PROMPT], past_key_values=cache).logits[:, -1])
+        for t in range(PROMPT, ids.shape[1] - 1):
+            out.append(model(ids[:, t : t + 1], past_key_values=cache).logits[:, -1])
+    return torch.stack(out, 1), cache
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kv_cache", "kv_quant"),
+    [("static", "none"), ("static", "int8"), ("static", "int4"), ("dynamic", "kivi4")],
+)
+def test_the_fused_path_gives_the_capture_paths_logits(tiny, kv_cache, kv_quant, monkeypatch):
+    from sdpalab.attention.kernels.qdecode import QDecodeAttend
+
+    model, ids = tiny
+    launches = []
+    fused_call = QDecodeAttend.attend_quantized
+
+    def counted(self, q, *args):
+        launches.append(q.shape[2])
+        return fused_call(self, q, *args)
+
+    monkeypatch.setattr(QDecodeAttend, "attend_quantized", counted)
+    args = {"group_size": 16} if kv_quant == "kivi4" else {}
+    fused = sl.Variant(backend="triton_qdecode", kv_cache=kv_cache, kv_quant=kv_quant, kv_args=args)
+    capture = sl.Variant(backend="math", kv_cache=kv_cache, kv_quant=kv_quant, kv_args=args)
+    got, cache = forced_logits(model, fused, ids)
+    want, reference = forced_logits(model, capture, ids)
+    assert cache.get_seq_length() == reference.get_seq_length() == ids.shape[1] - 1
+    assert cache.cache_bytes() == reference.cache_bytes()
+    err = (got - want).norm() / want.norm()
+    assert err < 1e-5, f"{kv_quant}: relative logits error {err:.2e}"
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    # every decode step of every layer through the fused kernel, the prefill never
+    steps = (STEPS - 1) * model.config.num_hidden_layers
+    assert launches == ([] if kv_quant == "none" else [1] * steps)
+
+
+def test_a_cache_that_attends_itself_refuses_another_attention(tiny):
+    model, ids = tiny
+    variant = sl.Variant(backend="triton_qdecode", kv_cache="static", kv_quant="int8")
+    model.set_attn_implementation("sdpa")  # stock attention: never calls the layer back
+    cache = SdpalabCache(variant, max_cache_len=ids.shape[1])
+    with torch.inference_mode():
+        model(ids[:, :8], past_key_values=cache)
+        with pytest.raises(RuntimeError, match="apply_variant"):
+            model(ids[:, 8:9], past_key_values=cache)
