@@ -47,7 +47,7 @@ for fmt, fid, e, ng, off, unit in [("int8", 1, 4, 1, 128.0, 2.0**24), ("fp8", 2,
     for causal, split in [(True, True), (False, False)]:
         consts = dict(G=4, HEAD_DIM=128, FMT=fid, E=e, WP=128 // e, NG=ng, OFF=off,
                       UNIT_INV=unit, R=16 // ng, BLOCK_N=128, CAUSAL=causal, SPLIT=split,
-                      PREFETCH=True, PDL=split, BULK_L2=False)
+                      PREFETCH=True, PDL=split, BULK_L2=False, FUSED_MERGE=False)
         sizes[f"fast-{fmt}-{causal}"] = build(fast_kernel, consts, 2, 2)
     consts.update(R=4)  # the default: G = 4 rows, the 8-wide side of the products
     sizes[f"fast-{fmt}-tile4"] = build(fast_kernel, consts, 2, 2)

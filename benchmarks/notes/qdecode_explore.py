@@ -3,11 +3,19 @@
     PYTHONPATH=src:benchmarks python benchmarks/notes/qdecode_explore.py --shapes 8,32768 1,131072 \
         --block-n 64,128 --warps 2,4 --stages 2,3 --splits 0,66 --tile-rows 0,4
 
+Issue 21's fixed cost at B=1, 128k keys (``qdecode-kernel.md``, "to be measured"): fewer,
+longer splits (``--splits 0,32,64``) and the split merge fused into the last program of each
+query tile (``--merge kernel,fused``):
+
+    PYTHONPATH=src:benchmarks python benchmarks/notes/qdecode_explore.py --shapes 1,131072 \
+        --formats int8,int4,fp8,kivi4,kivi2 --block-n 32,64,128 --warps 1,2 --stages 3 \
+        --splits 0,32,64 --merge kernel,fused
+
 How ``default_config`` and the split rule of the fast kernel were chosen. For each shape (B,S
 with H_q=32, H_kv=8, D=128, bf16, as ``qdecode_bench.py``) and format, every configuration is
 checked against dequantize-then-flash and timed as a CUDA-graph replay with the L2 flushed
 (the device's time), after at least 50 ms of replays of the same call (``time_fn``'s warm-up);
-splits 0 means the default rule. For the fastest, the eager call (host launch included) and the
+splits 0 means the default rule; ``--merge``: how the splits are merged (``host.MERGES``). For the fastest, the eager call (host launch included) and the
 host's time per call are printed too. Output is plain text on stdout.
 """
 
@@ -48,11 +56,13 @@ def explore(batch: int, seq: int, fmt: str, q, k, v, args) -> None:
     nbytes = bytes_read(q, kq, vq, kr, vr)
     grid = itertools.product(
         args.kernels.split(","), ints(args.block_n), ints(args.warps), ints(args.stages),
-        ints(args.splits), ints(args.tile_rows),
+        ints(args.splits), ints(args.tile_rows), args.merge.split(","),
     )  # fmt: skip
     rows = []
-    for kernel, block_n, warps, stages, splits, tile_rows in grid:
+    for kernel, block_n, warps, stages, splits, tile_rows, merge in grid:
         cfg = {"kernel": kernel, "block_n": block_n, "num_warps": warps, "num_stages": stages}
+        if merge != "kernel":
+            cfg["merge"] = merge
         if splits:
             cfg["splits"] = splits
         if tile_rows:
@@ -91,6 +101,7 @@ def main() -> None:
     p.add_argument("--stages", default="2,3")
     p.add_argument("--splits", default="0", help="0: the default rule")
     p.add_argument("--tile-rows", default="0", help="query rows per program; 0: the default")
+    p.add_argument("--merge", default="kernel", help="kernel and/or fused (the split merge)")
     p.add_argument("--top", type=int, default=6, help="configurations printed per format")
     args = p.parse_args()
     for shape in args.shapes:

@@ -11,6 +11,11 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
+# Triton's CPU interpreter keeps bfloat16 as raw uint16 and multiplies the bit patterns in
+# tl.dot (triton 3.6 and 3.9); there, bf16 products run in float32, which is exact for them.
+# Triton's own switch: host.interpreting() reads the same variable without importing triton.
+INTERPRETED = tl.constexpr(triton.knobs.runtime.interpret)
+
 
 class Planes(NamedTuple):
     """Pointers to where one (batch, KV head) starts in each stored plane."""
@@ -66,3 +71,12 @@ def halves(y):
     lo = y.to(tl.int16).to(tl.float16, bitcast=True)
     hi = (y >> 16).to(tl.int16).to(tl.float16, bitcast=True)
     return lo, hi
+
+
+@triton.jit
+def dot16(a, b):
+    """``a @ b`` of float16 or bfloat16 tiles, accumulated in float32 (bfloat16 in float32 under
+    the interpreter, whose bf16 products are wrong)."""
+    if INTERPRETED and a.dtype == tl.bfloat16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)

@@ -1,6 +1,7 @@
 """The fast kernel of fused decode attention over a quantized KV cache: int8, fp8 and int4 caches
-without recent tokens, float16 or bfloat16 queries, power-of-two head dims of at least 16 words
-(``host.fast_unavailable``); the general kernel (``general.py``) takes the rest.
+without recent tokens, KIVI caches (kivi4, kivi2) with their full-precision recent tokens,
+float16 or bfloat16 queries, power-of-two head dims of at least 16 words (``host.fast_unavailable``);
+the general kernel (``general.py``) takes the rest.
 
 Keys first: every product is transposed so that the keys are the large side of the tensor-core
 tile (scores ``codes [BLOCK_N, D] @ q^T [D, rows]``, outputs ``codes^T [D/E, BLOCK_N] @ p
@@ -32,6 +33,16 @@ probabilities times scales never overflow; each block's product is added to the 
 accumulators outside the tensor cores, which truncate as they accumulate (int8's bias makes
 their sums ~100x the result).
 
+KIVI (keys per channel over groups of ``GROUP`` tokens, values as int4 with groups of ``GROUP``
+channels): the key side has no stacked rows; per token group the queries are multiplied by the
+group's channel scales (over ``kappa``, a power of two at least their largest, so that they fit
+float16) and meet the codes in one product, and q · zeros is added to every score of the group.
+A block is a multiple or a divisor of the group, so scales and zeros load once per group. kivi2's
+words (16 codes of 2 bits) are split into two words of nibbles, the even and the odd codes
+(``_as_nibbles``), and read from there on as int4 words; ``_channel`` maps their columns back
+to channels. The recent tokens are read last, in blocks of ``BLOCK_N`` in the queries' dtype,
+their outputs added to the value tiles' accumulators in the accumulators' units.
+
 Per-token scales (and int4 zeros) feed no ``tl.dot``, so Triton's pipeliner does not stage them:
 with up to two groups the next block's are loaded while a block computes (``AHEAD``), with more
 they are prefetched into L1 (compiled kernels only). Why each choice, with measurements:
@@ -43,8 +54,13 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
-from sdpalab.attention.kernels.qdecode.codes import Planes, code_pairs, halves, plane_bases
-from sdpalab.attention.kernels.qdecode.splits import gdc_launch_dependents, key_range
+from sdpalab.attention.kernels.qdecode.codes import Planes, code_pairs, dot16, halves, plane_bases
+from sdpalab.attention.kernels.qdecode.splits import (
+    gdc_launch_dependents,
+    key_range,
+    last_split,
+    merge_rows,
+)
 
 
 class Scales(NamedTuple):
@@ -87,13 +103,14 @@ class Keys(NamedTuple):
     vw_off: tl.tensor  # the same for value words (int8, fp8: kw_off itself)
     s_kwn: tl.tensor  # token stride of the key words
     s_vwn: tl.tensor  # token stride of the value words
+    s_kst: tl.tensor  # KIVI: token-group stride of the key scales and zeros ([S / GROUP, D])
 
 
 class Queries(NamedTuple):
     """A program's queries as the blocks meet them."""
 
     q0: tl.tensor  # [2 * WP, BLOCK_M] float16 queries of key tile 0's channels; q1..q3 likewise
-    q1: tl.tensor
+    q1: tl.tensor  # (KIVI: [2 * WP, R] float32, before the key scales)
     q2: tl.tensor  # int8, fp8: q0 again
     q3: tl.tensor  # int8, fp8: q1 again
     off: tl.tensor  # [BLOCK_M] what the code bias adds to a stacked row's raw products
@@ -101,9 +118,40 @@ class Queries(NamedTuple):
     row_scale: tl.tensor  # [R] (> 0) turns a row's summed raw products into base-2 scores
     g_row: tl.tensor  # [BLOCK_M] channel group of each stacked row
     lim: tl.tensor  # [R] the last key each row sees (causal)
+    nat: tl.tensor  # KIVI: [R, D] the queries as given, for the recent tokens; else 0.0
+
+
+class Recent(NamedTuple):
+    """Where a KIVI program finds its full-precision recent tokens (positions ``start`` on)."""
+
+    k: tl.tensor  # keys [R_len, D] of this (batch, KV head)
+    v: tl.tensor  # values, the same
+    s_kn: tl.tensor  # token strides
+    s_vn: tl.tensor
+    start: tl.tensor  # position of recent token 0 (the quantized token count)
+    hi: tl.tensor  # end of the program's keys
+    qk_scale: tl.tensor  # the softmax scale times log2(e)
 
 
 # ---------------------------------------------------------------- codes → tensor-core operands
+
+
+@triton.jit
+def _as_nibbles(w):
+    """kivi2 words ``[N, W]`` (16 codes of 2 bits) → ``[N, 2W]`` words of 8 codes in nibbles:
+    word ``2j`` holds word j's even codes, word ``2j + 1`` its odd ones (``_channel``)."""
+    even = w & 0x33333333
+    odd = (w >> 2) & 0x33333333
+    return tl.reshape(tl.join(even, odd), (w.shape[0], 2 * w.shape[1]))
+
+
+@triton.jit
+def _channel(c, PAIRS: tl.constexpr):
+    """The channel of code ``c % 8`` of word ``c // 8`` (``c = 8 * word + code``): itself, or
+    with ``PAIRS`` (kivi2, ``_as_nibbles``) code ``2 * (c % 8) + odd`` of stored word ``c // 16``."""
+    if PAIRS:
+        return (c // 16) * 16 + (c % 8) * 2 + (c // 8) % 2
+    return c
 
 
 @triton.jit
@@ -192,10 +240,11 @@ def _load_q(base, col, row_ok, g_row, T: tl.constexpr, E: tl.constexpr, GROUP: t
 
 
 @triton.jit
-def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr):
-    """Output of value tile ``T`` (``x [WP, BLOCK_M]``: channel ``E * col + T``), each stacked
-    row's group only."""
-    ch = col * E + T
+def _store(base, col, row_ok, g_row, x, T: tl.constexpr, E: tl.constexpr, GROUP: tl.constexpr,
+           PAIRS: tl.constexpr):  # fmt: skip
+    """Output of value tile ``T`` (``x [WP, BLOCK_M]``: channel ``E * col + T``, or its
+    ``_channel`` with ``PAIRS``), each stacked row's group only."""
+    ch = _channel(col * E + T, PAIRS)
     keep = row_ok[None, :] & ((ch // GROUP)[:, None] == g_row[None, :])
     tl.store(base + ch[:, None], x, mask=keep)
 
@@ -240,10 +289,14 @@ def _plane_tile(base, n0, offs_n, hi, NG: tl.constexpr):
 
 
 @triton.jit
-def _scales_of(planes, n0, offs_n, hi, E: tl.constexpr, NG: tl.constexpr):
-    """The ``Scales`` of keys ``n0 + offs_n``."""
-    ks = _plane_tile(planes.ks, n0, offs_n, hi, NG)
+def _scales_of(planes, n0, offs_n, hi, E: tl.constexpr, NG: tl.constexpr, KIVI: tl.constexpr):
+    """The ``Scales`` of keys ``n0 + offs_n`` (KIVI: the values' only; ``ks``, ``kz`` repeat
+    them)."""
     vs = _plane_tile(planes.vs, n0, offs_n, hi, NG)
+    if KIVI:
+        vz = _plane_tile(planes.vz, n0, offs_n, hi, NG)
+        return Scales(vs, vz, vs, vz)
+    ks = _plane_tile(planes.ks, n0, offs_n, hi, NG)
     if E == 8:
         kz = _plane_tile(planes.kz, n0, offs_n, hi, NG)
         vz = _plane_tile(planes.vz, n0, offs_n, hi, NG)
@@ -319,15 +372,150 @@ def _bulk_l2(ptr, nbytes):
 # ---------------------------------------------------------------- one block of keys
 
 
+# ---------------------------------------------------------------- KIVI: keys per channel, recent tokens
+
+
+@triton.jit
+def _kivi_q(row, col, row_ok, T: tl.constexpr, PAIRS: tl.constexpr, alpha):
+    """Queries of key tile ``T``'s channels over alpha, float32, transposed: ``[2 * WP, R]``."""
+    ch = _channel(_joined_channel(col, T, 8), PAIRS)
+    x = tl.load(row[None, :] + ch[:, None], mask=row_ok[None, :], other=0.0).to(tl.float32)
+    return x / alpha[None, :]
+
+
+@triton.jit
+def _kivi_queries(row, row_ok, col, g_row, lim, qk_scale, UNIT_INV: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr):  # fmt: skip
+    """The ``Queries`` of rows whose first channels are at ``row [R]``, for KIVI keys: ``q0..q3``
+    the queries of each key tile over a power of two ``alpha`` >= the row's largest |q| (the
+    softmax scale's sign included), tiles 0 and 2 (codes at bits 0 and 8) times 16 as in
+    int4; per token group ``_kivi_scores`` multiplies them by the key scales."""
+    d = tl.arange(0, HEAD_DIM)
+    nat = tl.load(row[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
+    top = tl.max(tl.abs(nat.to(tl.float32)), 1)
+    alpha_r = tl.exp2(tl.ceil(tl.log2(tl.where(top == 0.0, 1.0, top))))
+    alpha = alpha_r * tl.where(qk_scale < 0, -1.0, 1.0)
+    return Queries(
+        _kivi_q(row, col, row_ok, 0, PAIRS, alpha / 16.0),
+        _kivi_q(row, col, row_ok, 1, PAIRS, alpha),
+        _kivi_q(row, col, row_ok, 2, PAIRS, alpha / 16.0),
+        _kivi_q(row, col, row_ok, 3, PAIRS, alpha),
+        off=0.0,
+        zero=0.0,
+        row_scale=alpha_r * (UNIT_INV * tl.abs(qk_scale) / 16.0),
+        g_row=g_row,
+        lim=lim,
+        nat=nat,
+    )  # fmt: skip
+
+
+@triton.jit
+def _kivi_scale(base, ch, first, hi):
+    """Per-channel values ``[2 * WP]`` of the token group whose first token is ``first`` (0 if
+    that is past ``hi``: a partial last block), float32."""
+    return tl.load(base + ch, mask=(first + 0 * ch) < hi, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _kivi_scores(k0, k1, k2, k3, n0, n, keys, queries, GROUP: tl.constexpr, PAIRS: tl.constexpr,
+                 UNIT_INV: tl.constexpr):  # fmt: skip
+    """Raw scores ``[BLOCK_N, R]`` of KIVI key tiles ``k0..k3`` (times ``row_scale`` they are the
+    base-2 scores): per token group of the block, ``codes · (q * scale)`` plus ``q · zero``.
+    The scales over ``kappa`` (a power of two >= the largest) keep ``q * scale`` in float16."""
+    BLOCK_N: tl.constexpr = k0.shape[0]
+    TG: tl.constexpr = BLOCK_N // GROUP if BLOCK_N > GROUP else 1  # token groups per block
+    col = tl.arange(0, k0.shape[1])
+    c0 = _channel(_joined_channel(col, 0, 8), PAIRS)
+    c1 = _channel(_joined_channel(col, 1, 8), PAIRS)
+    c2 = _channel(_joined_channel(col, 2, 8), PAIRS)
+    c3 = _channel(_joined_channel(col, 3, 8), PAIRS)
+    qk = tl.zeros([BLOCK_N, queries.q0.shape[1]], tl.float32)
+    for t in tl.static_range(TG):
+        tg = n0 // GROUP + t
+        ks = keys.planes.ks + tg * keys.s_kst
+        s0, s1 = _kivi_scale(ks, c0, tg * GROUP, keys.hi), _kivi_scale(ks, c1, tg * GROUP, keys.hi)
+        s2, s3 = _kivi_scale(ks, c2, tg * GROUP, keys.hi), _kivi_scale(ks, c3, tg * GROUP, keys.hi)
+        top = tl.maximum(tl.maximum(tl.max(s0, 0), tl.max(s1, 0)),
+                         tl.maximum(tl.max(s2, 0), tl.max(s3, 0)))  # fmt: skip
+        kappa = tl.exp2(tl.ceil(tl.log2(tl.where(top > 0.0, top, 1.0))))
+        raw = tl.dot(k0, (queries.q0 * (s0 / kappa)[:, None]).to(tl.float16))
+        raw = tl.dot(k1, (queries.q1 * (s1 / kappa)[:, None]).to(tl.float16), raw)
+        raw = tl.dot(k2, (queries.q2 * (s2 / kappa)[:, None]).to(tl.float16), raw)
+        raw = tl.dot(k3, (queries.q3 * (s3 / kappa)[:, None]).to(tl.float16), raw)
+        kz = keys.planes.kz + tg * keys.s_kst
+        qz = tl.sum(queries.q0 * _kivi_scale(kz, c0, tg * GROUP, keys.hi)[:, None], 0)
+        qz += tl.sum(queries.q2 * _kivi_scale(kz, c2, tg * GROUP, keys.hi)[:, None], 0)
+        qz = qz / 16.0 + tl.sum(queries.q1 * _kivi_scale(kz, c1, tg * GROUP, keys.hi)[:, None], 0)
+        qz += tl.sum(queries.q3 * _kivi_scale(kz, c3, tg * GROUP, keys.hi)[:, None], 0)
+        part = raw * kappa + (qz * (16.0 / UNIT_INV))[None, :]
+        if TG == 1:  # noqa: SIM108 (a constexpr branch; keep it explicit for Triton)
+            qk = part
+        else:
+            qk = tl.where(((n // GROUP) == tg)[:, None], part, qk)
+    return qk
+
+
+@triton.jit
+def _plus_recent(acc, f, recent, nr, n_ok, pc, unit, T: tl.constexpr, PAIRS: tl.constexpr):
+    """Value tile ``T``'s accumulator ``[WP, BLOCK_M]`` rescaled by ``f`` plus the recent
+    tokens' ``v^T · p`` (``pc [BLOCK_N, BLOCK_M]``) in its units (odd tiles 16 times larger)."""
+    WP: tl.constexpr = acc.shape[0]
+    ch = _channel(tl.arange(0, WP) * 8 + T, PAIRS)
+    v = tl.load(recent.v + nr[:, None] * recent.s_vn + ch[None, :], mask=n_ok[:, None], other=0.0)
+    up: tl.constexpr = 16.0 if T % 2 else 1.0
+    return acc * f + dot16(tl.trans(v.to(pc.dtype)), pc) * (unit * up)
+
+
+@triton.jit
+def _recent_block(state, n0, offs, recent, queries, NG: tl.constexpr, PAIRS: tl.constexpr,
+                  UNIT_INV: tl.constexpr):  # fmt: skip
+    """The ``State`` after full-precision recent tokens ``n0 + offs`` (one more block, in the
+    queries' dtype): their outputs go into the value tiles' accumulators in those units (the
+    numerator over ``beta * UNIT_INV``, odd tiles 16 times larger). ``beta`` is raised to at
+    least 1 first, so that the units of a program with no quantized token stay in range."""
+    n = n0 + offs
+    n_ok = n < recent.hi
+    nr = n - recent.start
+    ty = queries.nat.dtype
+    HEAD_DIM: tl.constexpr = queries.nat.shape[1]
+    d = tl.arange(0, HEAD_DIM)
+    kr = tl.load(recent.k + nr[:, None] * recent.s_kn + d[None, :], mask=n_ok[:, None], other=0.0)
+    qk = dot16(kr.to(ty), tl.trans(queries.nat)) * recent.qk_scale  # [BLOCK_N, R], base 2
+    qk = tl.where(n_ok[:, None] & (n[:, None] <= queries.lim[None, :]), qk, float("-inf"))
+    m_new = tl.maximum(state.m_i, tl.max(qk, 0))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    corr = tl.exp2(state.m_i - m_safe)
+    p = tl.exp2(qk - m_safe[None, :])
+    l_i = state.l_i * corr + tl.sum(p, 0)
+    beta = tl.maximum(state.beta, 1.0)
+    f_row = _row_copies(corr * (state.beta / beta), NG)
+    f = f_row[None, :]
+    pc = _copies(p, NG).to(ty)  # every copy: the recent tokens have no channel groups
+    unit = 1.0 / (beta * UNIT_INV)
+    a0 = _plus_recent(state.a0, f, recent, nr, n_ok, pc, unit, 0, PAIRS)
+    a1 = _plus_recent(state.a1, f, recent, nr, n_ok, pc, unit, 1, PAIRS)
+    a2 = _plus_recent(state.a2, f, recent, nr, n_ok, pc, unit, 2, PAIRS)
+    a3 = _plus_recent(state.a3, f, recent, nr, n_ok, pc, unit, 3, PAIRS)
+    a4 = _plus_recent(state.a4, f, recent, nr, n_ok, pc, unit, 4, PAIRS)
+    a5 = _plus_recent(state.a5, f, recent, nr, n_ok, pc, unit, 5, PAIRS)
+    a6 = _plus_recent(state.a6, f, recent, nr, n_ok, pc, unit, 6, PAIRS)
+    a7 = _plus_recent(state.a7, f, recent, nr, n_ok, pc, unit, 7, PAIRS)
+    return State(m_new, l_i, beta, state.ps * f_row, state.zs * f_row, a0, a1, a2, a3, a4, a5, a6,
+                 a7, state.scales)  # fmt: skip
+
+
 @triton.jit
 def _block(
     state, n0, keys, queries, FMT: tl.constexpr, E: tl.constexpr, NG: tl.constexpr,
     OFF: tl.constexpr, R: tl.constexpr, MASKED: tl.constexpr, PREFETCH: tl.constexpr,
-    AHEAD: tl.constexpr,
+    AHEAD: tl.constexpr, GROUP: tl.constexpr, UNIT_INV: tl.constexpr,
 ):  # fmt: skip
     """The ``State`` after keys ``n0 + keys.offs``. ``MASKED``: some keys are past ``keys.hi``
     or, for some rows, past the causal limit ``queries.lim``. Tiles are transposed, keys first:
-    scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile."""
+    scores ``[BLOCK_N, rows]``, output ``[WP, rows]`` per value tile. KIVI (``FMT`` 4, 5): keys
+    in token groups of ``GROUP`` (``_kivi_scores``)."""
+    KIVI: tl.constexpr = FMT >= 4
+    CODES: tl.constexpr = 4 if KIVI else FMT  # kivi2's words are split into nibbles
     planes = keys.planes
     n = n0 + keys.offs
     g_row = queries.g_row
@@ -336,14 +524,16 @@ def _block(
     sc = state.scales
     if AHEAD:  # this block's scales (and zeros) came with the last block; load the next ones
         ks, kz, vs, vz = sc
-        sc = _scales_of(planes, n0 + BLOCK_N, keys.offs, keys.hi, E, NG)
+        sc = _scales_of(planes, n0 + BLOCK_N, keys.offs, keys.hi, E, NG, KIVI)
     elif PREFETCH:  # the next block's scales (and zeros) into L1 while this block computes
         nx = tl.minimum(n + BLOCK_N, keys.hi - 1)
-        _prefetch(planes.ks + nx * NG)
         _prefetch(planes.vs + nx * NG)
+        if not KIVI:
+            _prefetch(planes.ks + nx * NG)
         if E == 8:
-            _prefetch(planes.kz + nx * NG)
             _prefetch(planes.vz + nx * NG)
+            if not KIVI:
+                _prefetch(planes.kz + nx * NG)
     kw_blk = planes.kw + n0 * keys.s_kwn
     vw_blk = planes.vw + n0 * keys.s_vwn
     if MASKED:
@@ -354,27 +544,32 @@ def _block(
         n_ok = None
         kw = tl.load(kw_blk + keys.kw_off)
         vw = tl.load(vw_blk + keys.vw_off)
+    if FMT == 5:
+        kw, vw = _as_nibbles(kw), _as_nibbles(vw)
 
     # ---- scores: per copy, scale * (codes·q16 - off) [+ zero * sum q], summed over a row's
     # copies; times row_scale (> 0) they are the base-2 softmax's scores
-    k0, k1, k2, k3 = _key_tiles(kw, FMT, E)
-    raw = tl.zeros([BLOCK_N, BLOCK_M], tl.float32) - queries.off[None, :]
-    raw = tl.dot(k0, queries.q0, raw)
-    raw = tl.dot(k1, queries.q1, raw)
-    if E == 8:
-        raw = tl.dot(k2, queries.q2, raw)
-        raw = tl.dot(k3, queries.q3, raw)
-    if AHEAD:
-        qk = raw * _pick(ks, R)
-        if E == 8:
-            qk += _pick(kz, R) * queries.zero[None, :]
+    k0, k1, k2, k3 = _key_tiles(kw, CODES, E)
+    if KIVI:  # one copy per row: the key scales are per channel
+        qk = _kivi_scores(k0, k1, k2, k3, n0, n, keys, queries, GROUP, FMT == 5, UNIT_INV)
     else:
-        qk = _times_group(raw, planes.ks, n, n_ok, g_row, NG)
-        if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in the
-            # product's layout
-            qz = _times_group(raw * 0.0 + 1.0, planes.kz, n, n_ok, g_row, NG)
-            qk += qz * queries.zero[None, :]
-    qk = _row_total(qk, NG, R)
+        raw = tl.zeros([BLOCK_N, BLOCK_M], tl.float32) - queries.off[None, :]
+        raw = tl.dot(k0, queries.q0, raw)
+        raw = tl.dot(k1, queries.q1, raw)
+        if E == 8:
+            raw = tl.dot(k2, queries.q2, raw)
+            raw = tl.dot(k3, queries.q3, raw)
+        if AHEAD:
+            qk = raw * _pick(ks, R)
+            if E == 8:
+                qk += _pick(kz, R) * queries.zero[None, :]
+        else:
+            qk = _times_group(raw, planes.ks, n, n_ok, g_row, NG)
+            if E == 8:  # int4 has zeros: zero * sum(q); the ones are raw * 0 + 1, to stay in
+                # the product's layout
+                qz = _times_group(raw * 0.0 + 1.0, planes.kz, n, n_ok, g_row, NG)
+                qk += qz * queries.zero[None, :]
+        qk = _row_total(qk, NG, R)
 
     # ---- online softmax (base 2), once per row; its probabilities then go to every copy
     if MASKED:
@@ -404,7 +599,7 @@ def _block(
     if E == 8:
         pz = p * _pick(vz, R) if AHEAD else _times_group(p, planes.vz, n, n_ok, g_row, NG)
         zs = zs * f_row - tl.sum(pz, 0)
-    v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, FMT, E)
+    v0, v1, v2, v3, v4, v5, v6, v7 = _value_tiles(vw, CODES, E)
     # A fresh product per block, added in float32: tensor cores truncate as they accumulate.
     # (Subtracting the product of -pv keeps Triton from folding the sum back into the product's
     # accumulator.)
@@ -426,27 +621,37 @@ def _block(
 
 @triton.jit
 def fast_kernel(
-    Q, Out, Part, Lse, KW, KS, KZ, VW, VS, VZ,
-    q_len, kv_len, chunk, num_splits, qk_scale,
+    Q, Out, Part, Lse, KW, KS, KZ, VW, VS, VZ, KR, VR,
+    q_len, n_quant, kv_len, chunk, num_splits, qk_scale,
     s_qb, s_qh, s_qs, s_ob, s_oh, s_os,
-    s_kwb, s_kwh, s_kwn, s_ksb, s_ksh,
+    s_kwb, s_kwh, s_kwn, s_ksb, s_ksh, s_kst,
     s_vwb, s_vwh, s_vwn, s_vsb, s_vsh,
-    H_KV,
+    s_krb, s_krh, s_krn, s_vrb, s_vrh, s_vrn,
+    H_KV, counter_off,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, FMT: tl.constexpr, E: tl.constexpr,
     WP: tl.constexpr, NG: tl.constexpr, OFF: tl.constexpr, UNIT_INV: tl.constexpr,
     R: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
     PREFETCH: tl.constexpr, PDL: tl.constexpr, BULK_L2: tl.constexpr,
+    FUSED_MERGE: tl.constexpr = False,
 ):  # fmt: skip
     """One (batch, KV head) x ``R`` query rows x KV split (grid: ``B * H_kv``, query tiles,
     splits). ``Q``, ``Out``: ``[B, H_q, q_len, D]``; ``KW``/``VW``: int32 words ``[B, H_kv, S,
-    WP]`` of ``E`` codes each; ``KS``/``KZ``/``VS``/``VZ``: per-token float16 scales and zeros
-    ``[B, H_kv, S, NG]``, a token's ``NG`` values contiguous. int8, fp8 (E = 4): one scale per
-    token, ``NG`` = 1. int4 (E = 8): a scale and a zero per token and group of
-    ``HEAD_DIM / NG`` channels. ``Part``/``Lse``: each split's partial output and base-2
-    log-sum-exp. ``qk_scale``: the softmax scale times log2(e). ``PDL``: the merge kernel, a
-    programmatic dependent launch, may be scheduled once every program is past its loop."""
+    WP]`` of ``E`` codes each (kivi2: ``WP / 2`` words of 16); ``KS``/``KZ``/``VS``/``VZ``:
+    per-token float16 scales and zeros ``[B, H_kv, S, NG]``, a token's ``NG`` values
+    contiguous. int8, fp8 (E = 4): one scale per token, ``NG`` = 1. int4 (E = 8): a scale and a
+    zero per token and group of ``HEAD_DIM / NG`` channels. KIVI (E = 8): values as int4; key
+    scales and zeros ``[B, H_kv, S / GROUP, D]`` (token-group stride ``s_kst``, channels
+    contiguous) with ``GROUP = HEAD_DIM / NG``, the value groups' size too; keys ``[0,
+    n_quant)`` quantized, ``[n_quant, kv_len)`` in ``KR``/``VR`` ``[B, H_kv, R_len, D]``.
+    ``Part``/``Lse``: each split's partial output and base-2 log-sum-exp. ``qk_scale``: the
+    softmax scale times log2(e). ``PDL``: the merge kernel, a programmatic dependent launch, may
+    be scheduled once every program is past its loop. ``FUSED_MERGE``: no merge kernel; the
+    last split program of each query tile merges the tile (int32 counters, zero between calls,
+    at ``Lse + counter_off``)."""
+    KIVI: tl.constexpr = FMT >= 4
+    PAIRS: tl.constexpr = FMT == 5  # kivi2: two words of nibbles per stored word
     BLOCK_M: tl.constexpr = NG * R
-    GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group
+    GROUP: tl.constexpr = HEAD_DIM // NG  # channels per group (KIVI: tokens per key group too)
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -455,6 +660,7 @@ def fast_kernel(
     r = pid_m * R + tl.arange(0, R)  # the rows themselves
     lim, lo, hi, seen_by_all = key_range(r // G, pid_m, pid_s, q_len, kv_len, chunk, R, G,
                                          CAUSAL)  # fmt: skip
+    q_hi = tl.minimum(hi, n_quant)  # end of the quantized keys
     planes = plane_bases(
         KW, KS, KZ, VW, VS, VZ, b, hk, s_kwb, s_kwh, s_ksb, s_ksh, s_vwb, s_vwh, s_vsb, s_vsh
     )
@@ -476,46 +682,54 @@ def fast_kernel(
     qi = m // G
     hq = hk * G + m % G
     row_ok = qi < q_len
-    d = tl.arange(0, HEAD_DIM)
     j = tl.arange(0, WP)  # word of a token; column of a value tile
     kcol = tl.arange(0, 2 * WP)  # of a key tile
     q_row = Q + b * s_qb + hq * s_qh + qi * s_qs
-    in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
-    q = tl.load(q_row[:, None] + d[None, :], mask=in_d, other=0.0).to(tl.float32)
-    q_base = q_row[None, :]
-    # per row (all its copies): a power of two >= its largest |q|, so q / alpha is exact and at
-    # most 1; the scale's sign goes into the queries, so that row_scale > 0
-    top_q = tl.max(tl.reshape(tl.max(tl.abs(q), 1), (R, NG)), 1)
-    alpha_r = tl.exp2(tl.ceil(tl.log2(tl.where(top_q == 0.0, 1.0, top_q))))
-    alpha = _row_copies(alpha_r, NG) * tl.where(qk_scale < 0, -1.0, 1.0)
-    # int4 key tiles 1 and 3 hold 16 c: tiles 0 and 2 are met by 16 q (exact, and |q| <= 16)
-    UP: tl.constexpr = 16.0 if E == 8 else 1.0
-    q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha / UP)
-    q1 = _load_q(q_base, kcol, row_ok, g_row, 1, E, GROUP, alpha)
-    if E == 8:
-        q2 = _load_q(q_base, kcol, row_ok, g_row, 2, E, GROUP, alpha / UP)
-        q3 = _load_q(q_base, kcol, row_ok, g_row, 3, E, GROUP, alpha)
+    if KIVI:
+        rows = Q + b * s_qb + (hk * G + r % G) * s_qh + (r // G) * s_qs
+        queries = _kivi_queries(rows, r // G < q_len, kcol, g_row, lim, qk_scale, UNIT_INV,
+                                HEAD_DIM, PAIRS)  # fmt: skip
+        UP: tl.constexpr = 16.0
     else:
-        q2, q3 = q0, q1
-    q16 = (q / alpha[:, None]).to(tl.float16).to(tl.float32)
-    queries = Queries(
-        q0, q1, q2, q3,
-        off=(OFF / UNIT_INV) * tl.sum(q16, 1),
-        zero=tl.sum(q, 1) * UP / (alpha * UNIT_INV),
-        row_scale=alpha_r * (UNIT_INV * tl.abs(qk_scale) / UP),
-        g_row=g_row,
-        lim=lim,
-    )  # fmt: skip
+        d = tl.arange(0, HEAD_DIM)
+        in_d = row_ok[:, None] & ((d // GROUP)[None, :] == g_row[:, None])
+        q = tl.load(q_row[:, None] + d[None, :], mask=in_d, other=0.0).to(tl.float32)
+        q_base = q_row[None, :]
+        # per row (all its copies): a power of two >= its largest |q|, so q / alpha is exact and
+        # at most 1; the scale's sign goes into the queries, so that row_scale > 0
+        top_q = tl.max(tl.reshape(tl.max(tl.abs(q), 1), (R, NG)), 1)
+        alpha_r = tl.exp2(tl.ceil(tl.log2(tl.where(top_q == 0.0, 1.0, top_q))))
+        alpha = _row_copies(alpha_r, NG) * tl.where(qk_scale < 0, -1.0, 1.0)
+        # int4 key tiles 1 and 3 hold 16 c: tiles 0 and 2 are met by 16 q (exact, and |q| <= 16)
+        UP: tl.constexpr = 16.0 if E == 8 else 1.0
+        q0 = _load_q(q_base, kcol, row_ok, g_row, 0, E, GROUP, alpha / UP)
+        q1 = _load_q(q_base, kcol, row_ok, g_row, 1, E, GROUP, alpha)
+        if E == 8:
+            q2 = _load_q(q_base, kcol, row_ok, g_row, 2, E, GROUP, alpha / UP)
+            q3 = _load_q(q_base, kcol, row_ok, g_row, 3, E, GROUP, alpha)
+        else:
+            q2, q3 = q0, q1
+        q16 = (q / alpha[:, None]).to(tl.float16).to(tl.float32)
+        queries = Queries(
+            q0, q1, q2, q3,
+            off=(OFF / UNIT_INV) * tl.sum(q16, 1),
+            zero=tl.sum(q, 1) * UP / (alpha * UNIT_INV),
+            row_scale=alpha_r * (UNIT_INV * tl.abs(qk_scale) / UP),
+            g_row=g_row,
+            lim=lim,
+            nat=0.0,
+        )  # fmt: skip
 
     a4 = tl.zeros([WP, BLOCK_M] if E == 8 else [1, 1], tl.float32)  # int8, fp8: unused
     offs_n = tl.arange(0, BLOCK_N)
-    kw_off = offs_n[:, None] * s_kwn + j[None, :]
+    jw = tl.arange(0, WP // 2 if PAIRS else WP)  # words stored per token
+    kw_off = offs_n[:, None] * s_kwn + jw[None, :]
     # int8, fp8: one set of offsets for both planes (the launcher makes their strides equal);
     # two spill the registers of a 128-key block. int4 is faster with two (notes)
-    vw_off = kw_off if E == 4 else offs_n[:, None] * s_vwn + j[None, :]
-    keys = Keys(planes, offs_n, hi, kw_off, vw_off, s_kwn, s_vwn)
+    vw_off = kw_off if E == 4 else offs_n[:, None] * s_vwn + jw[None, :]
+    keys = Keys(planes, offs_n, q_hi, kw_off, vw_off, s_kwn, s_vwn, s_kst)
     # blocks every row sees in full need no masks; the last partial or causal blocks do
-    full = lo + tl.maximum(tl.minimum(hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
+    full = lo + tl.maximum(tl.minimum(q_hi, seen_by_all) - lo, 0) // BLOCK_N * BLOCK_N
     AHEAD: tl.constexpr = NG <= 2  # scales loaded one block ahead, in registers
     acc = tl.zeros([WP, BLOCK_M], tl.float32)
     state = State(
@@ -525,12 +739,19 @@ def fast_kernel(
         ps=tl.zeros([BLOCK_M], tl.float32),
         zs=tl.zeros([BLOCK_M], tl.float32),
         a0=acc, a1=acc, a2=acc, a3=acc, a4=a4, a5=a4, a6=a4, a7=a4,
-        scales=_scales_of(planes, lo, offs_n, hi, E, NG) if AHEAD else 0.0,
+        scales=_scales_of(planes, lo, offs_n, q_hi, E, NG, KIVI) if AHEAD else 0.0,
     )  # fmt: skip
     for n0 in range(lo, full, BLOCK_N):
-        state = _block(state, n0, keys, queries, FMT, E, NG, OFF, R, False, PREFETCH, AHEAD)
-    for n0 in range(full, hi, BLOCK_N):
-        state = _block(state, n0, keys, queries, FMT, E, NG, OFF, R, True, PREFETCH, AHEAD)
+        state = _block(state, n0, keys, queries, FMT, E, NG, OFF, R, False, PREFETCH, AHEAD,
+                       GROUP, UNIT_INV)  # fmt: skip
+    for n0 in range(full, q_hi, BLOCK_N):
+        state = _block(state, n0, keys, queries, FMT, E, NG, OFF, R, True, PREFETCH, AHEAD,
+                       GROUP, UNIT_INV)  # fmt: skip
+    if KIVI:  # the recent tokens, in blocks of BLOCK_N
+        recent = Recent(KR + b * s_krb + hk * s_krh, VR + b * s_vrb + hk * s_vrh, s_krn, s_vrn,
+                        n_quant, hi, qk_scale)  # fmt: skip
+        for n0 in range(tl.maximum(lo, n_quant), hi, BLOCK_N):
+            state = _recent_block(state, n0, offs_n, recent, queries, NG, PAIRS, UNIT_INV)
     if PDL:  # the merge kernel may start now (it waits for this grid's stores to land)
         gdc_launch_dependents()
 
@@ -550,12 +771,18 @@ def fast_kernel(
     else:
         o_base = Out + b * s_ob + hq[None, :] * s_oh + qi[None, :] * s_os
         ty = Out.dtype.element_ty
-    _store(o_base, j, row_ok, g_row, (state.a0 * w + c).to(ty), 0, E, GROUP)
-    _store(o_base, j, row_ok, g_row, (state.a1 * (w / UP) + c).to(ty), 1, E, GROUP)
-    _store(o_base, j, row_ok, g_row, (state.a2 * w + c).to(ty), 2, E, GROUP)
-    _store(o_base, j, row_ok, g_row, (state.a3 * (w / UP) + c).to(ty), 3, E, GROUP)
+    _store(o_base, j, row_ok, g_row, (state.a0 * w + c).to(ty), 0, E, GROUP, PAIRS)
+    _store(o_base, j, row_ok, g_row, (state.a1 * (w / UP) + c).to(ty), 1, E, GROUP, PAIRS)
+    _store(o_base, j, row_ok, g_row, (state.a2 * w + c).to(ty), 2, E, GROUP, PAIRS)
+    _store(o_base, j, row_ok, g_row, (state.a3 * (w / UP) + c).to(ty), 3, E, GROUP, PAIRS)
     if E == 8:
-        _store(o_base, j, row_ok, g_row, (state.a4 * w + c).to(ty), 4, E, GROUP)
-        _store(o_base, j, row_ok, g_row, (state.a5 * (w / UP) + c).to(ty), 5, E, GROUP)
-        _store(o_base, j, row_ok, g_row, (state.a6 * w + c).to(ty), 6, E, GROUP)
-        _store(o_base, j, row_ok, g_row, (state.a7 * (w / UP) + c).to(ty), 7, E, GROUP)
+        _store(o_base, j, row_ok, g_row, (state.a4 * w + c).to(ty), 4, E, GROUP, PAIRS)
+        _store(o_base, j, row_ok, g_row, (state.a5 * (w / UP) + c).to(ty), 5, E, GROUP, PAIRS)
+        _store(o_base, j, row_ok, g_row, (state.a6 * w + c).to(ty), 6, E, GROUP, PAIRS)
+        _store(o_base, j, row_ok, g_row, (state.a7 * (w / UP) + c).to(ty), 7, E, GROUP, PAIRS)
+    SB: tl.constexpr = 2048 // (R * HEAD_DIM) if R * HEAD_DIM < 2048 else 1  # splits a step
+    if SPLIT and FUSED_MERGE:  # the tile's last program to finish merges its splits
+        counters = (Lse + counter_off).to(tl.pointer_type(tl.int32), bitcast=True)
+        if last_split(counters, pid_bh * tl.num_programs(1) + pid_m):
+            out_rows = Out + b * s_ob + (hk * G + r % G) * s_oh + (r // G) * s_os
+            merge_rows(Part, Lse, out_rows, r_row, r // G < q_len, num_splits, HEAD_DIM, SB)

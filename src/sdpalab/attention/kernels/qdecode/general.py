@@ -22,13 +22,8 @@ group, 2 scale and zero per channel and token group (KIVI keys). Value modes (``
 import triton
 import triton.language as tl
 
-from sdpalab.attention.kernels.qdecode.codes import code_pairs, halves, plane_bases
+from sdpalab.attention.kernels.qdecode.codes import INTERPRETED, code_pairs, halves, plane_bases
 from sdpalab.attention.kernels.qdecode.splits import key_range
-
-# Triton's CPU interpreter keeps bfloat16 as raw uint16 and multiplies the bit patterns in
-# tl.dot (triton 3.6 and 3.9); there, bf16 products run in float32, which is exact for them.
-# Triton's own switch: host.interpreting() reads the same variable without importing triton.
-_INTERPRETED = tl.constexpr(triton.knobs.runtime.interpret)
 
 
 @triton.jit
@@ -79,7 +74,7 @@ def _dot(a, b, F32: tl.constexpr):
     """``a @ b`` accumulated in float32; IEEE float32 products for float32 tiles."""
     if F32:
         return tl.dot(a, b, input_precision="ieee")
-    elif _INTERPRETED and a.dtype == tl.bfloat16:
+    elif INTERPRETED and a.dtype == tl.bfloat16:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)

@@ -26,15 +26,19 @@ from sdpalab.attention.kvquant import QTensor
 
 MODS = ("none", "causal")
 KERNELS = ("fast", "general")
+MERGES = ("kernel", "fused")
+"""How the fast kernel's splits are merged: a second kernel (the default), or the last split
+program of each query tile (``fused``; a candidate for a shorter fixed cost, to be measured:
+``benchmarks/notes/qdecode-kernel.md``)."""
 FMT_ID = {"none": 0, "int8": 1, "fp8": 2, "int4": 3, "kivi4": 4, "kivi2": 5}
 CODES_PER_WORD = {"int8": 4, "fp8": 4, "int4": 8, "kivi4": 8, "kivi2": 16}
 KEY_MODE = {"int8": 0, "fp8": 0, "int4": 1, "kivi4": 2, "kivi2": 2}
 """0: one scale per token; 1: scale and zero per token and channel group; 2: per channel and
 token group (KIVI keys)."""
 MAX_CHANNEL_GROUPS = 16
-CODE_OFFSET = {"int8": 128.0, "int4": 0.0, "fp8": 0.0}
+CODE_OFFSET = {"int8": 128.0, "int4": 0.0, "fp8": 0.0, "kivi4": 0.0, "kivi2": 0.0}
 """What the fast kernel's code tiles add to each code (its formats are this dict's keys)..."""
-CODE_UNIT_INV = {"int8": 2.0**24, "int4": 2.0**24, "fp8": 256.0}
+CODE_UNIT_INV = {"int8": 2.0**24, "int4": 2.0**24, "fp8": 256.0, "kivi4": 2.0**24, "kivi2": 2.0**24}
 """... and what they must be multiplied by: integer codes are float16 subnormals, fp8 codes
 are re-based by 2^-8."""
 PROGRAMS_PER_SM = 8
@@ -143,17 +147,33 @@ def check_inputs(q, k, v, k_recent, v_recent) -> int:
     return heads_kv
 
 
+def _fast_codes_per_word(fmt: str) -> int:
+    """Codes per word as the fast kernel reads them: kivi2's words of 16 codes are split into
+    two of 8 (``fast._as_nibbles``)."""
+    return 8 if fmt.startswith("kivi") else CODES_PER_WORD[fmt]
+
+
 def fast_unavailable(k: QTensor | None, v: QTensor | None, n_recent, dtype, head_dim: int):
     """None when the fast kernel reads this cache, else why not."""
     if k is None or k.fmt not in CODE_OFFSET:
         return f"it reads {', '.join(CODE_OFFSET)} caches"
-    if n_recent:
-        return "it reads no full-precision recent tokens"
+    kivi = k.fmt.startswith("kivi")
+    if n_recent and not kivi:
+        return f"it reads full-precision recent tokens only after KIVI codes, not {k.fmt}"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"it computes in float16 or bfloat16, not {dtype}"
-    words = head_dim // CODES_PER_WORD[k.fmt]
+    words = head_dim // _fast_codes_per_word(k.fmt)
     if head_dim & (head_dim - 1) or words < 16:
         return f"head_dim {head_dim} is not a power of two of at least 16 words of {k.fmt}"
+    if kivi:
+        group = k.group_size
+        if v.group_size != group:
+            return f"KIVI key groups of {group} tokens and value groups of {v.group_size} differ"
+        if group & (group - 1) or group > head_dim or group % CODES_PER_WORD[k.fmt]:
+            return (
+                f"KIVI groups of {group} are not a power of two of whole {k.fmt} words up to "
+                f"head_dim {head_dim}"
+            )
     if k.fmt == "int4":
         if k.group_size != v.group_size:
             return f"key groups of {k.group_size} and value groups of {v.group_size} differ"
@@ -173,6 +193,8 @@ def default_config(fmt: str, dtype: torch.dtype, fast: bool = False) -> dict:
     if fast:
         if fmt == "int4":
             return {"block_n": 64, "num_warps": 1, "num_stages": 3}
+        if fmt.startswith("kivi"):  # one token group a block (untimed: notes)
+            return {"block_n": 32, "num_warps": 1, "num_stages": 3}
         return {"block_n": 128, "num_warps": 2, "num_stages": 2}
     if dtype == torch.float32:  # float32 tiles: small blocks, or the registers spill
         return {"block_n": 32, "num_warps": 8, "num_stages": 2}
@@ -195,11 +217,15 @@ def plan_launch(
     splits: int | None = None,
     kernel: str | None = None,
     tile_rows: int | None = None,
+    merge: str | None = None,
 ) -> dict:
     """The launch ``qdecode_attention`` makes for these inputs and overrides: ``kernel``
-    (``"fast"`` or ``"general"``), ``num_warps``, ``num_stages`` and the ``launch_geometry``."""
+    (``"fast"`` or ``"general"``), ``num_warps``, ``num_stages``, ``merge`` (``MERGES``; the
+    general kernel always merges with a second kernel) and the ``launch_geometry``."""
     if kernel not in (None, *KERNELS):
         raise ValueError(f"kernel={kernel!r}; valid: {', '.join(KERNELS)}")
+    if merge not in (None, *MERGES):
+        raise ValueError(f"merge={merge!r}; valid: {', '.join(MERGES)}")
     if heads_kv is None:
         heads_kv = check_inputs(q_BHSD, k, v, k_recent, v_recent)
     batch, heads_q, q_len, head_dim = q_BHSD.shape
@@ -215,15 +241,23 @@ def plan_launch(
     geo = launch_geometry(
         batch=batch, heads_q=heads_q, heads_kv=heads_kv, q_len=q_len, kv_len=n_quant + n_recent,
         fmt=fmt, dtype=q_BHSD.dtype, device=q_BHSD.device, block_n=block_n or cfg["block_n"],
-        splits=splits, copies=(head_dim // k.group_size) if fast and fmt == "int4" else 1,
-        fast=fast, tile_rows=tile_rows, num_warps=num_warps,
+        splits=splits, copies=_value_groups(v, head_dim) if fast else 1, fast=fast,
+        tile_rows=tile_rows, num_warps=num_warps,
     )  # fmt: skip
+    if merge == "fused" and not fast:
+        raise Unsupported("merge='fused' is an option of the fast triton_qdecode kernel")
     return {
         "kernel": "fast" if fast else "general",
         "num_warps": num_warps,
         "num_stages": num_stages or cfg["num_stages"],
+        "merge": merge or "kernel",
         **geo,
     }
+
+
+def _value_groups(v: QTensor, head_dim: int) -> int:
+    """Channel groups of the values (int4, KIVI): the fast kernel's copies of each query row."""
+    return _cdiv(head_dim, v.group_size) if v.fmt == "int4" or v.fmt.startswith("kivi") else 1
 
 
 def launch_geometry(
@@ -340,6 +374,7 @@ def qdecode_attention(
     splits: int | None = None,
     kernel: str | None = None,
     tile_rows: int | None = None,
+    merge: str | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, H_q, q_len, D]`` over quantized then recent tokens (module doc).
 
@@ -348,10 +383,12 @@ def qdecode_attention(
     positions after the quantized ones, or None. ``causal``: bottom-right. ``scale``: softmax
     scale (default ``1/sqrt(D)``). ``block_n``/``num_warps``/``num_stages``/``splits`` override
     the launch configuration (``splits``: number of KV chunks; default from the SM count).
-    ``kernel``: ``"fast"`` (int8, fp8 and int4 without recent tokens, float16 or bfloat16
-    queries, power-of-two head_dim of at least 16 words) or ``"general"``; default: fast where
-    it applies. ``tile_rows``: query rows per program (``launch_geometry``). Returns
-    ``[B, H_q, q_len, D]`` in q's dtype. A row that sees no key gets zeros.
+    ``kernel``: ``"fast"`` (int8, fp8 and int4 without recent tokens, kivi4 and kivi2 with
+    them, float16 or bfloat16 queries, power-of-two head_dim of at least 16 words of 8 codes or
+    of int8/fp8's 4) or ``"general"``; default: fast where it applies. ``tile_rows``: query
+    rows per program (``launch_geometry``). ``merge``: how the fast kernel's splits are merged
+    (``MERGES``). Returns ``[B, H_q, q_len, D]`` in q's dtype. A row that sees no key gets
+    zeros.
     """
     fast_kernel, general_kernel, merge_kernel, has_pdl = _kernels()
     heads_kv = check_inputs(q_BHSD, k, v, k_recent, v_recent)
@@ -375,7 +412,7 @@ def qdecode_attention(
     f32 = dtype == torch.float32
     plan = plan_launch(
         q, k, v, k_recent, v_recent, heads_kv=heads_kv, block_n=block_n, num_warps=num_warps,
-        num_stages=num_stages, splits=splits, kernel=kernel, tile_rows=tile_rows,
+        num_stages=num_stages, splits=splits, kernel=kernel, tile_rows=tile_rows, merge=merge,
     )  # fmt: skip
     fast = plan["kernel"] == "fast"
     block_n, block_m, splits, chunk = (
@@ -422,10 +459,17 @@ def qdecode_attention(
     else:
         kr = vr = q
 
+    fused_merge = splits > 1 and plan["merge"] == "fused"
+    n_lse = batch * heads_q * q_len * splits
+    counter_off = 0
     if splits > 1:
-        part = torch.empty(batch * heads_q * q_len * splits * head_dim, device=device,
-                           dtype=torch.float32)  # fmt: skip
-        lse = torch.empty(batch * heads_q * q_len * splits, device=device, dtype=torch.float32)
+        part = torch.empty(n_lse * head_dim, device=device, dtype=torch.float32)
+        if fused_merge:  # the log-sum-exps after the tiles' counters, zero between calls
+            lse, counter_off = merge_workspace(
+                device, n_lse, grid_tiles(batch, heads_kv, plan["m_tiles"])
+            )
+        else:
+            lse = torch.empty(n_lse, device=device, dtype=torch.float32)
     else:
         part = lse = out
 
@@ -445,20 +489,25 @@ def qdecode_attention(
     # and fp8, whose blocks are twice as large, were slower with it
     bulk_l2 = fmt == "int4" and sm90
     if fast:
+        # per-token planes token-major; KIVI key planes [B, H, S / group, D] channel-contiguous
         ks, kz, vs, vz = (_token_major(t) for t in (ks, kz, vs, vz))
         # int8 and fp8: the kernel reads both word planes with one set of offsets
         if CODES_PER_WORD[fmt] == 4 and kw.stride(2) != vw.stride(2):
             kw, vw = kw.contiguous(), vw.contiguous()
+        e = _fast_codes_per_word(fmt)
+        pdl = pdl and not fused_merge
         fast_kernel[grid](
-            q, out, part, lse, kw, ks, kz, vw, vs, vz,
-            q_len, kv_len, chunk, splits, (head_dim**-0.5 if scale is None else scale) * _LOG2E,
+            q, out, part, lse, kw, ks, kz, vw, vs, vz, kr, vr,
+            q_len, n_quant, kv_len, chunk, splits,
+            (head_dim**-0.5 if scale is None else scale) * _LOG2E,
             *q.stride()[:3], *out.stride()[:3],
-            *strides(kw, 3), *strides(ks, 2), *strides(vw, 3), *strides(vs, 2),
-            heads_kv,
-            G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=CODES_PER_WORD[fmt], WP=wp,
+            *strides(kw, 3), *strides(ks, 3), *strides(vw, 3), *strides(vs, 2),
+            *strides(kr, 3), *strides(vr, 3),
+            heads_kv, counter_off,
+            G=group, HEAD_DIM=head_dim, FMT=FMT_ID[fmt], E=e, WP=head_dim // e,
             NG=plan["copies"], OFF=CODE_OFFSET[fmt], UNIT_INV=CODE_UNIT_INV[fmt],
             R=plan["rows_per_tile"], BLOCK_N=block_n, CAUSAL=causal, SPLIT=splits > 1,
-            PREFETCH=not interpreting(), PDL=pdl, BULK_L2=bulk_l2,
+            PREFETCH=not interpreting(), PDL=pdl, BULK_L2=bulk_l2, FUSED_MERGE=fused_merge,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:
@@ -481,7 +530,7 @@ def qdecode_attention(
             Q_NORM=dtype == torch.bfloat16, F32=f32,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
-    if splits > 1:
+    if splits > 1 and not fused_merge:
         # a tile of at most 4096 partial outputs per program (32 per thread): at 128 splits one
         # program per row would hold 16384, and a batch of 1 would give only 32 programs
         block_s = max(2, _pow2(splits))
@@ -492,6 +541,29 @@ def qdecode_attention(
             num_warps=4, **({"launch_pdl": True} if pdl else {}),
         )  # fmt: skip
     return out
+
+
+def grid_tiles(batch: int, heads_kv: int, m_tiles: int) -> int:
+    """Query tiles of a launch (``merge="fused"``: one counter each)."""
+    return batch * heads_kv * m_tiles
+
+
+_WORKSPACES: dict[torch.device, tuple[int, torch.Tensor]] = {}
+
+
+def merge_workspace(device: torch.device, n_lse: int, tiles: int) -> tuple[torch.Tensor, int]:
+    """For ``merge="fused"``: ``n_lse`` float32 log-sum-exps from a buffer kept per device,
+    whose first words are the tiles' int32 counters (zero when allocated, put back to zero by
+    the kernel that used them), and the counters' offset from the log-sum-exps (negative). One
+    buffer a device, so two such calls must not run at once on two streams."""
+    held = _WORKSPACES.get(device)
+    if held is None or held[0] < tiles or held[1].numel() < held[0] + n_lse:
+        n_counters = max(tiles, 1024 if held is None else held[0])
+        size = max(n_counters + n_lse, 1 << 16 if held is None else held[1].numel())
+        held = (n_counters, torch.zeros(size, device=device, dtype=torch.float32))
+        _WORKSPACES[device] = held
+    n_counters, buf = held
+    return buf[n_counters : n_counters + n_lse], -n_counters
 
 
 def bytes_read(q_BHSD, k=None, v=None, k_recent=None, v_recent=None) -> int:

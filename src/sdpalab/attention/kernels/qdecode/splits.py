@@ -1,6 +1,8 @@
 """Split-KV, shared by both kernels: which keys a program reads, and the kernel that merges the
 splits' partial outputs by their log-sum-exp (on sm_90 and later launched as a programmatic
-dependent of the split kernel, so that it waits on the GPU instead of after a launch gap).
+dependent of the split kernel, so that it waits on the GPU instead of after a launch gap); or,
+the fast kernel's ``merge="fused"`` option, the merge done by the last program of each query tile
+to finish (``last_split``, ``merge_rows``), with no second kernel.
 """
 
 import triton
@@ -72,3 +74,45 @@ def merge_kernel(
     num = tl.sum(w[:, None] * part, 0)
     o = num / tl.where(den == 0.0, 1.0, den)
     tl.store(Out + b * s_ob + hq * s_oh + qi * s_os + d, o.to(Out.dtype.element_ty), mask=d_ok)
+
+
+@triton.jit
+def last_split(Counters, tile):
+    """True in the last of a query tile's split programs to finish: each adds one to the tile's
+    counter once its partial output is stored (the barrier first, so that every thread's stores
+    are ordered before the release); the last one resets it to 0 for the next call."""
+    tl.debug_barrier()
+    seen = tl.atomic_add(Counters + tile, 1, sem="acq_rel", scope="gpu")
+    done = seen == tl.num_programs(2) - 1
+    if done:
+        tl.atomic_xchg(Counters + tile, 0, sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    return done
+
+
+@triton.jit
+def merge_rows(Part, Lse, out_ptrs, row, row_ok, num_splits, HEAD_DIM: tl.constexpr,
+               SB: tl.constexpr):  # fmt: skip
+    """Merge the splits of rows ``row [R]`` (``Part``/``Lse`` as ``merge_kernel`` reads them)
+    into ``out_ptrs [R]`` (each row's first channel), ``SB`` splits a step. The partial outputs
+    come from other programs: loaded from L2 (``.cg``), never from a stale L1 line."""
+    d = tl.arange(0, HEAD_DIM)
+    s = tl.arange(0, SB)
+    m = tl.full(row.shape, float("-inf"), tl.float32)
+    den = tl.zeros(row.shape, tl.float32)
+    num = tl.zeros([row.shape[0], HEAD_DIM], tl.float32)
+    for s0 in range(0, num_splits, SB):
+        slot = row[None, :] * num_splits + (s0 + s)[:, None]  # [SB, R]
+        ok = ((s0 + s) < num_splits)[:, None] & row_ok[None, :]
+        lse = tl.load(Lse + slot, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        part = tl.load(Part + slot[:, :, None] * HEAD_DIM + d[None, None, :], mask=ok[:, :, None],
+                       other=0.0, cache_modifier=".cg")  # fmt: skip
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        c = tl.exp2(m - m_safe)
+        w = tl.exp2(lse - m_safe[None, :])
+        den = den * c + tl.sum(w, 0)
+        num = num * c[:, None] + tl.sum(w[:, :, None] * part, 0)
+        m = m_new
+    o = num / tl.where(den == 0.0, 1.0, den)[:, None]
+    tl.store(out_ptrs[:, None] + d[None, :], o.to(out_ptrs.dtype.element_ty), mask=row_ok[:, None])
