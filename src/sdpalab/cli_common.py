@@ -1,5 +1,6 @@
 """What every CLI module shares: the consoles, the bad-input exception (exit code 2), the
-busy-machine warning, and the command that resumes an interrupted run."""
+busy-machine warning, the command that resumes an interrupted run, and the executor options
+(``--executor``, ``--address``) and study options (``--storage``, ``--study``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 console = Console()
@@ -18,6 +20,55 @@ err_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one l
 
 class BadInput(Exception):
     """Raised by commands for user errors; becomes exit code 2 with one line."""
+
+
+EXECUTORS = ("local", "ray")
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        help="Where trials run: local (worker processes here; with N GPUs and --workers N, one "
+        "worker pinned to each) or ray (Ray actors, one GPU or a CPU share each)."
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="--executor ray: the cluster, HOST:PORT (`ray start --head` prints it), "
+        "ray://HOST:PORT or auto; default: a Ray instance on this host for the run."
+    ),
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Optuna RDB URL of a study shared by several search processes, e.g. "
+        "postgresql://USER@HOST/DB (password from the URL, PGPASSWORD or ~/.pgpass; never "
+        "recorded). Default: OUT/optuna.log."
+    ),
+]
+StudyOption = Annotated[
+    str | None, typer.Option(help="Name of the study in --storage (default: the config's name).")
+]
+
+
+def make_executor(executor: str, address: str | None) -> Any:
+    """The executor ``--executor``/``--address`` name (BadInput when they make none)."""
+    if executor not in EXECUTORS:
+        raise BadInput(
+            f"--executor {executor!r} is not valid; choose one of: {', '.join(EXECUTORS)}"
+        )
+    if executor == "local":
+        if address is not None:
+            raise BadInput("--address needs --executor ray")
+        from sdpalab.run.executor import LocalExecutor
+
+        return LocalExecutor()
+    from sdpalab.run.ray_executor import RayExecutor, import_ray
+
+    try:
+        import_ray()
+    except ImportError as err:
+        raise BadInput(str(err)) from None
+    return RayExecutor(address=address)
 
 
 def warn(text: str) -> None:
@@ -71,7 +122,9 @@ def note_left_out(spec: Any) -> None:
 def resume_command(argv: list[str], out: Path) -> str:
     """The command line that continues an interrupted run: ``argv`` with ``--out OUT`` (when it
     was the default) and ``--resume`` in place of ``--force``."""
-    args = [a for a in argv[1:] if a != "--force"]
+    from sdpalab.run.rundir import redact_secrets
+
+    args = [redact_secrets(a) for a in argv[1:] if a != "--force"]
     if not any(a == "--out" or a.startswith("--out=") for a in args):
         args += ["--out", str(out)]
     if "--resume" not in args:

@@ -12,10 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sdpalab.cli_common import (
+    AddressOption,
     BadInput,
     BusyNotice,
+    ExecutorOption,
+    StorageOption,
+    StudyOption,
     console,
     err_console,
+    make_executor,
     note_left_out,
     stop_cleanly,
 )
@@ -139,15 +144,25 @@ def search(
     priority: _Priority = "latency",
     memory: Annotated[str, typer.Option(help=_MEMORY_HELP)] = "auto",
     json_out: _Json = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    storage: StorageOption = None,
+    study: StudyOption = None,
 ) -> None:
-    """Search a config's space with Optuna for the front of latency, memory and error."""
+    """Search a config's space with Optuna for the front of latency, memory and error; with
+    --storage, grow a study shared with other search processes (each with its own OUT)."""
     from sdpalab.explore.recommend import summarize_front
+    from sdpalab.explore.search import open_storage
     from sdpalab.explore.search import search as run_search
     from sdpalab.report.progress import progress_callback
     from sdpalab.report.search_report import render_search, search_stats, write_search_report
+    from sdpalab.run.executor import use_executor
     from sdpalab.spec.config import load_spec
 
+    engine = make_executor(executor, address)
     spec = load_spec(config)
+    if storage is not None:
+        open_storage(storage)  # a bad URL or an unreachable database: exit 2 before anything
     constraints = _constraints(
         spec.constraints,
         max_memory,
@@ -164,7 +179,8 @@ def search(
         if not json_out:
             note_left_out(spec)
 
-    with stop_cleanly(), progress_callback(err_console if json_out else console) as on_result:
+    progress = progress_callback(err_console if json_out else console)
+    with use_executor(engine, spec.device), stop_cleanly(), progress as on_result:
         found = run_search(
             spec,
             out,
@@ -178,6 +194,9 @@ def search(
             on_result=on_result,
             on_start=started,
             memory=memory,
+            executor=engine,
+            storage=storage,
+            study=study,
         )
     summary = summarize_front(
         found.results,
@@ -195,7 +214,10 @@ def search(
 
 
 def pareto(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory (a sweep or a search).")],
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Run directory (a sweep or a search); with --storage, optional."),
+    ] = None,
     priority: _Priority = "latency",
     max_memory: _MaxMemory = None,
     max_error: _MaxError = None,
@@ -216,10 +238,14 @@ def pareto(
         str | None, typer.Option(help=_MEMORY_HELP + " Default: the search's, else auto.")
     ] = None,
     json_out: _Json = False,
+    storage: StorageOption = None,
+    study: Annotated[
+        str | None, typer.Option(help="With --storage: the shared study to read.")
+    ] = None,
 ) -> None:
     """Each shape's Pareto front and the recommended configuration, as a Variant to paste, and
     every other result with why it is off the front; with several shapes, the configurations
-    that stay near every shape's front."""
+    that stay near every shape's front. --storage URL --study NAME reads a shared study."""
     from sdpalab.explore.recommend import summarize_front
     from sdpalab.explore.search import search_settings
     from sdpalab.explore.shapes import goldilocks_across_shapes
@@ -230,10 +256,28 @@ def pareto(
         write_search_report,
     )
     from sdpalab.run.rundir import load_results, run_constraints
+    from sdpalab.spec import Constraints
 
-    results = load_results(run_dir)
+    if storage is not None or study is not None:
+        from sdpalab.explore.search import study_results
+
+        if storage is None or study is None:
+            raise BadInput("a shared study needs both --storage URL and --study NAME")
+        results, settings = study_results(storage, study)
+        base = Constraints(**settings.get("limits", {}))
+        if memory is None:
+            memory = settings.get("memory", "auto")
+        if report and run_dir is None:
+            raise BadInput("--report with --storage needs a DIR to write the report into")
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    elif run_dir is None:
+        raise BadInput("give a run directory, or --storage URL --study NAME")
+    else:
+        results = load_results(run_dir)
+        base = run_constraints(run_dir)
     constraints = _constraints(
-        run_constraints(run_dir),
+        base,
         max_memory,
         max_error,
         max_latency_ms,
@@ -250,7 +294,7 @@ def pareto(
             results, within, include_all=True, constraints=constraints, memory=memory
         )
     if json_out:
-        doc = {"run": str(run_dir), **summary.to_dict()}
+        doc = {"run": str(run_dir if storage is None else study), **summary.to_dict()}
         if goldilocks is not None:
             doc["across_shapes"] = {"within": within, "rows": goldilocks_rows(goldilocks)}
         _print_json(doc)

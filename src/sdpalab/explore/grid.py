@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdpalab.measure.result import Result
-from sdpalab.run.executor import OnResult, run_trials
+from sdpalab.run.executor import OnResult, current_executor, run_trials
 from sdpalab.run.rundir import (
     default_out,
     finish_run,
@@ -103,7 +103,8 @@ def sweep(
     )
     trials = spec.trials()
     started = time.time()
-    info = start_run(out, spec, len(trials), resume=resume, workers=workers)
+    executor = current_executor().describe()  # which engine ran it, in run.json
+    info = start_run(out, spec, len(trials), resume=resume, workers=workers, **executor)
     if on_start is not None:
         on_start(info["invocations"][-1]["load"])
     try:

@@ -24,7 +24,12 @@ inferred failure without running, and so is one whose memory or latency limit a 
 already broke.
 
 The study lives in ``DIR/optuna.log`` (Optuna's JournalStorage), so ``optuna-dashboard
-DIR/optuna.log`` opens it; calling ``search`` again on the same DIR extends it. The space is
+DIR/optuna.log`` opens it; calling ``search`` again on the same DIR extends it. With
+``storage=`` (an RDB URL, ``postgresql://USER@HOST/DB``) the study lives there instead, and
+several search processes, each with its own DIR, grow one study (see
+:mod:`~sdpalab.explore.search_loop`); every trial carries its whole Result (user attr
+``result``), so :func:`study_results` reads the study back without any run directory. A
+storage URL's password never reaches ``run.json``, a log or an error message. The space is
 :mod:`sdpalab.explore.space`; the ask/resolve/run/tell loop :mod:`sdpalab.explore.search_loop`.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +55,17 @@ from sdpalab.explore.objectives import (
 )
 from sdpalab.explore.pareto import pareto
 from sdpalab.explore.recommend import Recommendation, recommend
-from sdpalab.explore.search_loop import SearchLoop
+from sdpalab.explore.search_loop import SearchLoop, owner_of
 from sdpalab.explore.space import Space, import_optuna, trial_constraints
 from sdpalab.measure.result import Result
+from sdpalab.run.executor import Executor
 from sdpalab.run.rundir import (
     default_out,
     finish_run,
     interrupted,
     prepare_run_dir,
     read_run_info,
+    redact_secrets,
     start_run,
 )
 from sdpalab.spec import Constraints, SweepSpec, Trial
@@ -66,6 +74,11 @@ from sdpalab.spec.variant import approximation
 
 SAMPLERS = ("nsga2", "tpe", "gp")
 JOURNAL = "optuna.log"
+STORAGE_HINT = (
+    "give postgresql://USER@HOST[:PORT]/DB (the password in the URL, PGPASSWORD or ~/.pgpass) "
+    "or sqlite:///PATH"
+)
+SCALE_INSTALL = "pip install 'sdpalab[scale]'"
 
 
 # --------------------------------------------------------------------------- the result
@@ -79,8 +92,9 @@ class SearchResult(ResultList):
     """Every stored Result of a point of the space: measured by this call, by an earlier
     search on the same directory, or by a sweep into it."""
     out: Path
-    storage: Path
-    """``DIR/optuna.log``: open with ``optuna-dashboard``."""
+    storage: Path | str
+    """``DIR/optuna.log``, or the ``storage`` URL with its password masked: open with
+    ``optuna-dashboard``."""
     study_names: list[str]
     objectives: tuple[str, ...]
     constraints: Constraints
@@ -136,8 +150,10 @@ def _version(module) -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-def make_sampler(name: str, *, seed: int, budget: int):
-    """The sampler ``name`` with the constraints function and sizes suited to ``budget``."""
+def make_sampler(name: str, *, seed: int, budget: int, parallel: bool = False):
+    """The sampler ``name`` with the constraints function and sizes suited to ``budget``;
+    ``parallel``: trials are asked before earlier ones are told (several workers, a shared
+    study), so TPE lies constantly about the running ones rather than propose them again."""
     optuna = import_optuna()
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r} is not valid; choose one of: {', '.join(SAMPLERS)}")
@@ -154,7 +170,12 @@ def make_sampler(name: str, *, seed: int, budget: int):
         # Optuna 4.9 deprecated the switch for the independent-sampling warning
         quiet = {} if _version(optuna) >= (4, 9) else {"warn_independent_sampling": False}
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, **quiet, **cons
+            seed=seed,
+            n_startup_trials=startup,
+            multivariate=True,
+            constant_liar=parallel,
+            **quiet,
+            **cons,
         )
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **cons)
 
@@ -183,6 +204,9 @@ def search(
     objectives: Sequence[str] = OBJECTIVES,
     runner: Callable[[list[Trial]], list[Result]] | None = None,
     memory: str = "auto",
+    executor: Executor | None = None,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> SearchResult:
     """Search ``spec``'s space with Optuna for ``trials`` new measurements; returns them all.
 
@@ -200,7 +224,11 @@ def search(
     ``on_result(result, measured, trials)`` after each new measurement. Ctrl-C raises
     :class:`~sdpalab.run.rundir.Interrupted` once ``results.csv`` and ``run.json`` agree with
     the store. ``runner`` replaces the engine (a function from a list of
-    Trials to their Results), for replaying stored measurements in benchmarks.
+    Trials to their Results), for replaying stored measurements in benchmarks. ``executor``
+    runs the trials (default: :func:`~sdpalab.run.executor.current_executor`). ``storage``:
+    an Optuna RDB URL that holds the study, shared with other search processes (default:
+    ``out/optuna.log``); ``study``: its name (default: the config's; with several shapes,
+    one study per shape, ``NAME[shape]``).
     """
     optuna = import_optuna()
     if not isinstance(spec, SweepSpec):
@@ -227,6 +255,7 @@ def search(
             "approximations with constraints: {allow_approximate: true} or --allow-approximate"
         )
     space = Space.from_trials(points)
+    rdb = open_storage(storage) if storage is not None else None  # before anything is written
     out = out if out is not None else default_out(f"{spec.name}-search")
     out = prepare_run_dir(out, spec, resume=resume, force=force)
     journal = out / JOURNAL
@@ -244,6 +273,9 @@ def search(
             "limits": constraints.to_dict(),
             "objectives": list(objectives),
             "memory": memory,
+            "storage": redact_secrets(storage) if storage is not None else JOURNAL,
+            "study": study or spec.name,
+            **(executor.describe() if executor is not None else {}),
         },
     )
     if on_start is not None:
@@ -252,39 +284,60 @@ def search(
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    backend = rdb if rdb is not None else JournalStorage(JournalFileBackend(str(journal)))
     fields = varying_fields(space.contexts)
+    prefix = study or spec.name
     names = [
-        spec.name if len(space.contexts) == 1 else f"{spec.name}[{context_label(c, fields)}]"
+        prefix if len(space.contexts) == 1 else f"{prefix}[{context_label(c, fields)}]"
         for c in space.contexts
     ]
     dists = [space.distributions(i) for i in range(len(names))]  # each shape its own axes
+    shared = rdb is not None
+    owner = owner_of(out)
     studies = []
     for i, name in enumerate(names):
-        existing = optuna.study.get_all_study_names(storage) if journal.exists() else []
+        existing = optuna.study.get_all_study_names(backend) if shared or journal.exists() else []
         prior = 0
         if name in existing:
-            old = optuna.load_study(study_name=name, storage=storage)
-            _check_same_space(old, dists[i], out)
+            old = optuna.load_study(study_name=name, storage=backend)
+            _check_same_space(old, dists[i], storage or out)
             prior = len(old.trials)
-        study = optuna.create_study(
+        one = optuna.create_study(
             study_name=name,
-            storage=storage,
+            storage=backend,
             load_if_exists=True,
             directions=["minimize"] * len(objectives),
             sampler=make_sampler(
-                sampler, seed=seed + 7919 * i + prior, budget=max(1, trials // len(names))
+                sampler,
+                # a process of a shared study samples its own way (its own run directory)
+                seed=seed + 7919 * i + prior + (zlib.crc32(owner.encode()) % 9973 if shared else 0),
+                budget=max(1, trials // len(names)),
+                parallel=workers > 1 or shared,
             ),
         )
         with warnings.catch_warnings():  # metric names are "experimental" in Optuna
             warnings.simplefilter("ignore")
-            study.set_metric_names([f"log10 {o}" for o in objectives])
-        study.set_user_attr("context", space.contexts[i])
-        _fail_stale(study)
-        studies.append(study)
+            one.set_metric_names([f"log10 {o}" for o in objectives])
+        one.set_user_attr("context", space.contexts[i])
+        one.set_user_attr("limits", constraints.to_dict())
+        one.set_user_attr("memory", memory)
+        one.set_user_attr("objectives", list(objectives))
+        _fail_stale(one, owner if shared else None)
+        studies.append(one)
 
     state = SearchLoop(
-        space, constraints, objectives, out, runner, workers, on_result, trials, seed, memory
+        space,
+        constraints,
+        objectives,
+        out,
+        runner,
+        workers,
+        on_result,
+        trials,
+        seed,
+        memory,
+        executor=executor,
+        shared=shared,
     )
     try:
         state.run(studies, dists)
@@ -305,7 +358,7 @@ def search(
     return SearchResult(
         results=results,
         out=out,
-        storage=journal,
+        storage=redact_secrets(storage) if storage is not None else journal,
         study_names=names,
         objectives=objectives,
         constraints=constraints,
@@ -327,18 +380,97 @@ def search_settings(run_dir: str | Path) -> dict[str, Any]:
     return {}
 
 
-def _check_same_space(study, dist: dict[str, Any], out: Path) -> None:
+def _check_same_space(study, dist: dict[str, Any], where: Path | str) -> None:
     for trial in study.trials:
         if trial.distributions and trial.distributions != dist:
+            other = "--study" if isinstance(where, str) else "--out"
             raise ValueError(
-                f"{out}: holds a search over a different space (the config's axes "
-                "changed); choose another --out"
+                f"{redact_secrets(str(where))}: study {study.study_name!r} holds a search over a "
+                f"different space (the config's axes changed); choose another {other}"
             )
         break
 
 
-def _fail_stale(study) -> None:
-    """Trials left running by a killed search: mark them failed (their point can be re-asked)."""
+def _fail_stale(study, owner: str | None = None) -> None:
+    """Trials left running by a killed search: mark them failed (their point can be re-asked).
+    ``owner``: a shared study's, only those this host and run directory left (others' trials
+    may be running right now)."""
     optuna = import_optuna()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if owner is None or trial.user_attrs.get("owner") == owner:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+# --------------------------------------------------------------------------- a shared study
+
+
+def open_storage(url: str):
+    """Optuna's RDB storage at ``url`` (tables created on first use), or a ValueError of one
+    line, its password masked, when the URL is not one or the database will not open.
+    ``postgresql://`` goes through psycopg (3); the password may come from the URL,
+    ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads the last two itself)."""
+    import_optuna()
+    shown = redact_secrets(url)
+    scheme, sep, rest = url.partition("://")
+    dialect, _, driver = scheme.partition("+")
+    if not sep or not rest or dialect not in ("postgresql", "postgres", "sqlite"):
+        raise ValueError(f"--storage {shown!r} is not valid; {STORAGE_HINT}")
+    engine: dict[str, Any] = {}
+    if dialect != "sqlite":
+        if not driver:
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise ValueError(f"--storage {shown!r} needs psycopg: {SCALE_INSTALL}") from None
+            driver = "psycopg"
+        url = f"postgresql+{driver}://{rest}"
+        engine = {"connect_args": {"connect_timeout": 10}}
+    from optuna.storages import RDBStorage
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for attempt in range(3):
+                try:
+                    return RDBStorage(url, engine_kwargs=engine)
+                except Exception as err:
+                    # processes started together race to create the tables; the loser sees a
+                    # duplicate (a unique violation) and finds them there on the next try
+                    if attempt == 2 or "duplicate key" not in str(err):
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
+    except Exception as err:  # a bad host, a refused password, a missing database or driver
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = redact_secrets(lines[0] if lines else type(err).__name__)[:300]
+        raise ValueError(f"--storage {shown!r}: cannot open the study storage ({reason})") from None
+
+
+def study_results(storage: str, study: str) -> tuple[list[Result], dict[str, Any]]:
+    """Every Result the study ``study`` (and its per-shape studies ``study[...]``) holds in
+    ``storage``, one per trial id, and the search's settings it recorded (``limits``,
+    ``memory``, ``objectives``). ValueError when no such study is there."""
+    optuna = import_optuna()
+    backend = open_storage(storage)
+    names = [
+        n
+        for n in optuna.study.get_all_study_names(backend)
+        if n == study or n.startswith(f"{study}[")
+    ]
+    if not names:
+        raise ValueError(
+            f"--study {study!r}: no such study in {redact_secrets(storage)!r}; "
+            "`sdpalab search ... --storage URL --study NAME` makes one"
+        )
+    found: dict[str, Result] = {}
+    settings: dict[str, Any] = {}
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    for name in names:
+        one = optuna.load_study(study_name=name, storage=backend)
+        settings = {
+            k: one.user_attrs[k] for k in ("limits", "memory", "objectives") if k in one.user_attrs
+        } or settings
+        for trial in one.get_trials(deepcopy=False, states=complete):
+            data = trial.user_attrs.get("result")
+            if isinstance(data, dict) and trial.user_attrs.get("trial_id") not in found:
+                found[trial.user_attrs["trial_id"]] = Result.from_dict(data)
+    return list(found.values()), settings

@@ -4,12 +4,20 @@ A proposal is resolved before anything runs: a point outside the grid is told as
 a point the store holds is told from the store; a failure certain from a smaller shape (the
 same configuration ran out of memory or time, or broke a memory or latency limit, on a shape
 no larger in any size) is told without running; only the rest is measured, in batches of
-``workers``, by the engine's long-lived worker pool.
+``workers`` (so ``workers`` trials are in flight at once), by the executor's long-lived pool.
+
+A study shared by several search processes (``--storage``, each with its own run directory):
+every process reads the Results the others told the study (user attr ``result``) before it
+asks, and claims each point it is about to measure (user attr ``trial_id`` on its running
+trial); a point another process's running trial also claims is not measured here (its trial is
+told as failed and the point may be asked again later), so no point is measured twice.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import socket
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +35,7 @@ from sdpalab.explore.objectives import (
 )
 from sdpalab.explore.space import choice_point, trial_constraints
 from sdpalab.measure.result import Result
-from sdpalab.run.executor import WorkerPool
+from sdpalab.run.executor import Executor, current_executor
 from sdpalab.run.rundir import ResultStore
 from sdpalab.spec import CONTEXT_FIELDS, SIZE_FIELDS, Trial
 
@@ -53,15 +61,25 @@ class SearchLoop:
         budget,
         seed,
         memory="auto",
+        executor: Executor | None = None,
+        shared: bool = False,
     ):
         self.space, self.constraints, self.objectives = space, constraints, objectives
         self.memory = memory  # the measure "memory" and max_memory mean
         self.out, self.budget, self.on_result = out, budget, on_result
         self.store = ResultStore(out)
         self.known: dict[str, Result] = {r.trial_id: r for r in self.store.results()}
-        self.runner = runner or EngineRunner(out, workers, self._stored).run
+        self.shared = shared
+        """Other processes may grow the studies: read their results, claim before measuring."""
+        self.claimed: set[str] = set()
+        """Trial ids another process's running trial claims (as of the last sync)."""
+        self.owner = owner_of(out)
+        if runner is None:
+            device = next(iter(space.table.values())).workload_spec.get("device") or "cpu"
+            runner = EngineRunner(out, workers, self._stored, executor, str(device)).run
+        self.runner = runner
         self.batch = workers
-        self.measured = self.reused = self.inferred = self.invalid = 0
+        self.measured = self.reused = self.inferred = self.invalid = self.elsewhere = 0
         self.exhausted = False
         self.rng = np.random.default_rng(seed)
         self.worst: dict[str, list[float]] = {}
@@ -99,6 +117,8 @@ class SearchLoop:
                 if self.measured >= self.budget:
                     return
                 room = min(self.batch, self.budget - self.measured)
+                if self.shared:
+                    self._sync(studies[i])
                 asked, to_run = [], []
                 for _ in range(room):
                     trial = studies[i].ask(dists[i])
@@ -115,6 +135,10 @@ class SearchLoop:
                     asks_left -= 1
                     if known is None and engine_trial is not None:
                         to_run.append(engine_trial)
+                        trial.set_user_attr("trial_id", engine_trial.trial_id)  # the claim
+                        trial.set_user_attr("owner", self.owner)
+                if self.shared and to_run:
+                    asked, to_run = self._unclaimed(studies[i], asked, to_run)
                 ran = {r.trial_id: r for r in self.runner(to_run)} if to_run else {}
                 for r in ran.values():
                     if r.trial_id not in self.known:  # a custom runner does not store
@@ -141,9 +165,10 @@ class SearchLoop:
         left = self._left.get(ctx)
         if left is None:
             left = self.space.valid_points(ctx)
-        left = [p for p in left if self._resolve(ctx, self.space.table[(ctx, p)]) is None]
-        self._left[ctx] = left
-        return left
+        state = {p: self._resolve(ctx, self.space.table[(ctx, p)]) for p in left}
+        # a point claimed elsewhere may come back (its process died): not dropped for good
+        self._left[ctx] = [p for p in left if state[p] is None or state[p] == "elsewhere"]
+        return [p for p in left if state[p] is None]
 
     def _resolve(self, ctx: int, trial: Trial | None):
         """A stored Result, an inferred failure (a dict), or None: it must be measured."""
@@ -151,7 +176,51 @@ class SearchLoop:
             return "invalid"
         if trial.trial_id in self.known:
             return self.known[trial.trial_id]
+        if trial.trial_id in self.claimed:
+            return "elsewhere"
         return self._inferred(ctx, trial)
+
+    def _sync(self, study) -> None:
+        """Take in the Results other processes told the shared study (not counted, not
+        stored: this run directory holds what this process measured)."""
+        state = _trial_state()
+        self.claimed = set()
+        for frozen in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.RUNNING)):
+            found = frozen.user_attrs.get("result")
+            tid = frozen.user_attrs.get("trial_id")
+            if not tid or tid in self.known:
+                continue
+            if frozen.state == state.RUNNING:
+                self.claimed.add(tid)
+            elif isinstance(found, dict):
+                self.known[tid] = Result.from_dict(found)
+
+    def _unclaimed(self, study, asked: list[tuple], to_run: list[Trial]):
+        """Drop from ``to_run`` each point that another process's trial also claims (running)
+        or has measured since the last sync: at most one process measures a point, as the
+        later of two claims always sees the earlier one (both may step back; the point is
+        then asked again later)."""
+        state = _trial_state()
+        ours = {trial.number for trial, _, _ in asked}
+        others = study.get_trials(deepcopy=False, states=(state.RUNNING, state.COMPLETE))
+        taken = {
+            t.user_attrs.get("trial_id")
+            for t in others
+            if t.number not in ours and t.user_attrs.get("trial_id")
+        }
+        if not taken.intersection(t.trial_id for t in to_run):
+            return asked, to_run
+        kept = [
+            (
+                trial,
+                engine_trial,
+                "elsewhere"
+                if known is None and engine_trial is not None and engine_trial.trial_id in taken
+                else known,
+            )
+            for trial, engine_trial, known in asked
+        ]
+        return kept, [t for t in to_run if t.trial_id not in taken]
 
     def _inferred(self, ctx: int, trial: Trial) -> dict[str, Any] | None:
         """A failure certain from a smaller shape: same variant and dtype, every size <=."""
@@ -186,6 +255,11 @@ class SearchLoop:
         """Tell the study about one asked trial; returns 1 when it was measured just now."""
         if known == "pending":
             known = ran.get(engine_trial.trial_id) or self.known.get(engine_trial.trial_id)
+        if known == "elsewhere":  # another process measures it: no values to tell yet
+            self.elsewhere += 1
+            trial.set_user_attr("source", "elsewhere")
+            study.tell(trial, state=_trial_state().FAIL)
+            return 0
         if known == "invalid":
             self.invalid += 1
             trial.set_user_attr("status", "invalid")
@@ -213,6 +287,8 @@ class SearchLoop:
         named = {"status": 0.0 if status_ok else FAILED_VIOLATION}
         if result is not None:
             trial.set_user_attr("trial_id", result.trial_id)
+            # the whole Result, so that other processes and `pareto --storage` can read it
+            trial.set_user_attr("result", json.loads(json.dumps(result.to_dict(), default=str)))
             trial.set_user_attr("label", result.label)
             trial.set_user_attr("status", result.status)
             if result.reason:
@@ -258,6 +334,17 @@ class SearchLoop:
         study.enqueue_trial(self.space.params_of(pick, ctx))
 
 
+def owner_of(out: Path) -> str:
+    """Who claims a study's running trials: this host and run directory."""
+    return f"{socket.gethostname()}:{Path(out).resolve()}"
+
+
+def _trial_state():
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -269,12 +356,21 @@ def _smaller_or_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 class EngineRunner:
-    """The engine's worker pool, kept alive across the search's batches."""
+    """The executor's pool (local workers or Ray actors), kept alive across the search's
+    batches."""
 
-    def __init__(self, out: Path, workers: int, stored: Callable[[Result, bool], None]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        workers: int,
+        stored: Callable[[Result, bool], None],
+        executor: Executor | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.out, self.stored = out, stored
         self.store = ResultStore(out)
-        self.pool = WorkerPool(out / "logs", workers, self._finish)
+        executor = executor or current_executor()
+        self.pool = executor.pool(out / "logs", workers, self._finish, device=device)
         self.batch: dict[str, Result] = {}
 
     def _finish(self, result: Result, counted: bool = True) -> None:

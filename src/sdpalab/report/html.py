@@ -182,12 +182,14 @@ def write_report(
     return path
 
 
-def make_report(run_dir: str | Path, compare_dir: str | Path | None = None):
+def make_report(run_dir: str | Path, compare_dir: str | Path | None = None, *, results=None):
     """What ``sdpalab report DIR [--compare OTHER]`` does: load the run (and the baseline),
-    compare them, write the report. Returns ``(results, comparisons or None, report path)``."""
+    compare them, write the report. ``results``: those to report instead of the run's (a
+    shared study's, read from its storage). Returns ``(results, comparisons or None, report
+    path)``."""
     from sdpalab.report.compare import compare_runs
 
-    results = load_results(run_dir)
+    results = load_results(run_dir) if results is None else results
     comparisons = None
     if compare_dir is not None:
         comparisons = compare_runs(load_results(compare_dir), results)

@@ -23,8 +23,12 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from sdpalab.measure.provenance import BUSY_GPU_PCT, OtherCpu, machine_load
 from sdpalab.measure.result import Result
@@ -37,6 +41,117 @@ STARTUP_TIMEOUT_S = 300.0
 """Longest a new worker may take to import torch and say it is ready."""
 STDERR_TAIL_CHARS = 600
 MAX_START_FAILURES = 3
+GPU_INDEX = "gpu_index"
+"""Provenance key: the GPU a pinned worker ran on, as ``CUDA_VISIBLE_DEVICES`` names it."""
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class Pool(Protocol):
+    """What an executor makes: runs trials, passing every outcome to its ``finish``."""
+
+    def run(self, pending: deque[Trial], *, keep: bool = False) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Executor(Protocol):
+    """Where trials run. ``open(device)`` checks it can run trials on ``device`` (a ValueError
+    of one line if not) before anything runs; ``pool`` makes the scheduler; ``close`` lets go
+    of what ``open`` took; ``describe`` is what ``run.json`` records."""
+
+    name: str
+
+    def open(self, device: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def pool(
+        self,
+        log_dir: Path,
+        size: int,
+        finish: Callable[[Result], None],
+        *,
+        device: str = "cpu",
+        load_at_start: dict | None = None,
+    ) -> Pool: ...
+
+
+def gpu_slots(
+    workers: int, device: str, device_count: int, visible: str | None
+) -> list[str] | None:
+    """The GPU each of ``workers`` workers is pinned to (its ``CUDA_VISIBLE_DEVICES``), or None
+    when nothing is pinned: one worker, trials not on the default CUDA device (``cuda:1`` names
+    a GPU itself), or fewer than two GPUs. ``visible``: the ``CUDA_VISIBLE_DEVICES`` this
+    process was given (its entries are shared out), else ``device_count`` GPUs. More workers
+    than GPUs take them round-robin."""
+    if workers < 2 or device not in ("cuda", "cuda:0"):
+        return None
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else []
+    if visible is None:
+        ids = [str(i) for i in range(device_count)]
+    if len(ids) < 2:
+        return None
+    return [ids[k % len(ids)] for k in range(workers)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalExecutor:
+    """Worker processes on this host (:class:`WorkerPool`)."""
+
+    gpu_count: int | None = None
+    """GPUs to share workers over; ``None``: ``torch.cuda.device_count()`` (a test fakes it)."""
+    name = "local"
+
+    def open(self, device: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": self.name}
+
+    def pool(
+        self,
+        log_dir: Path,
+        size: int,
+        finish: Callable[[Result], None],
+        *,
+        device: str = "cpu",
+        load_at_start: dict | None = None,
+    ) -> WorkerPool:
+        count = self.gpu_count
+        if count is None and str(device).startswith("cuda"):
+            import torch
+
+            count = torch.cuda.device_count()
+        gpus = gpu_slots(size, str(device), count or 0, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return WorkerPool(log_dir, size, finish, load_at_start=load_at_start, gpus=gpus)
+
+
+_EXECUTOR: ContextVar[Executor | None] = ContextVar("sdpalab_executor", default=None)
+
+
+def current_executor() -> Executor:
+    """The executor :func:`use_executor` set for this context, else a :class:`LocalExecutor`."""
+    return _EXECUTOR.get() or LocalExecutor()
+
+
+@contextmanager
+def use_executor(executor: Executor, device: str = "cpu") -> Iterator[Executor]:
+    """Run the trials of every sweep or search inside on ``executor``: opened here (its
+    ValueError, before anything runs), closed at the end."""
+    executor.open(device)
+    token = _EXECUTOR.set(executor)
+    try:
+        yield executor
+    finally:
+        _EXECUTOR.reset(token)
+        executor.close()
 
 
 def _stderr_tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
@@ -66,8 +181,10 @@ def _death(returncode: int | None) -> str:
 class Worker:
     """One ``python -m sdpalab.run.worker`` process and the trial it is running, if any."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
-        self.log_path = log_path
+    def __init__(self, log_path: Path, env: dict[str, str], gpu: str | None = None) -> None:
+        self.log_path, self.gpu = log_path, gpu
+        if gpu is not None:
+            env = {**env, "CUDA_VISIBLE_DEVICES": gpu}
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sdpalab.run.worker"],
@@ -163,9 +280,11 @@ def run_trials(
     resume: bool = False,
     on_result: OnResult | None = None,
     load_at_start: dict | None = None,
+    executor: Executor | None = None,
 ) -> list[Result]:
-    """Run ``trials`` in ``workers`` worker processes, storing each Result in
-    ``out_dir/results.sqlite`` as it arrives. Returns one Result per distinct trial, in order.
+    """Run ``trials`` in ``workers`` workers of ``executor`` (default:
+    :func:`current_executor`), storing each Result in ``out_dir/results.sqlite`` as it arrives.
+    Returns one Result per distinct trial, in order.
 
     With ``resume``, trials that already have a final row are not run again (their stored
     Result is returned). Unsupported combinations are stored without running. Measured
@@ -202,10 +321,23 @@ def run_trials(
                 pending.append(trial)
         if pending:
             size = min(workers, len(pending))
-            WorkerPool(out_dir / "logs", size, finish, load_at_start=load_at_start).run(pending)
+            executor = executor or current_executor()
+            device = str(pending[0].workload_spec.get("device") or "cpu")
+            pool = executor.pool(
+                out_dir / "logs", size, finish, device=device, load_at_start=load_at_start
+            )
+            pool.run(pending)
         return [done[t.trial_id] for t in unique]
     finally:
         store.close()
+
+
+def _take(held: list, item: Any) -> bool:
+    """Remove one ``item`` from ``held``; whether there was one."""
+    if item in held:
+        held.remove(item)
+        return True
+    return False
 
 
 class WorkerPool:
@@ -216,7 +348,10 @@ class WorkerPool:
     cores other processes used while it ran (our workers' CPU time counted out), or the load
     average less our threads where ``/proc`` is missing; a GPU that other work used before the
     run (``load_at_start``, a :func:`~sdpalab.measure.provenance.machine_load` sample) marks
-    every outcome busy, since during the run our own kernels hide it."""
+    every outcome busy, since during the run our own kernels hide it.
+
+    ``gpus``: the ``CUDA_VISIBLE_DEVICES`` of each worker slot (:func:`gpu_slots`); a worker
+    that replaces a dead one takes its GPU, and each result records it as ``gpu_index``."""
 
     def __init__(
         self,
@@ -225,9 +360,11 @@ class WorkerPool:
         finish: Callable[[Result], None],
         *,
         load_at_start: dict | None = None,
+        gpus: Sequence[str] | None = None,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir, self.size, self.finish = log_dir, size, finish
+        self.gpus = list(gpus) if gpus is not None else None
         self.env = worker_env(size)
         self.workers: list[Worker] = []
         self.start_failures = 0
@@ -244,11 +381,18 @@ class WorkerPool:
             device, own_threads=self.own_threads, other_cores=self.others.cores(pids), gpu=False
         )
         stamp_load(result, sample, gpu_busy=self.gpu_busy)
+        if worker.gpu is not None:
+            result.provenance = {**result.provenance, GPU_INDEX: worker.gpu}
         self.finish(result)
 
     def _spawn(self) -> None:
         self.spawned += 1
-        self.workers.append(Worker(self.log_dir / f"worker-{self.spawned}.log", self.env))
+        gpu = None
+        if self.gpus:  # the first slot no living worker holds
+            held = [w.gpu for w in self.workers]
+            gpu = next((g for g in self.gpus if not _take(held, g)), self.gpus[0])
+        log = self.log_dir / f"worker-{self.spawned}.log"
+        self.workers.append(Worker(log, self.env, gpu))
 
     def run(self, pending: deque[Trial], *, keep: bool = False) -> None:
         """Run ``pending`` to the end. ``keep``: the workers stay up for the next ``run`` (the

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sqlite3
@@ -181,6 +182,18 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 
 # --------------------------------------------------------------------------- run.json
 
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@\s:]*:)[^\s/]*@")
+_KEY_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the password of every URL (``postgresql://user:pw@host/db``) and every
+    ``password=...`` of a libpq string replaced by ``***``: what a command line, a storage
+    URL or an error message may show in ``run.json``, a log or a terminal."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
+    return _KEY_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
+
 
 def utc(t: float | None = None) -> str:
     """``2025-01-01T12:00:00Z``: the time stamps of the store and ``run.json``."""
@@ -223,9 +236,10 @@ def start_run(out: Path, spec: SweepSpec, n_trials: int, **details: Any) -> dict
     entry. Returns the information for :func:`finish_run`."""
     from sdpalab.measure.provenance import machine_load, provenance
 
+    argv = [redact_secrets(a) for a in sys.argv]  # a storage URL's password stays out
     invocation = {
-        "argv": list(sys.argv),
-        "command": shlex.join(sys.argv),
+        "argv": argv,
+        "command": shlex.join(argv),
         "started_utc": utc(),
         "load": machine_load(spec.device, window_s=LOAD_WINDOW_S),
         **details,
@@ -513,6 +527,7 @@ def _int_if_integral(value: Any) -> Any:
 
 _INT_FIELDS = {
     "latency_n",
+    "saved_mem_bytes",
     "peak_mem_bytes",
     "peak_mem_total_bytes",
     "input_bytes",
