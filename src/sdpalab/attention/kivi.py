@@ -17,7 +17,7 @@ import torch
 
 from sdpalab.attention.backends import Attend
 from sdpalab.attention.kvcache import CachedAttention
-from sdpalab.attention.kvstore import Codec, LinearStore, RingStore
+from sdpalab.attention.kvstore import Codec, LinearStore, RingStore, fused_writer
 
 if TYPE_CHECKING:
     from sdpalab.spec import Workload
@@ -58,6 +58,10 @@ class KiviCache(CachedAttention):
         full = {"x": ((self.head_dim,), self.dtype)}
         ring = residual + self.group - 1 + rollback_tokens
         self.k_recent, self.v_recent = RingStore(full, *where, ring), RingStore(full, *where, ring)
+        self.writer = fused_writer(
+            self.k_codec, self.k_store, self.v_codec, self.v_store, self.device
+        )
+        """Encodes whole groups leaving the ring into static stores in one launch (CUDA)."""
 
     def quantized_length(self, length: int) -> int:
         """How many of the first ``length`` positions are stored quantized."""
@@ -68,9 +72,16 @@ class KiviCache(CachedAttention):
         a, b = self.quantized_length(start), self.quantized_length(start + n)
         k_pending = torch.cat([self.k_recent.read(a, start)["x"], k], 2)  # positions [a, start+n)
         v_pending = torch.cat([self.v_recent.read(a, start)["x"], v], 2)
+        fused = getattr(self.attend, "reads_quantized", False) and self.window is None
+        if fused and self.writer is not None:
+            if b > a:  # whole groups leave the ring: keys per channel, values per token
+                self.writer(k_pending[:, :, : b - a], v_pending[:, :, : b - a], a)
+                self.k_store.advance((b - a) // self.group)
+                self.v_store.advance(b - a)
+            return self._step_fused(q, k, v, a, b, k_pending, v_pending, None, None)
         new_k = self.k_codec.encode(k_pending[:, :, : b - a]) if b > a else None
         new_v = self.v_codec.encode(v_pending[:, :, : b - a]) if b > a else None
-        if getattr(self.attend, "reads_quantized", False) and self.window is None:
+        if fused:
             return self._step_fused(q, k, v, a, b, k_pending, v_pending, new_k, new_v)
         k_parts, v_parts = [], []
         if a:

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sdpalab.attention.backends import Attend
-from sdpalab.attention.kvstore import Codec
+from sdpalab.attention.kvstore import Codec, fused_writer
 
 if TYPE_CHECKING:
     from sdpalab.spec import Workload
@@ -204,6 +204,8 @@ class TokenCache(CachedAttention):
         self.k_codec, self.v_codec = k_codec, v_codec
         self.k_store, self.v_store = k_store, v_store
         self.attend, self.window = attend, window
+        self.writer = fused_writer(k_codec, k_store, v_codec, v_store, self.device)
+        """Encodes k and v into static stores in one launch (CUDA), or None."""
 
     def _lo(self, position: int) -> int:
         """The oldest key a query at ``position`` may see."""
@@ -215,6 +217,11 @@ class TokenCache(CachedAttention):
 
     def _step(self, q, k, v):
         start, n = self.length, k.shape[2]
+        if self.writer is not None:  # a static store: written first, in one launch
+            self.writer(k, v, start)
+            self.k_store.advance(n)
+            self.v_store.advance(n)
+            return self._attend_stored(q, start, n)
         ek, ev = self.k_codec.encode(k), self.v_codec.encode(v)
         if self._write_first(n):
             self.k_store.append(ek)

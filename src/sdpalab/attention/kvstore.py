@@ -123,6 +123,15 @@ class LinearStore:
                 t.index_copy_(2, index, planes[name])
         self.length += n
 
+    def advance(self, n: int) -> None:
+        """Count ``n`` more entries as held: a writer (:func:`fused_writer`) already put them at
+        ``[length, length + n)`` of this static store's planes."""
+        if self.capacity is None or self.length + n > self.capacity:
+            raise ValueError(
+                f"advance({n}) needs a static store with room; capacity {self.capacity}"
+            )
+        self.length += n
+
     def read(self, lo: int, hi: int) -> Planes:
         """Entries ``[lo, hi)`` (views)."""
         return {k: t[:, :, lo:hi] for k, t in self.planes.items()}
@@ -138,6 +147,23 @@ class LinearStore:
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.planes.values())
+
+
+def fused_writer(k_codec: Codec, k_store, v_codec: Codec, v_store, device: torch.device):
+    """One launch that encodes keys and values and writes them into two static stores
+    (``kernels.qappend``: the same bytes as ``encode`` then ``append``), or None where it does
+    not apply: a store that grows or is not linear, a device other than CUDA, a format the
+    kernel does not write. Call it as ``writer(k, v, pos)``, then ``advance`` both stores."""
+    stores = (k_store, v_store)
+    if device.type != "cuda" or not all(
+        isinstance(s, LinearStore) and s.capacity is not None for s in stores
+    ):
+        return None
+    from sdpalab.attention.kernels.qappend import QuantizeAppend, refusal
+
+    if refusal(k_codec, v_codec, device=device) is not None:
+        return None
+    return QuantizeAppend(k_codec, k_store.planes, v_codec, v_store.planes)
 
 
 class RingStore:
