@@ -16,12 +16,14 @@ from sdpalab.models.cache import SdpalabCache  # noqa: E402
 from sdpalab.models.loading import load_model  # noqa: E402
 
 PROMPT, STEPS = 40, 6
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the interpreter
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    loaded = load_model("tiny-llama")
+    loaded = load_model("tiny-llama", device=DEVICE)
     ids = torch.randint(0, 1000, (2, PROMPT + STEPS), generator=torch.Generator().manual_seed(1))
+    ids = ids.to(DEVICE)
     return loaded.model, ids
 
 
