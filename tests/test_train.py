@@ -3,6 +3,7 @@ oracle's autograd ones, memory that grows as the backward keeps it, and a train 
 the CLI, on awkward shapes (GQA, head_dim 80, odd lengths, q_len < kv_len bottom-right)."""
 
 import csv
+import re
 
 import pytest
 import torch
@@ -252,6 +253,7 @@ def test_train_sweep_from_a_config_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run_cli(capsys, "sweep", config, "--out", out)
     assert code == 0, err
+    assert len(re.findall(r"= [\d.]+ \+ [\d.]+", stdout)) == 4  # each cell: total = fwd + bwd
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}

@@ -50,6 +50,9 @@ def _cell_text(cell) -> Text:
         text.append(f" {NOISY_MARK}", style="bold yellow")
     if cell.eager:
         text.append(f" {EAGER_MARK}", style="bold magenta")
+    if cell.latency_fwd_ms is not None and cell.latency_bwd_ms is not None:
+        fwd, bwd = format_ms(cell.latency_fwd_ms), format_ms(cell.latency_bwd_ms)
+        text.append(f"\n= {fwd} + {bwd}", style="dim")
     if cell.peak_mem_bytes is not None:
         text.append(f"\n{format_bytes(cell.peak_mem_bytes)}", style="dim")
     return text

@@ -41,6 +41,8 @@ class Cell:
     reason: str = ""
     best: bool = False
     eager: bool = False  # timed as an eager call on a GPU where others were graph replays
+    latency_fwd_ms: float | None = None  # phase train: the forward's part of latency_ms
+    latency_bwd_ms: float | None = None  # and the backward's
 
 
 @dataclass
@@ -169,6 +171,8 @@ def group_tables(results) -> list[Table]:
                 rel_fro_err=row.get("rel_fro_err"),
                 noisy=bool(row.get("noisy")),
                 reason=str(row.get("reason") or ""),
+                latency_fwd_ms=row.get("latency_fwd_ms"),
+                latency_bwd_ms=row.get("latency_bwd_ms"),
             )
             methods[(label, column)] = row.get("timing_method")
         keys = list(methods)
