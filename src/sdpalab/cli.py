@@ -58,6 +58,12 @@ def _main(
     """Options of ``sdpalab`` itself (the app's help is set above)."""
 
 
+MODEL_BACKENDS = (
+    "Kernel: math, flash, efficient, cudnn, auto, flex, eager; on a GPU triton_qdecode (the "
+    "fused quantized-KV decode kernel: a cache of it attends itself inside the model)"
+)
+
+
 @app.command()
 def demo(
     out: Annotated[
@@ -360,9 +366,7 @@ def model_(
             help="smollm2, minilm, tiny-llama, or a local model dir / config.json / .gguf"
         ),
     ],
-    backend: Annotated[
-        str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")
-    ] = "auto",
+    backend: Annotated[str, typer.Option(help=MODEL_BACKENDS)] = "auto",
     mod: Annotated[
         str, typer.Option(help="Mod (none: the model's own causal or full mask)")
     ] = "none",
@@ -525,9 +529,7 @@ def quality(
     ] = None,
     kv_cache: Annotated[str, typer.Option(help="dynamic, static, sliding or paged")] = "static",
     kv_args: Annotated[str, typer.Option(help='JSON, e.g. {"residual": 64}')] = "{}",
-    backend: Annotated[
-        str, typer.Option(help="Kernel: math, flash, efficient, cudnn, auto, flex, eager")
-    ] = "auto",
+    backend: Annotated[str, typer.Option(help=MODEL_BACKENDS)] = "auto",
     context: Annotated[int, typer.Option(help="Tokens prefilled into the cache per window.")] = 512,
     eval_tokens: Annotated[
         int, typer.Option(help="Tokens scored per window, teacher-forced through the cache.")
