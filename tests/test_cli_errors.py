@@ -357,6 +357,9 @@ def test_sigint_stops_a_real_sweep_cleanly(tmp_path):
         text=True,
         env=env,
         cwd=tmp_path,
+        # a pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored in its
+        # children: Python then installs no KeyboardInterrupt handler. A terminal's CLI has one.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
