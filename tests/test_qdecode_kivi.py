@@ -35,10 +35,10 @@ KIVI = ["kivi4", "kivi2"]
 # to 63), 150 keeps 96 and 54, 200 keeps 160 and 40, 70 keeps 32 and 38.
 KIVI_CASES = [
     pytest.param((1, 8, 8, 1, 77, 128, torch.float16, {}), id="gqa1-fp16"),
-    pytest.param((2, 32, 8, 1, 200, 128, torch.bfloat16, {"block_n": 64, "splits": 2}), id="gqa4-b64-split2"),
+    pytest.param((2, 32, 8, 1, 200, 128, torch.bfloat16, {"block_n": 64, "splits": 2}), id="gqa4-b64-split2", marks=pytest.mark.slow),
     pytest.param((1, 16, 2, 1, 150, 128, torch.bfloat16, {"block_n": 16, "splits": 5}), id="gqa8-b16-recent-only-splits"),
     pytest.param((1, 16, 2, 3, 150, 128, torch.float16, {"splits": 1}), id="gqa8-step3-nosplit"),
-    pytest.param((1, 12, 4, 5, 200, 128, torch.bfloat16, {"block_n": 64, "splits": 3, "tile_rows": 4}), id="step5-tiles"),
+    pytest.param((1, 12, 4, 5, 200, 128, torch.bfloat16, {"block_n": 64, "splits": 3, "tile_rows": 4}), id="step5-tiles", marks=pytest.mark.slow),
 ]  # fmt: skip
 
 
@@ -138,6 +138,7 @@ def test_kivi_outlier_channels_and_magnitudes(fmt, magnitude):
 
 
 @cpu_only
+@pytest.mark.slow  # 9-21 s each in the interpreter
 @pytest.mark.parametrize(("fmt", "recent"), [("kivi2", None), ("int4", None), ("int8", None)])
 def test_fused_merge_matches_the_merge_kernel(fmt, recent):
     """``merge="fused"``: the last split program of each tile merges it; twice in a row (the
@@ -177,6 +178,7 @@ def _stream(backend, fmt, kv_args, device="cpu", steps=3, prompt=70):
 
 
 @cpu_only
+@pytest.mark.slow  # 5-7 s each in the interpreter
 @pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smooth_keys"])
 @pytest.mark.parametrize("fmt", KIVI)
 def test_cached_kivi_decode_through_the_fast_kernel(monkeypatch, fmt, smooth):
