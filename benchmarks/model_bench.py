@@ -16,9 +16,9 @@ at position ``context`` is timed:
 - ``eager``: the step as ``generate`` runs it, Python and launches included.
 
 Rows: stock sdpa over ``StaticCache`` and ``DynamicCache``; transformers' ``QuantizedCache``
-(quanto, HQQ) at 4 and 2 bits (eager only: it dequantizes in Python); sdpalab caches with the
-fused decode kernel (``backend triton_qdecode``: decode steps read the stored codes, appends are one
-launch a layer). ms per token: median and IQR of the steps; tok/s: batch over that. The split
+(HQQ at 8 bits, quanto and HQQ at 4 and 2; eager only: it dequantizes in Python); sdpalab
+caches with the fused decode kernel (``backend triton_qdecode``: decode steps read the stored
+codes, appends are one launch a layer). ms per token: median and IQR of the steps; tok/s: batch over that. The split
 of a step's device time (attention kernels, the cache append, everything else) comes from the
 profiler on eager steps. Token agreement: 16 greedy steps from the filled cache against stock
 ``StaticCache``. The last stdout line is one JSON document.
@@ -65,7 +65,7 @@ SHAPES = {
     ),
 }
 SDPALAB_FORMATS = ("none", "int8", "fp8", "int4", "kivi4")
-PEERS = (("quanto", 4), ("quanto", 2), ("hqq", 4), ("hqq", 2))
+PEERS = (("hqq", 8), ("quanto", 4), ("quanto", 2), ("hqq", 4), ("hqq", 2))
 GREEDY = 16
 GiB = 2**30
 
