@@ -10,10 +10,10 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("triton")
 
-import sdpalab as sl  # noqa: E402
-from sdpalab.models.attention import apply_variant  # noqa: E402
-from sdpalab.models.cache import SdpalabCache  # noqa: E402
-from sdpalab.models.loading import load_model  # noqa: E402
+import sdpalab as sl
+from sdpalab.models.attention import apply_variant
+from sdpalab.models.cache import SdpalabCache
+from sdpalab.models.loading import load_model
 
 PROMPT, STEPS = 40, 6
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the interpreter

@@ -15,7 +15,10 @@ def test_defaults_fill_in():
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"phase": "training"}, "phase='training' is not valid; choose one of: prefill, decode, train"),
+        (
+            {"phase": "training"},
+            "phase='training' is not valid; choose one of: prefill, decode, train",
+        ),
         ({"batch": 0}, "batch=0 must be a positive integer"),
         ({"head_dim": -64}, "head_dim=-64"),
         ({"seq_kv": 1.5}, "seq_kv=1.5"),
