@@ -93,6 +93,7 @@ def test_forward_count():
 
 
 @needs_smollm2
+@pytest.mark.slow  # a real model's windows: the full suite's
 def test_the_unquantized_sdpalab_cache_reproduces_the_stock_perplexity(smollm2, report):
     # The stock model, one forward over each whole window, no cache at all.
     ids, _ = text_windows(smollm2.tokenizer, load_text(), CONTEXT + EVAL, WINDOWS)
@@ -129,6 +130,7 @@ def test_the_reference_row_is_exact_and_a_quantized_cache_is_smaller(report):
 
 
 @needs_smollm2
+@pytest.mark.slow  # a real model's windows: the full suite's
 @pytest.mark.parametrize("variant", EXACT, ids=lambda v: v.label())
 def test_chunked_and_stepwise_scoring_agree(smollm2, variant):
     from sdpalab.models.attention import apply_variant
@@ -150,6 +152,7 @@ def test_chunked_and_stepwise_scoring_agree(smollm2, variant):
 
 
 @needs_smollm2
+@pytest.mark.slow  # a real model's windows: the full suite's
 def test_chunked_and_stepwise_reports_agree(smollm2, report):
     chunked = measure_quality(
         smollm2, EXACT[:1], context=CONTEXT, eval_tokens=EVAL, windows=WINDOWS, chunk=EVAL

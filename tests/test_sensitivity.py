@@ -173,6 +173,7 @@ def test_bad_input_and_too_few_results():
     assert np.isnan(table["ci_low"][0])
 
 
+@pytest.mark.slow  # bootstraps every estimator
 def test_every_interval_holds_its_estimate():
     # `sensitivity` printed `mod │ ped_anova │ 0.011 │ 0.020 - 0.342`: bootstrap resamples
     # repeat trials, which reads as structure, so their importances sit above an estimate of 0

@@ -242,6 +242,7 @@ def test_preset_train_masks_loads_with_every_mask():
     assert {t.workload.dtype for t in trials} == {"float32"}  # this machine has no GPU
 
 
+@pytest.mark.slow  # a whole sweep
 def test_train_sweep_from_a_config_through_the_cli(tmp_path, capsys):
     config = tmp_path / "train.yaml"
     config.write_text(

@@ -127,6 +127,7 @@ def test_sliding_cache_is_sliding_window_attention(tiny):
     assert ring_cache.layers[0].get_mask_sizes(1) == (24, PROMPT + NEW - 1 - 23)
 
 
+@pytest.mark.slow  # generates with three caches
 def test_quantized_caches_are_bounded():
     variants = [
         sl.Variant(backend="math", kv_cache="dynamic", kv_quant=q)
