@@ -80,3 +80,25 @@ def test_a_cache_that_attends_itself_refuses_another_attention(tiny):
         model(ids[:, :8], past_key_values=cache)
         with pytest.raises(RuntimeError, match="apply_variant"):
             model(ids[:, 8:9], past_key_values=cache)
+
+
+def model_trial(variant, device):
+    from sdpalab.run.model_trial import measure_model
+
+    workload = sl.ModelWorkload(model="tiny-llama", prompt_len=24, new_tokens=4, device=device)
+    return measure_model(variant, workload, sl.MeasureSettings(warmup=1, repeats=3))
+
+
+def test_model_trials_on_a_cpu_time_each_step_by_the_clock():
+    result = model_trial(sl.Variant(backend="math", kv_cache="static"), "cpu")
+    assert result.ok and result.latency_ms > 0 and result.timing_method == "cpu_clock"
+
+
+@pytest.mark.gpu
+def test_a_static_cache_step_is_replayed_from_a_graph_on_a_gpu():
+    fused = sl.Variant(backend="triton_qdecode", kv_cache="static", kv_quant="int8")
+    result = model_trial(fused, "cuda")
+    assert result.ok and result.latency_ms > 0, result.reason
+    assert result.timing_method == "cuda_graph"
+    dynamic = model_trial(sl.Variant(backend="flash", kv_cache="dynamic"), "cuda")
+    assert dynamic.ok and dynamic.timing_method.startswith("cuda_events (eager steps")

@@ -15,7 +15,10 @@ sentence embeddings and of every token's hidden state, worst case reported.
 A trial's :class:`Result` is read by the sweep, search, Pareto and recommendation like any other:
 
 - ``latency_ms`` / ``latency_iqr_ms``: median / IQR of one decode step of ``batch`` sequences
-  (encoders: one forward of ``[batch, prompt_len]``), ``latency_n`` the steps timed;
+  (encoders: one forward of ``[batch, prompt_len]``), ``latency_n`` the steps timed. On a GPU
+  an sdpalab static cache's last step is captured in a CUDA graph and replayed (the cache
+  rewound before each replay), so Python and launch gaps do not rank the variants; other
+  caches keep their eager steps, and ``timing_method`` says which;
 - ``peak_mem_bytes``: the run's peak above what was live before (weights, inputs), the KV
   cache included (on a CPU a separate, profiled pass, when ``MeasureSettings.memory``);
   ``peak_mem_total_bytes`` adds the model's weights, so a budget such as ``--max-memory 2GiB``
@@ -52,7 +55,7 @@ import torch
 from sdpalab.attention.errors import Unsupported
 from sdpalab.measure.memory import cpu_allocation_peak
 from sdpalab.measure.result import Result
-from sdpalab.measure.timing import summarize, time_fn
+from sdpalab.measure.timing import Timing, capture_graph, summarize, time_fn
 from sdpalab.models.attention import apply_variant
 from sdpalab.models.generation import ModelRun, cache_nbytes, generation_run
 from sdpalab.models.loading import LoadedModel, load_model
@@ -369,17 +372,64 @@ def _decoder_fields(
     elif settings.memory:  # the CPU profiler slows the run it watches: a separate, untimed one
         peak = cpu_allocation_peak(lambda: run(make_cache()))
     decode = summarize(gaps_ms[1:]) if len(gaps_ms) > 1 else None  # [0] is the prefill
+    method = "cpu_clock" if device.type != "cuda" else "cuda_events (eager steps)"
+    if decode is not None and device.type == "cuda" and settings.cuda_graph:
+        graphed, why = _graph_step(net, ids, cache, settings)
+        decode = graphed or decode
+        method = "cuda_graph" if graphed else f"cuda_events (eager steps: {why})"
     quality = summarize_quality(token_scores(ref_logprobs, logprobs, ids[:, workload.prompt_len :]))
     return dict(
         latency_ms=decode and decode.latency_ms,
         latency_iqr_ms=decode and decode.latency_iqr_ms,
         latency_n=decode and decode.latency_n,
         noisy=decode and decode.noisy,
+        timing_method=method,
         peak_mem_bytes=peak,
         kv_cache_bytes=cache_nbytes(cache),
         rel_fro_err=_centered_rel_err(logprobs, ref_logprobs),
         **{k: quality[k] for k in QUALITY_FIELDS},
     )
+
+
+def _graph_step(net, ids, cache, settings: MeasureSettings) -> tuple[Timing | None, str]:
+    """The last decode step of the teacher-forced run, replayed from a CUDA graph: the whole
+    step (every layer, the logits) without Python or launch gaps, as a deployment that captures
+    its step runs it. Only a cache whose position lives on the host can replay one step: an
+    sdpalab static cache, rewound before each replay. ``(None, why)`` where it cannot."""
+    from sdpalab.models.cache import SdpalabCache
+
+    if not isinstance(cache, SdpalabCache) or cache.variant.kv_cache != "static":
+        return None, "only an sdpalab static cache replays one step"
+    pos = cache.get_seq_length() - 1
+    rewind = functools.partial(_rewind, cache, pos)
+    token = ids[:, pos : pos + 1]
+    position = torch.full((ids.shape[0], 1), pos, device=ids.device)
+
+    def step() -> None:
+        net(input_ids=token, past_key_values=cache, position_ids=position, use_cache=True)
+
+    try:
+        with torch.inference_mode():
+            rewind()
+            graph = capture_graph(step, str(ids.device), setup=rewind)
+            timing = time_fn(
+                graph.replay,
+                device=str(ids.device),
+                warmup=settings.warmup,
+                repeats=settings.repeats,
+                setup=rewind,
+            )
+    except Exception as err:  # a step that cannot be captured keeps its eager timing
+        return None, _line(err)[:120]
+    finally:
+        with contextlib.suppress(Exception):
+            _rewind(cache, pos + 1)
+    return timing, ""
+
+
+def _rewind(cache, length: int) -> None:
+    for layer in cache.layers:
+        layer.cached.rollback(length)
 
 
 def _encoder_fields(loaded, variant: Variant, workload: ModelWorkload, settings) -> dict:
