@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything sdpalab runs on a lent GPU, in one go (few, full calls save device time).
 # Usage on the GPU machine, from the repo root:  bash benchmarks/gpu_session.sh OUTDIR [parts...]
-# parts: tests doctor demo qdecode model search (default: all). Each part logs to OUTDIR/<part>.log.
+# parts: tests doctor demo qdecode model search train merge (default: the first six). Each part logs to OUTDIR/<part>.log.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR [parts...]}; shift
 parts=${*:-tests doctor demo qdecode model search}
@@ -30,6 +30,14 @@ for part in $parts; do
     search)  stamp "sdpalab search benchmarks/configs/decode-search-h100.yaml --out $out/search --trials 20" >"$log"
              sdpalab search benchmarks/configs/decode-search-h100.yaml --out "$out/search" --trials 20 >>"$log" 2>&1
              sdpalab pareto "$out/search" >>"$log" 2>&1 ;;
+    train)   stamp "python3 benchmarks/train_bench.py --out $out/train.md --seqs 16384 --head-dims 128" >"$log"
+             python3 benchmarks/train_bench.py --out "$out/train.md" --seqs 16384 --head-dims 128 >>"$log" 2>&1 ;;
+    merge)   stamp "qdecode_explore.py: splits and merge=fused at B=1, 128k" >"$log"
+             for f in "int4,kivi4,kivi2 --block-n 32,64 --warps 1 --stages 3" "int8,fp8 --block-n 128 --warps 2 --stages 2"; do
+               # shellcheck disable=SC2086
+               PYTHONPATH=$PYTHONPATH:benchmarks python3 benchmarks/notes/qdecode_explore.py --shapes 1,131072 \
+                 --formats $f --splits 0,32,64 --merge kernel,fused >>"$log" 2>&1
+             done ;;
     *) echo "unknown part $part" >&2 ;;
   esac
   echo "[$part exit $?]" >>"$log"
