@@ -148,7 +148,7 @@ def fill(model, cache, batch: int, context: int, seed: int = 0) -> None:
 def rollback(cache, context: int) -> Callable[[], None]:
     """What puts ``cache`` back at ``context`` tokens before a timed step (None: nothing)."""
     if isinstance(cache, SdpalabCache):
-        return lambda: [layer.cached.rollback(context) for layer in cache.layers]
+        return lambda: cache.rollback(context)
     if type(cache).__name__ == "DynamicCache":  # crop takes the (negative) count to drop
         return lambda: (
             cache.get_seq_length() > context and cache.crop(context - cache.get_seq_length())

@@ -275,6 +275,13 @@ class SdpalabCache(Cache):
             return self.variant
         return dataclasses.replace(self.variant, kv_quant=fmt)
 
+    def rollback(self, length: int) -> None:
+        """Forget every layer's tokens after the first ``length`` (a timed step replayed at one
+        position; ``crop``'s count convention differs between transformers versions)."""
+        for layer in self.layers:
+            if layer.cached is not None:
+                layer.cached.rollback(length)
+
     def layer_bytes(self) -> list[int]:
         """Bytes each layer's storage holds, layer 0 first."""
         return [layer.cache_bytes() for layer in self.layers]

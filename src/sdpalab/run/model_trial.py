@@ -401,7 +401,7 @@ def _graph_step(net, ids, cache, settings: MeasureSettings) -> tuple[Timing | No
     if not isinstance(cache, SdpalabCache) or cache.variant.kv_cache != "static":
         return None, "only an sdpalab static cache replays one step"
     pos = cache.get_seq_length() - 1
-    rewind = functools.partial(_rewind, cache, pos)
+    rewind = functools.partial(cache.rollback, pos)
     token = ids[:, pos : pos + 1]
     position = torch.full((ids.shape[0], 1), pos, device=ids.device)
 
@@ -423,13 +423,8 @@ def _graph_step(net, ids, cache, settings: MeasureSettings) -> tuple[Timing | No
         return None, _line(err)[:120]
     finally:
         with contextlib.suppress(Exception):
-            _rewind(cache, pos + 1)
+            cache.rollback(pos + 1)
     return timing, ""
-
-
-def _rewind(cache, length: int) -> None:
-    for layer in cache.layers:
-        layer.cached.rollback(length)
 
 
 def _encoder_fields(loaded, variant: Variant, workload: ModelWorkload, settings) -> dict:
