@@ -56,6 +56,26 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
+class Scheduler:
+    """The loop every pool runs: start workers and hand out trials (``_fill``), wait for
+    messages (``_wait``), enforce deadlines, until nothing is pending or running."""
+
+    def run(self, pending: deque[Trial], *, keep: bool = False) -> None:
+        """Run ``pending`` to the end. ``keep``: the workers stay up for the next ``run`` (the
+        search's batches), until ``close()``; an exception closes them anyway."""
+        try:
+            while pending or self._busy():
+                self._fill(pending)
+                self._wait()
+                self._check_deadlines()
+        except BaseException:
+            keep = False
+            raise
+        finally:
+            if not keep:
+                self.close()
+
+
 class Executor(Protocol):
     """Where trials run. ``open(device)`` checks it can run trials on ``device`` (a ValueError
     of one line if not) before anything runs; ``pool`` makes the scheduler; ``close`` lets go
@@ -340,7 +360,7 @@ def _take(held: list, item: Any) -> bool:
     return False
 
 
-class WorkerPool:
+class WorkerPool(Scheduler):
     """The scheduler: hands trials to idle workers, watches deadlines and deaths, and passes
     every outcome to ``finish(result)``. Up to ``size`` workers, started as needed.
 
@@ -394,24 +414,12 @@ class WorkerPool:
         log = self.log_dir / f"worker-{self.spawned}.log"
         self.workers.append(Worker(log, self.env, gpu))
 
-    def run(self, pending: deque[Trial], *, keep: bool = False) -> None:
-        """Run ``pending`` to the end. ``keep``: the workers stay up for the next ``run`` (the
-        search's batches), until ``close()``; an exception closes them anyway."""
-        try:
-            while pending or self._busy():
-                while len(self.workers) < min(self.size, len(pending) + self._busy()):
-                    self._spawn()  # at the start, and to replace a worker that died
-                for worker in list(self.workers):
-                    if worker.ready and worker.trial is None and pending:
-                        self._send(worker, pending)
-                self._wait()
-                self._check_deadlines()
-        except BaseException:
-            keep = False
-            raise
-        finally:
-            if not keep:
-                self.close()
+    def _fill(self, pending: deque[Trial]) -> None:
+        while len(self.workers) < min(self.size, len(pending) + self._busy()):
+            self._spawn()  # at the start, and to replace a worker that died
+        for worker in list(self.workers):
+            if worker.ready and worker.trial is None and pending:
+                self._send(worker, pending)
 
     def close(self) -> None:
         for worker in self.workers:

@@ -30,6 +30,7 @@ from sdpalab.run.executor import (
     GPU_INDEX,
     MAX_START_FAILURES,
     STARTUP_TIMEOUT_S,
+    Scheduler,
     stamp_load,
     worker_env,
 )
@@ -227,7 +228,7 @@ class _Slot:
     deadline: float = field(default_factory=lambda: time.monotonic() + STARTUP_TIMEOUT_S)
 
 
-class RayPool:
+class RayPool(Scheduler):
     """The scheduler on Ray: up to ``size`` actors, each running one trial at a time; every
     outcome goes to ``finish(result)`` with the load it ran under (:func:`stamp_load`)."""
 
@@ -268,23 +269,12 @@ class RayPool:
         self._log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
         self._log.flush()
 
-    def run(self, pending: deque[Trial], *, keep: bool = False) -> None:
-        """Run ``pending`` to the end; ``keep``: the actors stay up for the next ``run``."""
-        try:
-            while pending or self._busy():
-                while len(self.slots) < min(self.size, len(pending) + self._busy()):
-                    self._spawn()
-                for slot in self.slots:
-                    if slot.info is not None and slot.trial is None and pending:
-                        self._send(slot, pending.popleft())
-                self._wait()
-                self._check_deadlines()
-        except BaseException:
-            keep = False
-            raise
-        finally:
-            if not keep:
-                self.close()
+    def _fill(self, pending: deque[Trial]) -> None:
+        while len(self.slots) < min(self.size, len(pending) + self._busy()):
+            self._spawn()
+        for slot in self.slots:
+            if slot.info is not None and slot.trial is None and pending:
+                self._send(slot, pending.popleft())
 
     def close(self) -> None:
         for slot in self.slots:
