@@ -3,7 +3,6 @@ weights, GQA 8:2, head_dim 32, float32 on the CPU), the trace file, and variants
 (``TraceWorkload``, a sweep config's ``workload: {trace: FILE, layers: [...]}``)."""
 
 import math
-import sys
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 
 import sdpalab as sl
-from sdpalab import cli
+from cli_runner import run_cli
 from sdpalab.attention.reference import attention_ref
 from sdpalab.measure.accuracy import compare, tolerance
 from sdpalab.models.capture import capture
@@ -33,14 +32,6 @@ def trace(tmp_path_factory):
     path = tmp_path_factory.mktemp("trace") / "tiny.safetensors"
     capture("tiny-llama", path, layers=LAYERS, tokens=TOKENS, device="cpu")
     return path
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
 
 
 def test_captured_layers_reproduce_the_models_own_attention(trace):
@@ -171,7 +162,7 @@ def test_bad_trace_config_exits_2_with_one_line(
     path = tmp_path / "bad.yaml"
     text = workload.replace("TRACE", str(trace)).replace("MISSING", str(tmp_path / "no.st"))
     path.write_text(f"name: bad\ndevice: cpu\nworkload: {text}\nvariants: {{backend: math}}\n")
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", path, "--out", tmp_path / "run")
+    code, _, err = run_cli(capsys, "sweep", path, "--out", tmp_path / "run")
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), err
@@ -194,11 +185,11 @@ def test_capture_cli_needs_force_to_replace_a_file(tmp_path, monkeypatch, capsys
         "--device",
         "cpu",
     )
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "exists; pass --force" in err and out.read_bytes() == b"precious"
 
-    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--force")
+    code, stdout, err = run_cli(capsys, *args, "--force")
     assert code == 0, err
     assert read_trace(out).layers == (1,) and "layers: [1]" in stdout
 
@@ -211,9 +202,7 @@ def test_capture_cli_bad_layers_exit_2_naming_the_range(
     layers, names, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "t.safetensors"
-    code, _, err = run_cli(
-        monkeypatch, capsys, "capture", "tiny-llama", "--out", out, "--layers", layers
-    )
+    code, _, err = run_cli(capsys, "capture", "tiny-llama", "--out", out, "--layers", layers)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert names in err and not out.exists()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import run_cli
 from sdpalab import cli
 from sdpalab.run.rundir import CSV, RUN_JSON, ResultStore, start_run
 from sdpalab.spec.config import spec_from_dict
@@ -44,14 +45,6 @@ NEVER_VALID = {
         "dynamic, static",
     ),
 }
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
 
 
 def files_under(root: Path) -> set[str]:
@@ -125,7 +118,7 @@ def test_bad_out_is_exit_2_and_one_line(command, out, fragment, here, no_runs, m
     if out.startswith("/sys") and not Path("/sys").is_dir():
         pytest.skip("no /sys here (sysfs refuses new directories, even to root)")
     before = files_under(here)
-    code, _, err = run_cli(monkeypatch, capsys, *with_out(command, out))
+    code, _, err = run_cli(capsys, *with_out(command, out))
     line = one_line(err)
     assert code == 2, err
     assert line.startswith("error: --out ") and fragment in line, line
@@ -142,7 +135,7 @@ def test_never_valid_config_is_refused_before_any_trial(
     before = files_under(here)
     args = with_out(command, "run")
     args[1] = "bad.yaml"
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     line = one_line(err)
     assert code == 2, err
     assert f"bad.yaml: {key}" in line and valid in line, line
@@ -176,14 +169,14 @@ def test_never_valid_config_is_refused_before_any_trial(
 )
 def test_bad_flags_are_exit_2_and_one_line(args, fragment, here, no_runs, monkeypatch, capsys):
     before = files_under(here)
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     line = one_line(err)
     assert code == 2 and fragment in line, line
     assert files_under(here) == before
 
 
 def test_bare_command_prints_help_without_an_error(monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys)
+    code, out, err = run_cli(capsys)
     assert code == 0
     assert "sweep" in out + err and "Usage" in out + err
     assert not [line for line in (out + err).splitlines() if line.startswith("error")]
@@ -192,7 +185,7 @@ def test_bare_command_prints_help_without_an_error(monkeypatch, capsys):
 def test_version(monkeypatch, capsys):
     import sdpalab
 
-    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+    code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.strip() == f"sdpalab {sdpalab.__version__}"
 
 
@@ -213,7 +206,7 @@ def stored_run(out: Path, text: str = CONFIG, rows: int = 1) -> None:
 def test_an_existing_run_is_never_overwritten(command, here, no_runs, monkeypatch, capsys):
     stored_run(here / "run")
     before = {p: (here / "run" / p).read_bytes() for p in files_under(here / "run")}
-    code, _, err = run_cli(monkeypatch, capsys, *with_out(command, "run"))
+    code, _, err = run_cli(capsys, *with_out(command, "run"))
     line = one_line(err)
     assert code == 2 and "already holds a run" in line and "--force" in line, line
     # every flag the message suggests is one this command has
@@ -239,7 +232,7 @@ def test_reproduce_twice_refuses_the_second(here, no_runs, monkeypatch, capsys):
     (here / "cs").mkdir()
     (here / "cs" / RUN_JSON).write_text(json.dumps({"name": "case-study-quick"}))
     (here / "cs" / "case-study.md").write_text("# first run\n")
-    code, _, err = run_cli(monkeypatch, capsys, *with_out("reproduce", "cs"))
+    code, _, err = run_cli(capsys, *with_out("reproduce", "cs"))
     assert code == 2 and "already holds a run" in one_line(err)
     assert (here / "cs" / "case-study.md").read_text() == "# first run\n"
 
@@ -247,14 +240,14 @@ def test_reproduce_twice_refuses_the_second(here, no_runs, monkeypatch, capsys):
 @pytest.mark.parametrize("command", ("sweep", "search"))
 def test_resume_refuses_a_changed_config(command, here, no_runs, monkeypatch, capsys):
     stored_run(here / "run", CONFIG.replace("seq_kv: 16", "seq_kv: 32"))
-    code, _, err = run_cli(monkeypatch, capsys, *with_out(command, "run"), "--resume")
+    code, _, err = run_cli(capsys, *with_out(command, "run"), "--resume")
     line = one_line(err)
     assert code == 2 and "another config" in line and "seq_kv" in line, line
 
 
 @pytest.mark.parametrize("command", ("sweep", "search"))
 def test_resume_needs_a_run_to_resume(command, here, no_runs, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, *with_out(command, "new"), "--resume")
+    code, _, err = run_cli(capsys, *with_out(command, "new"), "--resume")
     assert code == 2 and "nothing to resume" in one_line(err)
     assert not (here / "new").exists()
 
@@ -280,7 +273,7 @@ def test_force_replaces_a_run(here, monkeypatch, capsys):
     monkeypatch.setattr(sdpalab.spec.workload, "supported_dtypes", lambda device: ("float32",))
     stored_run(here / "run")
     (here / "f16.yaml").write_text(CONFIG.replace("head_dim: 16", "head_dim: 16, dtype: float16"))
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", "f16.yaml", "--out", "run", "--force")
+    code, _, err = run_cli(capsys, "sweep", "f16.yaml", "--out", "run", "--force")
     assert code == 0, err
     with ResultStore(here / "run") as store:
         assert [r.status for r in store.results()] == ["unsupported"]
@@ -297,7 +290,7 @@ def test_points_that_run_nowhere_are_listed_not_stored(here, monkeypatch, capsys
     (here / "x.yaml").write_text(
         text + "variants: {kv_cache: [none, static], kv_quant: [none, int8]}\n"
     )
-    code, out, err = run_cli(monkeypatch, capsys, "sweep", "x.yaml", "--out", "run")
+    code, out, err = run_cli(capsys, "sweep", "x.yaml", "--out", "run")
     assert code == 0, err
     assert "note: 1 point(s) of the grid can run nowhere" in out and "needs a kv_cache" in out
     with ResultStore(here / "run") as store:
@@ -322,7 +315,7 @@ def test_ctrl_c_says_what_is_stored_and_how_to_resume(here, monkeypatch, capsys)
 
     (here / "c4.yaml").write_text(CONFIG + "variants: {backend: [math, eager, auto, flex]}\n")
     monkeypatch.setattr(sdpalab.explore.grid, "run_trials", two_then_interrupt)
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", "c4.yaml", "--out", "run")
+    code, _, err = run_cli(capsys, "sweep", "c4.yaml", "--out", "run")
     assert code == 130
     line = one_line(err)
     assert "2 of 4 trials stored in run" in line, line

@@ -1,11 +1,9 @@
 """``sdpalab sweep`` input errors: each malformed config gives exit code 2 and one line on
 stderr that names the file and the key (table-driven), plus the other bad-input paths."""
 
-import sys
-
 import pytest
 
-from sdpalab import cli
+from cli_runner import run_cli
 
 GOOD = "name: t\ndevice: cpu\nworkload: {seq_kv: 16, heads_q: 2, head_dim: 16}\n"
 
@@ -63,14 +61,6 @@ MALFORMED = [
 ]
 
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
-
-
 def test_enough_cases():
     assert len(MALFORMED) >= 30
     assert len({case for case, *_ in MALFORMED}) == len(MALFORMED)
@@ -80,7 +70,7 @@ def test_enough_cases():
 def test_malformed_config_exits_2_with_one_line(case, text, names, tmp_path, monkeypatch, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    code, out, err = run_cli(monkeypatch, capsys, "sweep", path, "--out", tmp_path / "run")
+    code, out, err = run_cli(capsys, "sweep", path, "--out", tmp_path / "run")
     assert code == 2, (case, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -90,13 +80,13 @@ def test_malformed_config_exits_2_with_one_line(case, text, names, tmp_path, mon
 
 
 def test_missing_file_exits_2(tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", tmp_path / "nope.yaml")
+    code, _, err = run_cli(capsys, "sweep", tmp_path / "nope.yaml")
     assert code == 2
     assert err.count("\n") == 1 and "no such file or preset; presets: case-study" in err
 
 
 def test_bad_workers_exits_2(monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", "quick", "--workers", "0")
+    code, _, err = run_cli(capsys, "sweep", "quick", "--workers", "0")
     assert code == 2 and "--workers 0" in err
 
 
@@ -107,9 +97,7 @@ def test_existing_run_needs_resume(tmp_path, monkeypatch, capsys):
     (tmp_path / "c.yaml").write_text(GOOD)
     with ResultStore(tmp_path / "run") as store:
         store.write(Result(variant={}, workload={}, trial_id="x"))
-    code, _, err = run_cli(
-        monkeypatch, capsys, "sweep", tmp_path / "c.yaml", "--out", tmp_path / "run"
-    )
+    code, _, err = run_cli(capsys, "sweep", tmp_path / "c.yaml", "--out", tmp_path / "run")
     assert code == 2 and "already holds a run (1 trials); pass --resume" in err
 
 

@@ -2,11 +2,9 @@
 (the engine's worker processes run it, teacher-forced through each cache), and bad model
 configs."""
 
-import sys
-
 import pytest
 
-from sdpalab import cli
+from cli_runner import run_cli
 from sdpalab.run.rundir import ResultStore
 from sdpalab.spec import ModelWorkload
 from sdpalab.spec.config import list_presets, load_spec
@@ -21,14 +19,6 @@ workload: {model: tiny-llama, prompt_len: 32, new_tokens: 8, batch: 1, dtype: fl
 variants: {backend: [math, eager], kv_cache: [dynamic, static], kv_quant: [none, int8]}
 measure: {warmup: 1, timeout_s: 120}
 """
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
 
 
 def test_model_config_expands_to_model_trials(tmp_path):
@@ -56,7 +46,7 @@ def test_model_config_expands_to_model_trials(tmp_path):
 def test_search_and_pareto_on_a_model(tmp_path, monkeypatch, capsys):
     path, out = tmp_path / "model.yaml", tmp_path / "run"
     path.write_text(CONFIG)
-    code, _, err = run_cli(monkeypatch, capsys, "search", path, "--out", out, "--trials", 4)
+    code, _, err = run_cli(capsys, "search", path, "--out", out, "--trials", 4)
     assert code == 0, err
     with ResultStore(out) as store:
         results = store.results()
@@ -74,7 +64,7 @@ def test_search_and_pareto_on_a_model(tmp_path, monkeypatch, capsys):
     int8_bytes = [r.kv_cache_bytes for r in results if r.variant["kv_quant"] == "int8"]
     exact_bytes = [r.kv_cache_bytes for r in results if r.variant["kv_quant"] == "none"]
     assert max(int8_bytes) < min(exact_bytes)
-    code, stdout, err = run_cli(monkeypatch, capsys, "pareto", out)
+    code, stdout, err = run_cli(capsys, "pareto", out)
     assert code == 0, err
     assert "recommended" in stdout
 
@@ -90,9 +80,7 @@ def test_search_and_pareto_on_a_model(tmp_path, monkeypatch, capsys):
 def test_bad_model_config_exits_2_with_one_line(workload, names, tmp_path, monkeypatch, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(f"name: bad\nworkload: {workload}\nvariants: {{backend: math}}\n")
-    code, _, err = run_cli(
-        monkeypatch, capsys, "search", path, "--out", tmp_path / "run", "--trials", 2
-    )
+    code, _, err = run_cli(capsys, "search", path, "--out", tmp_path / "run", "--trials", 2)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), err

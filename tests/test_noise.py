@@ -8,12 +8,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sdpalab import cli
+from cli_runner import run_cli
 from sdpalab.measure import roofline
 from sdpalab.measure.provenance import machine_load
 from sdpalab.measure.roofline import Ceilings, stale_reason
@@ -29,14 +28,6 @@ def load_avg(monkeypatch, value: float, cpus: int = 4) -> None:
     monkeypatch.setattr(sdpalab.run.rundir, "LOAD_WINDOW_S", 0.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (value, value, value))
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
 
 
 def test_machine_load_counts_our_own_threads_out(monkeypatch):
@@ -79,7 +70,7 @@ def test_sweep_on_a_busy_machine_warns_once_at_the_top(tmp_path, monkeypatch, ca
     load_avg(monkeypatch, 9.0, cpus=4)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text(CONFIG.replace("head_dim: 16", "head_dim: 16, dtype: float16"))
-    code, _, err = run_cli(monkeypatch, capsys, "sweep", "c.yaml", "--out", "run")
+    code, _, err = run_cli(capsys, "sweep", "c.yaml", "--out", "run")
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "busy" in warnings[0] and "load 9 on 4 CPUs" in warnings[0]
@@ -161,11 +152,11 @@ def test_doctor_measures_stale_ceilings_again_and_shows_date_and_load(
     monkeypatch.setattr(sdpalab.doctor, "measure_ceilings", measure)
     busy = {"load_1m": 7.9, "cpus": 2, "own_threads": 0, "busy": True}
     roofline.save_ceilings(ceilings(device_name=roofline.device_name("cpu"), load=busy))
-    code, out, _ = run_cli(monkeypatch, capsys, "doctor", "--device", "cpu")
+    code, out, _ = run_cli(capsys, "doctor", "--device", "cpu")
     assert code == 0 and measured == ["cpu"]  # busy: measured again
     assert "copy 20 GB/s" in out and "under load 0.1 on 4 CPUs" in out
     assert "measured again" in out and "busy machine" in out
     assert roofline.load_ceilings("cpu").copy_gbps == 20.0
-    code, out, _ = run_cli(monkeypatch, capsys, "doctor", "--device", "cpu")
+    code, out, _ = run_cli(capsys, "doctor", "--device", "cpu")
     assert code == 0 and measured == ["cpu"]  # fresh and idle: the cache holds
     assert "under load 0.1 on 4 CPUs" in out and "measured again" not in out

