@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything sdpalab runs on a lent GPU, in one go (few, full calls save device time).
 # Usage on the GPU machine, from the repo root:  bash benchmarks/gpu_session.sh OUTDIR [parts...]
-# parts: tests doctor demo qdecode model search train merge (default: the first six). Each part logs to OUTDIR/<part>.log.
+# parts: tests doctor demo qdecode model search train merge ncu (default: the first six). Each part logs to OUTDIR/<part>.log.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR [parts...]}; shift
 parts=${*:-tests doctor demo qdecode model search}
@@ -30,13 +30,27 @@ for part in $parts; do
     search)  stamp "sdpalab search benchmarks/configs/decode-search-h100.yaml --out $out/search --trials 20" >"$log"
              sdpalab search benchmarks/configs/decode-search-h100.yaml --out "$out/search" --trials 20 >>"$log" 2>&1
              sdpalab pareto "$out/search" >>"$log" 2>&1 ;;
-    train)   stamp "python3 benchmarks/train_bench.py --out $out/train.md --seqs 16384 --head-dims 128" >"$log"
-             python3 benchmarks/train_bench.py --out "$out/train.md" --seqs 16384 --head-dims 128 >>"$log" 2>&1 ;;
+    train)   stamp "python3 benchmarks/train_bench.py --out $out/train.md --seqs 16384 --head-dims 128 --masks causal none" >"$log"
+             python3 benchmarks/train_bench.py --out "$out/train.md" --seqs 16384 --head-dims 128 --masks causal none >>"$log" 2>&1 ;;
     merge)   stamp "qdecode_explore.py: splits and merge=fused at B=1, 128k" >"$log"
              for f in "int4,kivi4,kivi2 --block-n 32,64 --warps 1 --stages 3" "int8,fp8 --block-n 128 --warps 2 --stages 2"; do
                # shellcheck disable=SC2086
                PYTHONPATH=$PYTHONPATH:benchmarks python3 benchmarks/notes/qdecode_explore.py --shapes 1,131072 \
                  --formats $f --splits 0,32,64 --merge kernel,fused >>"$log" 2>&1
+             done ;;
+    ncu)     # Nsight Compute on the fast kernel at B=8, 32k keys: stall reasons, and each SASS
+             # line's samples (ncu-<format>-sass.csv)
+             ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+             for f in ${NCU_FORMATS:-kivi4 kivi2 int4}; do
+               stamp "ncu fast_kernel $f B=8 S=32768" >>"$log"
+               "$ncu" --clock-control none -k regex:fast_kernel -s 2 -c 1 -f -o "$out/ncu-$f" \
+                 --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+                 --section SchedulerStats --section Occupancy --section LaunchStats \
+                 --section ComputeWorkloadAnalysis --section InstructionStats --section SourceCounters \
+                 env PYTHONPATH=$PYTHONPATH:benchmarks python3 benchmarks/notes/qdecode_ncu.py --format "$f" ${NCU_CFG:+--cfg $NCU_CFG} >>"$log" 2>&1
+               "$ncu" --import "$out/ncu-$f.ncu-rep" --print-details all >>"$log" 2>&1
+               "$ncu" --import "$out/ncu-$f.ncu-rep" --page source --print-source sass --csv \
+                 >"$out/ncu-$f-sass.csv" 2>>"$log"
              done ;;
     *) echo "unknown part $part" >&2 ;;
   esac

@@ -10,7 +10,7 @@ recommendation picks there (causal) closes the report.
 
 The markdown file is rewritten after every trial, so a run cut short keeps what it measured;
 the last stdout line is one JSON document with every row. ``--seqs``, ``--head-dims`` and
-``--backends`` take a subset (``--seqs 1024 2048`` for a first look).
+``--backends`` take a subset and ``--masks`` an order (``--seqs 1024 2048`` for a first look).
 """
 
 from __future__ import annotations
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--seqs", nargs="+", type=int, default=list(SEQS))
     parser.add_argument("--head-dims", nargs="+", type=int, default=list(HEAD_DIMS))
+    parser.add_argument("--masks", nargs="+", choices=("none", "causal"), default=["none", "causal"],
+                        help="in this order (causal first: the 16k recommendation's rows early)")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for head_dim in args.head_dims:
         for seq in args.seqs:
-            for causal in (False, True):
+            for causal in (mask == "causal" for mask in args.masks):
                 for backend in args.backends:
                     res = sl.measure(
                         sl.Variant(backend=backend, mod="causal" if causal else "none"),

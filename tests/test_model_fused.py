@@ -100,5 +100,7 @@ def test_a_static_cache_step_is_replayed_from_a_graph_on_a_gpu():
     result = model_trial(fused, "cuda")
     assert result.ok and result.latency_ms > 0, result.reason
     assert result.timing_method == "cuda_graph"
-    dynamic = model_trial(sl.Variant(backend="flash", kv_cache="dynamic"), "cuda")
-    assert dynamic.ok and dynamic.timing_method.startswith("cuda_events (eager steps")
+    # the tiny model runs in float32, which flash does not take: efficient does
+    dynamic = model_trial(sl.Variant(backend="efficient", kv_cache="dynamic"), "cuda")
+    assert dynamic.ok, dynamic.reason
+    assert dynamic.timing_method.startswith("cuda_events (eager steps")
