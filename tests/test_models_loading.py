@@ -3,6 +3,7 @@ loaded from sdpalab's cache after that, a missing package named with its install
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,28 @@ def test_a_gguf_file_named_by_path_loads_like_the_builtin():
     assert by_path.kind == "decoder" and by_path.tokenizer is not None
     head, same = builtin.model.lm_head.weight, by_path.model.lm_head.weight
     assert torch.equal(head, same)
+
+
+def test_a_gguf_in_a_relative_folder_is_read_from_that_folder(monkeypatch, tmp_path):
+    """``models/x.gguf`` (relative, in a subfolder) once made transformers look for
+    ``models/models/x.gguf``: the folder and the file name must join to the file."""
+    import transformers
+
+    from sdpalab.models.loading import _convert_gguf
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "x.gguf").symlink_to(smollm2_path())
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def from_pretrained(folder, gguf_file, **kwargs):
+        asked.append(Path(folder) / gguf_file)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(OSError, match="stop here"):
+        _convert_gguf(Path("models/x.gguf"), tmp_path / "out")
+    assert asked and asked[0].is_file() and asked[0].samefile(smollm2_path())
 
 
 def test_missing_smollm2_package_names_the_install_command(monkeypatch):

@@ -113,11 +113,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             # package and cannot be saved).
             net = AutoModelForCausalLM.from_pretrained(
                 str(gguf.parent),
-                gguf_file=str(gguf),
+                gguf_file=gguf.name,
                 dtype=torch.float32,
                 quantization_config=GgufConfig(dequantize=True),
             )
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=str(gguf))
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             net.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
         tmp.rename(out)
