@@ -180,8 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--seqs", nargs="+", type=int, default=list(SEQS))
     parser.add_argument("--head-dims", nargs="+", type=int, default=list(HEAD_DIMS))
-    parser.add_argument("--masks", nargs="+", choices=("none", "causal"), default=["none", "causal"],
-                        help="in this order (causal first: the 16k recommendation's rows early)")
+    parser.add_argument(
+        "--masks",
+        nargs="+",
+        choices=("none", "causal"),
+        default=["none", "causal"],
+        help="in this order (causal first: the 16k recommendation's rows early)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

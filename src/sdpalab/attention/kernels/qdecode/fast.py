@@ -34,9 +34,10 @@ accumulators outside the tensor cores, which truncate as they accumulate (int8's
 their sums ~100x the result).
 
 KIVI (keys per channel over groups of ``GROUP`` tokens, values as int4 with groups of ``GROUP``
-channels): the key side has no stacked rows; per token group the queries are multiplied by the
-group's channel scales (over ``kappa``, a power of two at least their largest, so that they fit
-float16) and meet the codes in one product, and q · zeros is added to every score of the group.
+channels): the key side has no stacked rows; per token group the queries (over ``alpha``, so at
+most 1; tiles 1 and 3, whose codes come out 16 times larger, over ``16 alpha``) are multiplied
+by the group's float16 channel scales, which keeps them within float16, and meet the codes in
+one product; q · zeros, one reduction over the four tiles, is added to every score of the group.
 A block is a multiple or a divisor of the group, so scales and zeros load once per group. kivi2's
 words (16 codes of 2 bits) are split into two words of nibbles, the even and the odd codes
 (``_as_nibbles``), and read from there on as int4 words; ``_channel`` maps their columns back
@@ -388,21 +389,21 @@ def _kivi_queries(row, row_ok, col, g_row, lim, qk_scale, UNIT_INV: tl.constexpr
                   HEAD_DIM: tl.constexpr, PAIRS: tl.constexpr):  # fmt: skip
     """The ``Queries`` of rows whose first channels are at ``row [R]``, for KIVI keys: ``q0..q3``
     the queries of each key tile over a power of two ``alpha`` >= the row's largest |q| (the
-    softmax scale's sign included), tiles 0 and 2 (codes at bits 0 and 8) times 16 as in
-    int4; per token group ``_kivi_scores`` multiplies them by the key scales."""
+    softmax scale's sign included), tiles 1 and 3 (codes at bits 4 and 12, 16 times larger)
+    over ``16 alpha``; per token group ``_kivi_scores`` multiplies them by the key scales."""
     d = tl.arange(0, HEAD_DIM)
     nat = tl.load(row[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
     top = tl.max(tl.abs(nat.to(tl.float32)), 1)
     alpha_r = tl.exp2(tl.ceil(tl.log2(tl.where(top == 0.0, 1.0, top))))
     alpha = alpha_r * tl.where(qk_scale < 0, -1.0, 1.0)
     return Queries(
-        _kivi_q(row, col, row_ok, 0, PAIRS, alpha / 16.0),
-        _kivi_q(row, col, row_ok, 1, PAIRS, alpha),
-        _kivi_q(row, col, row_ok, 2, PAIRS, alpha / 16.0),
-        _kivi_q(row, col, row_ok, 3, PAIRS, alpha),
+        _kivi_q(row, col, row_ok, 0, PAIRS, alpha),
+        _kivi_q(row, col, row_ok, 1, PAIRS, alpha * 16.0),
+        _kivi_q(row, col, row_ok, 2, PAIRS, alpha),
+        _kivi_q(row, col, row_ok, 3, PAIRS, alpha * 16.0),
         off=0.0,
         zero=0.0,
-        row_scale=alpha_r * (UNIT_INV * tl.abs(qk_scale) / 16.0),
+        row_scale=alpha_r * (UNIT_INV * tl.abs(qk_scale)),
         g_row=g_row,
         lim=lim,
         nat=nat,
@@ -421,7 +422,7 @@ def _kivi_scores(k0, k1, k2, k3, n0, n, keys, queries, GROUP: tl.constexpr, PAIR
                  UNIT_INV: tl.constexpr):  # fmt: skip
     """Raw scores ``[BLOCK_N, R]`` of KIVI key tiles ``k0..k3`` (times ``row_scale`` they are the
     base-2 scores): per token group of the block, ``codes · (q * scale)`` plus ``q · zero``.
-    The scales over ``kappa`` (a power of two >= the largest) keep ``q * scale`` in float16."""
+    ``|q| <= 1`` (tiles 1 and 3: 1/16) and float16 scales keep ``q * scale`` in float16."""
     BLOCK_N: tl.constexpr = k0.shape[0]
     TG: tl.constexpr = BLOCK_N // GROUP if BLOCK_N > GROUP else 1  # token groups per block
     col = tl.arange(0, k0.shape[1])
@@ -435,19 +436,16 @@ def _kivi_scores(k0, k1, k2, k3, n0, n, keys, queries, GROUP: tl.constexpr, PAIR
         ks = keys.planes.ks + tg * keys.s_kst
         s0, s1 = _kivi_scale(ks, c0, tg * GROUP, keys.hi), _kivi_scale(ks, c1, tg * GROUP, keys.hi)
         s2, s3 = _kivi_scale(ks, c2, tg * GROUP, keys.hi), _kivi_scale(ks, c3, tg * GROUP, keys.hi)
-        top = tl.maximum(tl.maximum(tl.max(s0, 0), tl.max(s1, 0)),
-                         tl.maximum(tl.max(s2, 0), tl.max(s3, 0)))  # fmt: skip
-        kappa = tl.exp2(tl.ceil(tl.log2(tl.where(top > 0.0, top, 1.0))))
-        raw = tl.dot(k0, (queries.q0 * (s0 / kappa)[:, None]).to(tl.float16))
-        raw = tl.dot(k1, (queries.q1 * (s1 / kappa)[:, None]).to(tl.float16), raw)
-        raw = tl.dot(k2, (queries.q2 * (s2 / kappa)[:, None]).to(tl.float16), raw)
-        raw = tl.dot(k3, (queries.q3 * (s3 / kappa)[:, None]).to(tl.float16), raw)
-        kz = keys.planes.kz + tg * keys.s_kst
-        qz = tl.sum(queries.q0 * _kivi_scale(kz, c0, tg * GROUP, keys.hi)[:, None], 0)
-        qz += tl.sum(queries.q2 * _kivi_scale(kz, c2, tg * GROUP, keys.hi)[:, None], 0)
-        qz = qz / 16.0 + tl.sum(queries.q1 * _kivi_scale(kz, c1, tg * GROUP, keys.hi)[:, None], 0)
-        qz += tl.sum(queries.q3 * _kivi_scale(kz, c3, tg * GROUP, keys.hi)[:, None], 0)
-        part = raw * kappa + (qz * (16.0 / UNIT_INV))[None, :]
+        raw = tl.dot(k0, (queries.q0 * s0[:, None]).to(tl.float16))
+        raw = tl.dot(k1, (queries.q1 * s1[:, None]).to(tl.float16), raw)
+        raw = tl.dot(k2, (queries.q2 * s2[:, None]).to(tl.float16), raw)
+        raw = tl.dot(k3, (queries.q3 * s3[:, None]).to(tl.float16), raw)
+        kz = keys.planes.kz + tg * keys.s_kst  # q · zeros: one reduction for the four tiles
+        z0, z1 = _kivi_scale(kz, c0, tg * GROUP, keys.hi), _kivi_scale(kz, c1, tg * GROUP, keys.hi)
+        z2, z3 = _kivi_scale(kz, c2, tg * GROUP, keys.hi), _kivi_scale(kz, c3, tg * GROUP, keys.hi)
+        qz = queries.q0 * z0[:, None] + queries.q2 * z2[:, None]
+        qz += (queries.q1 * z1[:, None] + queries.q3 * z3[:, None]) * 16.0
+        part = raw + (tl.sum(qz, 0) * (1.0 / UNIT_INV))[None, :]
         if TG == 1:  # noqa: SIM108 (a constexpr branch; keep it explicit for Triton)
             qk = part
         else:
