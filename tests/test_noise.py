@@ -160,3 +160,4 @@ def test_doctor_measures_stale_ceilings_again_and_shows_date_and_load(
     code, out, _ = run_cli(capsys, "doctor", "--device", "cpu")
     assert code == 0 and measured == ["cpu"]  # fresh and idle: the cache holds
     assert "under load 0.1 on 4 CPUs" in out and "measured again" not in out
+    assert out.count("measured 2") == 1  # the date once, with its load

@@ -103,8 +103,6 @@ def doctor(
 
     report = doctor_report(device, remeasure=remeasure)
     render_doctor(console, report)
-    if report.get("ceilings_note"):
-        console.print(f"  {report['ceilings_note']}", markup=False, highlight=False, style="dim")
 
 
 @app.command()

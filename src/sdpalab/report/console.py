@@ -178,13 +178,10 @@ def render_doctor(console: Console, report: dict[str, Any]) -> None:
                 else f"ceilings: {ceilings}"
             )
         )
-        if ceilings.get("measured_at"):
-            console.print(
-                Text(
-                    f"  measured {ceilings['measured_at']} ({ceilings.get('dtype', '?')})",
-                    style="dim",
-                )
-            )
+        note = report.get("ceilings_note")  # when, under what load, why measured again
+        if note or ceilings.get("measured_at"):
+            note = note or f"measured {ceilings['measured_at']}"
+            console.print(Text(f"  {note} ({ceilings.get('dtype', '?')})", style="dim"))
     else:
         console.print(
             Text("ceilings: not measured (run `sdpalab doctor --remeasure`)", style="dim")
