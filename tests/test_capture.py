@@ -101,6 +101,22 @@ def test_a_trace_workload_names_a_real_file_and_layer(trace, tmp_path):
         TraceWorkload(trace=str(junk), layer=0)
 
 
+def test_a_trace_captured_again_at_the_same_path_is_another_trial(trace, tmp_path):
+    """Trial ids key on the trace's bytes, not its path: results of the old capture are not
+    taken for the new one's (a resumed run would otherwise skip it)."""
+    from sdpalab.spec import trial_id
+
+    path = tmp_path / "again.safetensors"
+    path.write_bytes(trace.read_bytes())
+    variant = Variant(backend="math")
+    before = trial_id(variant, TraceWorkload(trace=str(path), layer=0))
+    assert before == trial_id(variant, TraceWorkload(trace=str(path), layer=0))
+    capture("tiny-llama", path, layers=LAYERS, tokens=TOKENS, device="cpu", seed=1, force=True)
+    after = TraceWorkload(trace=str(path), layer=0)
+    assert after.to_dict()["trace_sha256"] != read_trace(trace).digest
+    assert trial_id(variant, after) != before
+
+
 def test_a_sweep_config_on_a_trace_runs_one_trial_per_layer(trace):
     config = {
         "name": "t",

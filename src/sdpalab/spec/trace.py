@@ -15,6 +15,7 @@ machine that may lack safetensors. The tensors load through safetensors.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import struct
@@ -38,11 +39,14 @@ def tensor_name(layer: int, part: str) -> str:
 
 @dataclass(frozen=True)
 class TraceInfo:
-    """A trace file's header: its metadata and each tensor's shape (no tensor is read)."""
+    """A trace file's header: its metadata and each tensor's shape, and the file's digest
+    (what a trial id keys on: a trace captured again at the same path is another workload)."""
 
     path: str
     meta: dict[str, Any]
     shapes: dict[str, tuple[int, ...]]
+    digest: str
+    """sha256 of the whole file, its first 16 hex digits."""
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -97,7 +101,11 @@ def _read_header(path: str, mtime_ns: int, size: int) -> TraceInfo:
     ]
     if missing:
         raise ValueError(f"{not_trace}: it lacks {', '.join(missing)}")
-    return TraceInfo(path, meta, shapes)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return TraceInfo(path, meta, shapes, digest.hexdigest()[:16])
 
 
 def load_layer(path: str | Path, layer: int) -> dict[str, torch.Tensor]:

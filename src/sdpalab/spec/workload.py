@@ -268,8 +268,9 @@ class TraceWorkload:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, then the sizes read from the trace (:meth:`sizes`)."""
-        return {**dataclasses.asdict(self), **self.sizes()}
+        """The fields, then the sizes read from the trace (:meth:`sizes`) and its digest (so a
+        trace captured again at the same path makes new trial ids)."""
+        return {**dataclasses.asdict(self), **self.sizes(), "trace_sha256": self.info.digest}
 
 
 def fields_with(kind: type, *roles: str, exclude: str | None = None) -> tuple[str, ...]:
