@@ -61,8 +61,9 @@ def test_a_gguf_in_a_relative_folder_is_read_from_that_folder(monkeypatch, tmp_p
     ``models/models/x.gguf``: the folder and the file name must join to the file."""
     import transformers
 
-    from sdpalab.models.loading import _convert_gguf
+    from sdpalab.models.loading import gguf_checkpoint
 
+    monkeypatch.setenv("SDPALAB_CACHE_DIR", str(tmp_path / "cache"))  # nothing converted yet
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "x.gguf").symlink_to(smollm2_path())
     monkeypatch.chdir(tmp_path)
@@ -74,7 +75,7 @@ def test_a_gguf_in_a_relative_folder_is_read_from_that_folder(monkeypatch, tmp_p
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
     with pytest.raises(OSError, match="stop here"):
-        _convert_gguf(Path("models/x.gguf"), tmp_path / "out")
+        gguf_checkpoint(Path("models/x.gguf"))
     assert asked and asked[0].is_file() and asked[0].samefile(smollm2_path())
 
 
