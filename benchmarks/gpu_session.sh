@@ -20,7 +20,7 @@ for part in $parts; do
   log=$out/$part.log
   case $part in
     tests)   stamp "python3 -m pytest -q -m gpu" >"$log"
-             python3 -m pytest -q -rs -m gpu -p no:cacheprovider -W ignore >>"$log" 2>&1 ;;
+             python3 -m pytest -q -rs -m gpu -p no:cacheprovider -W ignore --durations=15 >>"$log" 2>&1 ;;
     doctor)  stamp "sdpalab doctor" >"$log"; sdpalab doctor >>"$log" 2>&1 ;;
     demo)    stamp "sdpalab demo --out $out/demo" >"$log"; sdpalab demo --out "$out/demo" >>"$log" 2>&1 ;;
     qdecode) stamp "python3 benchmarks/qdecode_bench.py --out $out/qdecode.md" >"$log"
