@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything sdpalab runs on a lent GPU, in one go (few, full calls save device time).
 # Usage on the GPU machine, from the repo root:  bash benchmarks/gpu_session.sh OUTDIR [parts...]
-# parts: tests doctor demo qdecode model search train merge ncu (default: the first six). Each part logs to OUTDIR/<part>.log.
+# parts: tests doctor demo qdecode model search train merge ncu multi (default: the first six). Each part logs to OUTDIR/<part>.log.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR [parts...]}; shift
 parts=${*:-tests doctor demo qdecode model search}
@@ -38,6 +38,8 @@ for part in $parts; do
                PYTHONPATH=$PYTHONPATH:benchmarks python3 benchmarks/notes/qdecode_explore.py --shapes 1,131072 \
                  --formats $f --splits 0,32,64 --merge kernel,fused >>"$log" 2>&1
              done ;;
+    multi)   stamp "python3 benchmarks/multi_gpu_bench.py --out $out/multi-gpu.md" >"$log"
+             python3 benchmarks/multi_gpu_bench.py --out "$out/multi-gpu.md" >>"$log" 2>&1 ;;
     ncu)     # Nsight Compute on the fast kernel at B=8, 32k keys: stall reasons, and each SASS
              # line's samples (ncu-<format>-sass.csv)
              ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
