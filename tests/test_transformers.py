@@ -314,6 +314,8 @@ def _cli(monkeypatch, *args) -> int:
         (["tiny-llama", "--kv-args", "{"], "must be JSON"),
         (["tiny-llama", "--text", "/no/such/text.txt"], "does not exist"),
         (["tiny-llama", "--text", __file__], "has no tokenizer to read text"),
+        (["tiny-llama", "--dtype", "float8"], "dtype='float8' is not valid; choose one of"),
+        (["tiny-llama", "--prompt-len", "131072"], "exceeds tiny-llama's 131072 positions"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):

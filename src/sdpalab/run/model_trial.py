@@ -107,6 +107,16 @@ def _prompt(loaded: LoadedModel, batch: int, prompt_len: int, seed: int) -> torc
     return ids.to(next(loaded.model.parameters()).device)
 
 
+def check_positions(loaded: LoadedModel, length: int) -> None:
+    """``ValueError`` (one line) when ``length`` tokens (prompt and generated) exceed the
+    positions ``loaded`` was trained for."""
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"prompt_len + new_tokens = {length} exceeds {loaded.name}'s {limit} positions"
+        )
+
+
 def prompt_ids(
     loaded: LoadedModel, batch: int, length: int, seed: int, text: str | Path | None
 ) -> tuple[torch.Tensor, str]:
@@ -252,6 +262,7 @@ def bench_model(
     )
     prompt = ""
     if loaded.kind == "decoder":
+        check_positions(loaded, prompt_len + new_tokens)
         ids, prompt = prompt_ids(loaded, batch, prompt_len, seed, text)
         prepared = [_prepare(loaded, v, prompt_len + new_tokens) for v in variants]
         stock, reference = _stock_run(loaded, ids, new_tokens, warmup)
@@ -310,11 +321,7 @@ def _windows(loaded: LoadedModel, workload: ModelWorkload, seed: int) -> torch.T
     """Token ids ``[batch, prompt_len + new_tokens]``: ``batch`` windows spread over the text,
     or seeded random tokens for a model without a tokenizer (its weights are random too)."""
     length = workload.prompt_len + workload.new_tokens
-    limit = getattr(loaded.model.config, "max_position_embeddings", None)
-    if limit is not None and length > limit:
-        raise ValueError(
-            f"prompt_len + new_tokens = {length} exceeds {loaded.name}'s {limit} positions"
-        )
+    check_positions(loaded, length)
     return prompt_ids(loaded, workload.batch, length, seed, workload.text)[0]
 
 
