@@ -84,19 +84,28 @@ def pack(codes, BITS: tl.constexpr, PER: tl.constexpr):
 
 
 @triton.jit
+def row_entries(rows, entry0, n_rows, n_tok, cap, heads):
+    """Rows ``(b, h, t)`` of x ``[B, H, n_tok, ...]`` numbered ``(b * H + h) * n_tok + t``: their
+    ``t``, ``b``, ``h`` (int64), entry in any ``[B, H, cap, ...]`` plane, and which are live
+    (a row of the launch and an entry under ``cap``)."""
+    t = rows % n_tok
+    bh = rows // n_tok
+    h = (bh % heads).to(tl.int64)
+    b = (bh // heads).to(tl.int64)
+    entry = (b * heads + h) * cap + entry0 + t
+    return t, b, h, entry, (rows < n_rows) & (entry0 + t < cap)
+
+
+@triton.jit
 def copy_rows(
     X, DATA, entry0, n_rows, n_tok, cap, heads, sxb, sxh, sxn, sxd,
     BLOCK_R: tl.constexpr, DP: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """Kind 0 (format ``none``): BLOCK_R rows of x copied into the plane ``[B, H, cap, D]``."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    t = rows % n_tok
-    bh = rows // n_tok
-    h = (bh % heads).to(tl.int64)
-    b = (bh // heads).to(tl.int64)
-    entry = (b * heads + h) * cap + entry0 + t
+    t, b, h, entry, live = row_entries(rows, entry0, n_rows, n_tok, cap, heads)
     d = tl.arange(0, DP)
-    mask = ((rows < n_rows) & (entry0 + t < cap))[:, None] & (d < HEAD_DIM)[None]
+    mask = live[:, None] & (d < HEAD_DIM)[None]
     x_row = b * sxb + h * sxh + t.to(tl.int64) * sxn
     x = tl.load(X + x_row[:, None] + d[None] * sxd, mask=mask)
     tl.store(DATA + entry[:, None] * HEAD_DIM + d[None], x.to(DATA.dtype.element_ty), mask=mask)
@@ -112,12 +121,7 @@ def append_rows(
     """Kinds 1-3: BLOCK_R rows (b, h, t) of x [B, H, n, D], each one entry of the planes:
     data ``[B, H, cap, NB]``, scale and zero ``[B, H, cap, NG]``."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    t = rows % n_tok
-    bh = rows // n_tok
-    h = (bh % heads).to(tl.int64)
-    b = (bh // heads).to(tl.int64)
-    entry = (b * heads + h) * cap + entry0 + t  # entry index into any [B, H, cap, ...] plane
-    live = (rows < n_rows) & (entry0 + t < cap)
+    t, b, h, entry, live = row_entries(rows, entry0, n_rows, n_tok, cap, heads)
 
     kb = tl.arange(0, NBP)
     d = kb[:, None] * PER + tl.arange(0, PER)[None, :]  # [NBP, PER]: channel of each code
@@ -165,12 +169,7 @@ def append_key_groups(
     """Kind 4 (KIVI keys): one program a (b, h, entry) of GROUP tokens, quantized per channel;
     data ``[B, H, cap, GROUP, NB]``, scale and zero ``[B, H, cap, D]``."""
     row = tl.program_id(0) + tl.zeros([1], tl.int32)  # [1]: the interpreter's masks want tensors
-    e = row % n_ent
-    bh = row // n_ent
-    h = (bh % heads).to(tl.int64)
-    b = (bh // heads).to(tl.int64)
-    entry = (b * heads + h) * cap + entry0 + e
-    live = (row < n_rows) & (entry0 + e < cap)
+    e, b, h, entry, live = row_entries(row, entry0, n_rows, n_ent, cap, heads)
 
     i = tl.arange(0, GP)  # token within the group
     on_i = (i < GROUP) & live
