@@ -61,7 +61,7 @@ from sdpalab.models.attention import apply_variant
 from sdpalab.models.generation import ModelRun, cache_nbytes, generation_run
 from sdpalab.models.loading import LoadedModel, load_model
 from sdpalab.models.quality import forced_logprobs, summarize_quality, token_scores
-from sdpalab.models.text import load_text, text_windows
+from sdpalab.models.text import Corpus, load_text, text_windows
 from sdpalab.spec import MeasureSettings, ModelWorkload, Variant, resolve_device
 
 STOCK = "sdpa"
@@ -118,20 +118,22 @@ def check_positions(loaded: LoadedModel, length: int) -> None:
 
 
 def prompt_ids(
-    loaded: LoadedModel, batch: int, length: int, seed: int, text: str | Path | None
+    loaded: LoadedModel, batch: int, length: int, seed: int, text: str | Path | Corpus | None
 ) -> tuple[torch.Tensor, str]:
     """Token ids ``[batch, length]`` and what they are: ``batch`` windows spread over ``text``
-    (default: Python's ``pydoc_data.topics``) for a model with a tokenizer, seeded random
-    tokens for one without (its weights are random too). Raises ``ValueError`` for ``text``
-    given to a model without a tokenizer, or a text too short for the windows."""
+    (a path or a loaded :class:`Corpus`; default: Python's ``pydoc_data.topics``) for a model
+    with a tokenizer, seeded random tokens for one without (its weights are random too).
+    Raises ``ValueError`` for ``text`` given to a model without a tokenizer, or a text too short
+    for the windows."""
     if loaded.tokenizer is None:
         if text is not None:
+            name = text.source if isinstance(text, Corpus) else str(text)
             raise ValueError(
-                f"model {loaded.name!r} has no tokenizer to read text {str(text)!r}; use "
+                f"model {loaded.name!r} has no tokenizer to read text {name!r}; use "
                 "smollm2, a .gguf file or a checkpoint with a tokenizer, or drop text"
             )
         return _prompt(loaded, batch, length, seed), f"{length} random token ids (seed {seed})"
-    corpus = load_text(text)
+    corpus = text if isinstance(text, Corpus) else load_text(text)
     ids, _ = text_windows(loaded.tokenizer, corpus, length, batch)
     where = f"{batch} window{'s' * (batch > 1)} of {length} tokens of {corpus.source}"
     return ids.to(next(loaded.model.parameters()).device), where
@@ -253,8 +255,7 @@ def bench_model(
     for name, value in (("prompt_len", prompt_len), ("new_tokens", new_tokens), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
-    if text is not None:
-        load_text(text)  # a bad path fails before the model loads
+    corpus = None if text is None else load_text(text)  # a bad path fails before the model loads
     loaded = (
         model
         if isinstance(model, LoadedModel)
@@ -263,7 +264,7 @@ def bench_model(
     prompt = ""
     if loaded.kind == "decoder":
         check_positions(loaded, prompt_len + new_tokens)
-        ids, prompt = prompt_ids(loaded, batch, prompt_len, seed, text)
+        ids, prompt = prompt_ids(loaded, batch, prompt_len, seed, corpus)
         prepared = [_prepare(loaded, v, prompt_len + new_tokens) for v in variants]
         stock, reference = _stock_run(loaded, ids, new_tokens, warmup)
         runs = [stock]
