@@ -45,8 +45,16 @@ class TraceInfo:
     path: str
     meta: dict[str, Any]
     shapes: dict[str, tuple[int, ...]]
-    digest: str
-    """sha256 of the whole file, its first 16 hex digits."""
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the whole file, its first 16 hex digits: read on first use, once per file
+        version (``read_trace`` keeps one TraceInfo per path, mtime and size)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -101,11 +109,7 @@ def _read_header(path: str, mtime_ns: int, size: int) -> TraceInfo:
     ]
     if missing:
         raise ValueError(f"{not_trace}: it lacks {', '.join(missing)}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return TraceInfo(path, meta, shapes, digest.hexdigest()[:16])
+    return TraceInfo(path, meta, shapes)
 
 
 def load_layer(path: str | Path, layer: int) -> dict[str, torch.Tensor]:
