@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shlex
 import statistics
@@ -48,12 +47,6 @@ class Run:
     wall_s: float
     results: list
     done_at: list[float] = field(default_factory=list)  # seconds from the start, per result
-
-
-def _spec(name: str):
-    from sdpalab.spec.config import load_spec
-
-    return load_spec(name)
 
 
 def _timed(name, workers, device, call) -> Run:
@@ -212,6 +205,8 @@ def markdown(meta: dict, sweeps: list[Run], checks: dict, curves: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from sdpalab.spec.config import load_spec
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="markdown file to (re)write")
     parser.add_argument(
@@ -234,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if n < 2 or (args.device == "cuda" and n > visible):
         print(f"--gpus {n}: give 2 to {max(visible, 2)}", file=sys.stderr)
         return 2
-    sweep_spec, search_spec = _spec(args.sweep), _spec(args.search)
+    sweep_spec, search_spec = load_spec(args.sweep), load_spec(args.search)
     meta = {
         "command": shlex.join(["python3", *sys.argv]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -282,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     print(json.dumps(summary, default=str))
-    return 0 if math.isfinite(sweeps[0].wall_s) else 1
+    return 0
 
 
 if __name__ == "__main__":
