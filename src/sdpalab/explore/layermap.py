@@ -22,6 +22,7 @@ measurements, which always use the full settings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ class Scoring:
     windows: int = 4
 
     def kwargs(self) -> dict[str, int]:
-        return {"context": self.context, "eval_tokens": self.eval_tokens, "windows": self.windows}
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from sdpalab.explore.recommend import Recommendation, recommend
 from sdpalab.explore.search_loop import SearchLoop, owner_of
 from sdpalab.explore.space import Space, import_optuna, trial_constraints
 from sdpalab.measure.result import Result
-from sdpalab.run.executor import Executor
+from sdpalab.run.executor import SCALE_INSTALL, Executor
 from sdpalab.run.rundir import (
     default_out,
     finish_run,
@@ -78,7 +78,6 @@ STORAGE_HINT = (
     "give postgresql://USER@HOST[:PORT]/DB (the password in the URL, PGPASSWORD or ~/.pgpass) "
     "or sqlite:///PATH"
 )
-SCALE_INSTALL = "pip install 'sdpalab[scale]'"
 
 
 # --------------------------------------------------------------------------- the result
@@ -295,8 +294,8 @@ def search(
     shared = rdb is not None
     owner = owner_of(out)
     studies = []
+    existing = optuna.study.get_all_study_names(backend) if shared or journal.exists() else []
     for i, name in enumerate(names):
-        existing = optuna.study.get_all_study_names(backend) if shared or journal.exists() else []
         prior = 0
         if name in existing:
             old = optuna.load_study(study_name=name, storage=backend)

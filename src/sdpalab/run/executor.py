@@ -42,6 +42,8 @@ STARTUP_TIMEOUT_S = 300.0
 STDERR_TAIL_CHARS = 600
 MAX_START_FAILURES = 3
 GPU_INDEX = "gpu_index"
+SCALE_INSTALL = "pip install 'sdpalab[scale]'"
+"""What adds Ray and psycopg (``--executor ray``, ``--storage postgresql://``)."""
 """Provenance key: the GPU a pinned worker ran on, as ``CUDA_VISIBLE_DEVICES`` names it."""
 
 
@@ -196,6 +198,16 @@ def _death(returncode: int | None) -> str:
             name = f"signal {-returncode}"
         return f"worker died from {name} (signal {-returncode})"
     return f"worker exited with code {returncode}"
+
+
+def trial_message(trial: Trial) -> dict[str, Any]:
+    """What a worker (a process here, or a Ray actor) is sent to run ``trial``."""
+    return {
+        "trial_id": trial.trial_id,
+        "variant": trial.variant_spec,
+        "workload": trial.workload_spec,
+        "settings": trial.settings.to_dict(),
+    }
 
 
 class Worker:

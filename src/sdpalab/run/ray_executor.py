@@ -29,15 +29,16 @@ from sdpalab.measure.result import Result
 from sdpalab.run.executor import (
     GPU_INDEX,
     MAX_START_FAILURES,
+    SCALE_INSTALL,
     STARTUP_TIMEOUT_S,
     Scheduler,
     stamp_load,
+    trial_message,
     worker_env,
 )
 from sdpalab.run.rundir import redact_secrets
 from sdpalab.spec import Trial
 
-INSTALL = "pip install 'sdpalab[scale]'"
 CONNECT_TIMEOUT_S = 5.0
 """How long ``--address`` may take to accept a connection before it is called unreachable."""
 REASON_CHARS = 300
@@ -49,7 +50,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise ImportError(f"--executor ray needs Ray: {INSTALL}") from None
+        raise ImportError(f"--executor ray needs Ray: {SCALE_INSTALL}") from None
     return ray
 
 
@@ -293,13 +294,7 @@ class RayPool(Scheduler):
     def _send(self, slot: _Slot, trial: Trial) -> None:
         slot.trial, slot.started = trial, time.monotonic()
         slot.deadline = slot.started + trial.settings.timeout_s
-        message = {
-            "trial_id": trial.trial_id,
-            "variant": trial.variant_spec,
-            "workload": trial.workload_spec,
-            "settings": trial.settings.to_dict(),
-        }
-        slot.ref = slot.actor.run.remote(message)
+        slot.ref = slot.actor.run.remote(trial_message(trial))
 
     def _kill(self, slot: _Slot) -> None:
         with contextlib.suppress(Exception):

@@ -459,15 +459,15 @@ def qdecode_attention(
     else:
         kr = vr = q
 
+    grid = (batch * heads_kv, plan["m_tiles"], splits)
     fused_merge = splits > 1 and plan["merge"] == "fused"
     n_lse = batch * heads_q * q_len * splits
     counter_off = 0
     if splits > 1:
         part = torch.empty(n_lse * head_dim, device=device, dtype=torch.float32)
         if fused_merge:  # the log-sum-exps after the tiles' counters, zero between calls
-            lse, counter_off = merge_workspace(
-                device, n_lse, grid_tiles(batch, heads_kv, plan["m_tiles"])
-            )
+            # one counter a query tile: grid[0] * grid[1]
+            lse, counter_off = merge_workspace(device, n_lse, grid[0] * grid[1])
         else:
             lse = torch.empty(n_lse, device=device, dtype=torch.float32)
     else:
@@ -480,7 +480,6 @@ def qdecode_attention(
         # [B, H, entries, channels]; entries of per-token scales [B, H, S, 1] step by stride(2)
         return [0] * 4 if t is q else [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
 
-    grid = (batch * heads_kv, plan["m_tiles"], splits)
     # the merge as a programmatic dependent launch (sm_90 and later): launched while the split
     # kernel's programs finish, it waits on the GPU instead of after a launch gap
     sm90 = not interpreting() and _major(device.index or 0) >= 9
@@ -541,11 +540,6 @@ def qdecode_attention(
             num_warps=4, **({"launch_pdl": True} if pdl else {}),
         )  # fmt: skip
     return out
-
-
-def grid_tiles(batch: int, heads_kv: int, m_tiles: int) -> int:
-    """Query tiles of a launch (``merge="fused"``: one counter each)."""
-    return batch * heads_kv * m_tiles
 
 
 _WORKSPACES: dict[torch.device, tuple[int, torch.Tensor]] = {}
