@@ -273,20 +273,8 @@ def _measure_into(
             if setup:
                 setup()
             held = input_bytes + (result.kv_cache_bytes or 0)
-            peak = peak_memory(step, device=workload.device, baseline_bytes=held)
-            result.peak_mem_bytes, result.peak_mem_total_bytes = (
-                peak.peak_mem_bytes,
-                peak.peak_mem_total_bytes,
-            )
-            result.memory_method = peak.method
-
-        if get_backend(variant.backend).profile_kernel:
-            if setup:
-                setup()
-            ran = kernels_ran(step, device=workload.device)
-            result.kernel = ",".join(ran) or "unknown"
-        else:
-            result.kernel = variant.backend
+            _record_peak(result, peak_memory(step, device=workload.device, baseline_bytes=held))
+        _record_kernel(result, variant, step, workload.device, setup)
 
         # last: a captured graph keeps its own memory until it is dropped
         timed, result.timing_method, graph = timed_call(
@@ -301,8 +289,7 @@ def _measure_into(
             setup=setup,
         )
         del graph
-        result.latency_ms, result.latency_iqr_ms = timing.latency_ms, timing.latency_iqr_ms
-        result.latency_n, result.noisy = timing.latency_n, timing.noisy
+        _record_timing(result, timing)
 
     mod, args = oracle_mod(variant)
     wl = workload
@@ -311,9 +298,36 @@ def _measure_into(
     if cached:  # what one step must read and write, in storage format (kvplan's model)
         result.step_bytes = _kv_model(variant, workload, "step")
         result.bytes_moved = result.step_bytes
-    rates = throughput(
-        result.flops, result.bytes_moved, result.latency_ms, load_ceilings(wl.device)
+    _record_rates(result, wl.device)
+
+
+def _record_peak(result: Result, peak) -> None:
+    result.peak_mem_bytes, result.peak_mem_total_bytes = (
+        peak.peak_mem_bytes,
+        peak.peak_mem_total_bytes,
     )
+    result.memory_method = peak.method
+
+
+def _record_kernel(result: Result, variant: Variant, step, device: str, setup=None) -> None:
+    """The kernels ``step`` launched, from the profiler, where the backend's name does not say."""
+    if get_backend(variant.backend).profile_kernel:
+        if setup:
+            setup()
+        result.kernel = ",".join(kernels_ran(step, device=device)) or "unknown"
+    else:
+        result.kernel = variant.backend
+
+
+def _record_timing(result: Result, timing) -> None:
+    result.latency_ms, result.latency_iqr_ms = timing.latency_ms, timing.latency_iqr_ms
+    result.latency_n, result.noisy = timing.latency_n, timing.noisy
+
+
+def _record_rates(result: Result, device: str) -> None:
+    """TFLOP/s, GB/s and their fractions of the device's ceilings, from the result's FLOPs,
+    bytes and latency."""
+    rates = throughput(result.flops, result.bytes_moved, result.latency_ms, load_ceilings(device))
     result.tflops, result.gbps = rates["tflops"], rates["gbps"]
     result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
 
@@ -409,17 +423,8 @@ def _train(result: Result, variant: Variant, wl: Workload, settings, trace, mask
         setup()
         result.saved_mem_bytes = retained_memory(forward, device=wl.device)
         setup()
-        peak = peak_memory(step, device=wl.device, baseline_bytes=input_bytes)
-        result.peak_mem_bytes, result.peak_mem_total_bytes = (
-            peak.peak_mem_bytes,
-            peak.peak_mem_total_bytes,
-        )
-        result.memory_method = peak.method
-    if get_backend(variant.backend).profile_kernel:
-        setup()
-        result.kernel = ",".join(kernels_ran(step, device=wl.device)) or "unknown"
-    else:
-        result.kernel = variant.backend
+        _record_peak(result, peak_memory(step, device=wl.device, baseline_bytes=input_bytes))
+    _record_kernel(result, variant, step, wl.device, setup)
 
     on_gpu = torch.device(wl.device).type == "cuda"
     fwd, bwd, total = time_steps(
@@ -434,17 +439,12 @@ def _train(result: Result, variant: Variant, wl: Workload, settings, trace, mask
     result.timing_method = (
         "cuda_events (no graph: forward and backward timed apart)" if on_gpu else "cpu_clock"
     )
-    result.latency_ms, result.latency_iqr_ms = total.latency_ms, total.latency_iqr_ms
-    result.latency_n, result.noisy = total.latency_n, total.noisy
+    _record_timing(result, total)
     result.latency_fwd_ms, result.latency_bwd_ms = fwd.latency_ms, bwd.latency_ms
 
     result.allowed_fraction = allowed_fraction(*computed, wl.seq_q, wl.seq_kv)
     result.flops, result.bytes_moved = call_cost(wl, result.allowed_fraction)
-    rates = throughput(
-        result.flops, result.bytes_moved, result.latency_ms, load_ceilings(wl.device)
-    )
-    result.tflops, result.gbps = rates["tflops"], rates["gbps"]
-    result.frac_peak_flops, result.frac_peak_bw = rates["frac_peak_flops"], rates["frac_peak_bw"]
+    _record_rates(result, wl.device)
     fwd_flops = round(result.flops / (1 + BACKWARD_FLOPS_RATIO))
     result.tflops_fwd = throughput(fwd_flops, None, fwd.latency_ms, None)["tflops"]
     bwd_flops = result.flops - fwd_flops
